@@ -1,0 +1,242 @@
+"""train.py: the recipe, the data order, the ablation flags, exact resume, crash-safe checkpoints,
+DDP equivalence and the non-finite-loss stop. Everything runs tiny models on the `shapes` set."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+import train
+
+# A few iterations of a very small model on small shapes images: seconds per run.
+FAST = ["--crop-size", "64", "--batch-size", "4", "--iters", "4", "--eval-period", "4",
+        "--checkpoint-period", "2", "--val-images", "4", "--workers", "0", "--log-period", "1",
+        "--no-progress", "--threads", "1"]
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(out: Path) -> list[tuple[int, float, float]]:
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in read_log(out) if "loss" in r]
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe, schedule, optimiser groups, sampler
+# ---------------------------------------------------------------------------------------------
+def test_recipe_defaults_follow_reference():
+    r = train.resolve_recipe(train.parse_args(["--data", "ade20k"]))
+    assert (r.config, r.crop_size, r.batch_size, r.max_iter) == ("r50", 512, 16, 160_000)
+    assert (r.lr, r.weight_decay, r.backbone_lr_mult, r.warmup_iters, r.clip_grad_norm) == (1e-4, 1e-4, 0.1, 0, 0.01)
+    r = train.resolve_recipe(train.parse_args(["--data", "ade20k", "--config", "swin_b"]))
+    assert (r.lr, r.weight_decay, r.backbone_lr_mult, r.warmup_iters, r.crop_size) == (6e-5, 0.01, 1.0, 1500, 640)
+    r = train.resolve_recipe(train.parse_args(["--data", "ade20k", "--lr", "3e-4", "--iters", "10"]))
+    assert (r.lr, r.max_iter) == (3e-4, 10)
+
+
+def test_lr_factor_poly_and_warmup_by_hand():
+    r = train.resolve_recipe(train.parse_args(["--data", "ade20k", "--config", "swin_t", "--iters", "1000",
+                                               "--warmup-iters", "100"]))
+    # step 50: poly (1 - 50/1000)^0.9 times warm-up 1e-6 * (1 - 0.5) + 0.5
+    assert train.lr_factor(50, r) == pytest.approx(0.95 ** 0.9 * (0.5 + 0.5e-6))
+    assert train.lr_factor(500, r) == pytest.approx(0.5 ** 0.9)
+    assert train.lr_factor(0, r) == pytest.approx(1e-6)
+    r = train.resolve_recipe(train.parse_args(["--data", "coco_panoptic"]))
+    assert train.lr_factor(369_599, r) == 1.0 and train.lr_factor(369_600, r) == pytest.approx(0.1)
+
+
+def test_param_groups_no_decay_on_norms_embeddings_and_bias_tables():
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    model.backbone.relative_position_bias_table = torch.nn.Parameter(torch.zeros(3, 2))
+    model.head = torch.nn.Linear(4, 2)
+    model.norm = torch.nn.LayerNorm(4)
+    model.query = torch.nn.Embedding(5, 4)
+    groups = train.param_groups(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
+    setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert setting[id(model.backbone[0].weight)] == (0.1, 0.5)
+    assert setting[id(model.backbone[1].weight)] == (0.1, 0.0)
+    assert setting[id(model.backbone.relative_position_bias_table)] == (0.1, 0.0)
+    assert setting[id(model.head.weight)] == (1.0, 0.5) and setting[id(model.head.bias)] == (1.0, 0.5)
+    assert setting[id(model.norm.weight)] == (1.0, 0.0) and setting[id(model.query.weight)] == (1.0, 0.0)
+    assert len(setting) == sum(1 for _ in model.parameters())
+
+
+def test_sampler_shards_and_resumes():
+    one = train.TrainBatchSampler(10, 4, rank=0, world_size=1, seed=3)
+    two = [train.TrainBatchSampler(10, 4, rank=r, world_size=2, seed=3) for r in range(2)]
+    it1, it2 = iter(one), [iter(s) for s in two]
+    first = [next(it1) for _ in range(6)]  # 24 items: crosses two epoch boundaries
+    for batch in first:
+        assert batch == next(it2[0]) + next(it2[1])
+    # an epoch is a permutation of the dataset
+    epoch0 = [i for b in first for i, _ in b][:10]
+    assert sorted(epoch0) == list(range(10))
+    # restarting at step 4 gives what the uninterrupted sampler gave at step 4
+    resumed = iter(train.TrainBatchSampler(10, 4, rank=0, world_size=1, seed=3, start_step=4))
+    assert next(resumed) == first[4] and next(resumed) == first[5]
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end runs
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags", [
+    ["--model", "maskformer"],
+    ["--model", "maskformer", "--matcher", "fixed"],  # N = K queries
+    ["--model", "per_pixel"],
+    ["--model", "per_pixel_plus"],
+])
+def test_every_model_and_matcher_trains(tmp_path, flags):
+    if "fixed" in flags:
+        import data
+
+        flags = flags + ["--num-queries", str(data.build_dataset("shapes", split="val").num_classes)]
+    metrics = train.train(train.parse_args(FAST + flags + ["--output", str(tmp_path)]))
+    log = train_losses(tmp_path)
+    assert [s for s, _, _ in log] == [1, 2, 3, 4]
+    assert all(math.isfinite(loss) and loss > 0 for _, loss, _ in log)
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    for name in ("last.pt", "best.pt", "loss_curve.png", "prediction_0.png"):
+        assert (tmp_path / name).is_file(), name
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(ckpt)
+
+
+def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    args = FAST + ["--iters", "6", "--eval-period", "100"]
+    train.train(train.parse_args(args + ["--output", str(full)]))
+
+    # Interrupt the second run right after it writes the step-2 checkpoint.
+    real_save = train.save_checkpoint
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.parse_args(args + ["--output", str(parted)]))
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    train.train(train.parse_args(args + ["--output", str(parted), "--resume"]))
+
+    assert train_losses(parted) == train_losses(full)  # every loss and grad norm, exactly
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(parted / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real = train.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(outputs, batch, criterion):
+        calls["n"] += 1
+        loss, terms = real(outputs, batch, criterion)
+        return (loss * float("nan"), terms) if calls["n"] == 3 else (loss, terms)
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(SystemExit, match=r"the loss became nan at step 2.*last good checkpoint"):
+        train.main(FAST + ["--output", str(tmp_path)])
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_weights_flag_reinitialises_a_head_of_another_class_count(tmp_path, capsys):
+    import maskformer
+
+    other = maskformer.build_model("tiny", num_classes=3)
+    torch.save({"model": other.state_dict(), "config": {}}, tmp_path / "w.pt")
+    train.train(train.parse_args(FAST + ["--iters", "1", "--output", str(tmp_path / "run"),
+                                          "--weights", str(tmp_path / "w.pt")]))
+    out = capsys.readouterr().out
+    assert "re-initialised" in out and "class" in out
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        train.main(FAST + ["--output", str(tmp_path), "--weights", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit, match="--num-queries"):
+        train.main(FAST + ["--output", str(tmp_path), "--matcher", "fixed", "--num-queries", "3"])
+    with pytest.raises(SystemExit, match="data-root|root"):
+        train.main(FAST + ["--output", str(tmp_path), "--data", "ade20k"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash safety: SIGKILL while writing a checkpoint
+# ---------------------------------------------------------------------------------------------
+WRITER = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+import train
+path = Path({path!r})
+big = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB: a write takes long enough to interrupt
+step = 0
+while True:
+    step += 1
+    train.save_checkpoint(path, {{"step": step, "model": {{"w": big + step}}}})
+"""
+
+
+def test_sigkill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    for delay in (0.05, 0.3, 0.7):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), path=str(path))])
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(path, weights_only=True)  # must not raise: the file is never torn
+        step = ckpt["step"]
+        assert step >= 1
+        assert torch.equal(ckpt["model"]["w"], torch.arange(4_000_000, dtype=torch.float32) + step)
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "last.pt"]
+    assert all(p.name.startswith(".last.pt.tmp") for p in leftovers)  # only torn temp files, never last.pt
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes (gloo, CPU) == one process with the same global batch
+# ---------------------------------------------------------------------------------------------
+def run_torchrun(nproc: int, out: Path, flags: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / "train.py"), *flags, "--output", str(out)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_process_ddp_equals_one_process(tmp_path):
+    if shutil.which("torchrun") is None and not hasattr(torch.distributed, "run"):
+        pytest.skip("torch.distributed.run unavailable")
+    # Per-pixel baseline with frozen BatchNorm: per-image computations, so the two set-ups must
+    # agree to float rounding. (Trainable BN would see 2 images per process instead of 4.)
+    flags = FAST + ["--iters", "3", "--eval-period", "100", "--model", "per_pixel",
+                    "--set", "backbone_kwargs={'norm': 'frozen_bn', 'width': 32}"]
+    run_torchrun(1, tmp_path / "one", flags)
+    run_torchrun(2, tmp_path / "two", flags)
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert [s for s, _, _ in one] == [s for s, _, _ in two] == [1, 2, 3]
+    for (_, loss1, grad1), (_, loss2, grad2) in zip(one, two):
+        assert loss2 == pytest.approx(loss1, rel=1e-5)
+        assert grad2 == pytest.approx(grad1, rel=1e-4)
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
