@@ -391,15 +391,19 @@ def load_pretrained(model: nn.Module, path: str, log) -> None:
 # -----------------------------------------------------------------------------------------------
 # One training step: forward (Figure 2), loss (Eq. 3.2d / 3.1b), backward
 # -----------------------------------------------------------------------------------------------
-def compute_loss(outputs: dict, batch: dict, criterion) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted total loss and its unweighted terms (floats, for logging)."""
+def compute_loss(outputs: dict, batch: dict, criterion) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted total loss and its unweighted terms (detached, for logging)."""
     if "sem_seg_logits" in outputs:
-        # Eq. (3.1b): per-pixel cross-entropy for the PerPixelBaseline(+).
-        loss = losses.per_pixel_loss(outputs["sem_seg_logits"], batch["sem_seg"])
-        return loss, {"loss_ce": loss.detach()}
-    terms = criterion(outputs, batch["targets"])
-    # Eq. (3.2d)-(3.2e), summed over the final and every auxiliary decoder layer (deep supervision).
-    total = sum(terms[k] * criterion.weight_dict[k] for k in terms if k in criterion.weight_dict)
+        # Eq. (3.1b): per-pixel cross-entropy for the PerPixelBaseline(+); PerPixelBaseline+ also
+        # supervises every decoder layer's per-pixel logits, as the official head does.
+        layers = [outputs] + outputs.get("aux_outputs", [])
+        terms = {f"loss_ce{'' if i == 0 else f'_{i - 1}'}": losses.per_pixel_loss(o["sem_seg_logits"], batch["sem_seg"])
+                 for i, o in enumerate(layers)}
+        total = sum(terms.values())
+    else:
+        terms = criterion(outputs, batch["targets"])
+        # Eq. (3.2d)-(3.2e), summed over the final and every auxiliary decoder layer (deep supervision).
+        total = sum(terms[k] * criterion.weight_dict[k] for k in terms)
     return total, {k: v.detach() for k, v in terms.items()}
 
 
@@ -473,7 +477,7 @@ def train(args: argparse.Namespace) -> dict:
         load_pretrained(model, args.weights, log)
     model.to(device)
     criterion = losses.MaskFormerLoss(
-        train_set.num_classes,
+        train_set.num_classes, num_aux_layers=max(model.config.dec_layers - 1, 0),
         matcher=matcher.FixedMatcher() if args.matcher == "fixed" else matcher.HungarianMatcher())
     optimizer = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
                                   lr=recipe.lr, weight_decay=recipe.weight_decay)

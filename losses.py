@@ -1,0 +1,230 @@
+"""Training losses: mask classification, Eq. (3.2d)–(3.2g), and the per-pixel baseline, Eq. (3.1b).
+
+Paper: §3.2 (the loss L_mask-cls of Eq. (3.2d), the paper's Eq. (1), with the binary mask loss
+of Eq. (3.2e)–(3.2g)) and §3.1 (per-pixel cross-entropy, Eq. (3.1b), for PerPixelBaseline(+)).
+
+Follow one image from the dataset to the loss value:
+
+1. data.py gives the image's ground truth as a set of segments, Eq. (3.2b):
+   `labels` long (n,) with classes in 0..K−1 and `masks` bool (n, H, W), one binary mask per
+   segment (for semantic data: one segment per class present). `collate` pads the masks to the
+   batch's (Hp, Wp) with False.
+2. The model predicts N segments, Eq. (3.2a): `pred_logits` (N, K+1), the last column being
+   "no object" ∅, and `pred_masks` (N, Hp/4, Wp/4) mask logits.
+3. matcher.py finds the assignment σ (prediction σ(j) ↔ segment j) minimising Eq. (3.2c); the
+   GT masks are nearest-resized down to the prediction size for that cost only.
+4. `loss_labels`: every query gets a target class: c_j if it was matched to segment j, ∅
+   otherwise. Cross-entropy over K+1 classes, with ∅ weighted by no_object_weight = 0.1: the
+   first term of Eq. (3.2d).
+5. `loss_masks`: each matched predicted mask is upsampled (bilinear) to the targets' padded size
+   (Hp, Wp) and compared with its GT mask by the focal loss, Eq. (3.2f), and the dice loss,
+   Eq. (3.2g): the second term of Eq. (3.2d), split as in Eq. (3.2e). Unmatched queries get no
+   mask loss (the indicator 1{c ≠ ∅}).
+6. The terms come back unweighted ("loss_ce", "loss_mask", "loss_dice"); `weight_dict` holds
+   λ = 1, 20, 1 and the training loop sums Σ_k weight_dict[k] · losses[k]. With deep
+   supervision, each decoder layer's output ("aux_outputs") is matched anew and gets the same
+   three terms, keys suffixed "_0" (earliest layer) … "_4".
+
+How this differs from the paper's formulas, following the official code (SetCriterion in
+`mask_former/modeling/criterion.py`, which follows DETR):
+- Eq. (3.2d) is written as a sum over segments. The code normalises instead: the cross-entropy
+  is a *weighted mean* over all B·N queries, Σ w_c·(−log p) / Σ w_c with w = 1 for real classes
+  and 0.1 for ∅; the focal and dice terms are summed over matched masks and divided by
+  num_masks = the number of GT masks in the batch, averaged over processes, at least 1.
+- Focal loss per mask is a mean over pixels (Eq. (3.2f) says so; the dice of Eq. (3.2g) sums).
+- Ignore and padding pixels: by default they are background (0) in every GT mask, so the mask
+  losses push predictions towards 0 there, exactly as the official code does (it never uses
+  its `valid` map; official issue #57). `mask_ignore=True` is our option to leave them out:
+  each target then carries `valid`, a bool (H, W) map that is True where the pixel counts
+  (build it as `sem_seg != 255`, which is False on ignore labels and padding), and the focal
+  mean and the dice sums run over valid pixels only, in the matcher's cost as well as here.
+- Per-pixel baselines: Eq. (3.1b) sums over pixels; the official code (detectron2's semantic
+  segmentation head) averages over labelled pixels.
+- Losses are computed in float32 even when the model runs in bf16/fp16 (autocast).
+
+Reading order: `MaskFormerLoss.forward` → `loss_labels` → `loss_masks` → `sigmoid_focal_loss`,
+`dice_loss`; `per_pixel_loss` stands alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from matcher import HungarianMatcher, Indices, check_targets
+
+
+def sigmoid_focal_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tensor,
+                       valid: Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Focal loss, Eq. (3.2f): per mask the mean over pixels, then summed over masks / num_masks.
+
+    mask_logits (M, P) logits; target_masks (M, P) in {0, 1}; valid (M, P) 0/1, or None when
+    every pixel counts.
+    """
+    prob = mask_logits.sigmoid()
+    # p_t = p where the GT pixel is 1, 1 − p where it is 0; α_t likewise α or 1 − α
+    p_t = prob * target_masks + (1 - prob) * (1 - target_masks)
+    alpha_t = alpha * target_masks + (1 - alpha) * (1 - target_masks)
+    # −log p_t, computed stably from the logits
+    neg_log_p_t = F.binary_cross_entropy_with_logits(mask_logits, target_masks, reduction="none")
+    # Eq. (3.2f): −α_t (1 − p_t)^γ log p_t at every pixel
+    focal = alpha_t * (1 - p_t) ** gamma * neg_log_p_t                     # (M, P)
+    if valid is None:
+        per_mask = focal.mean(1)                                           # (M,)
+    else:
+        per_mask = (focal * valid).sum(1) / valid.sum(1).clamp(min=1)      # (M,)
+    return per_mask.sum() / num_masks
+
+
+def dice_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tensor,
+              valid: Tensor | None = None) -> Tensor:
+    """Dice loss, Eq. (3.2g), on the sigmoid probabilities, summed over masks / num_masks.
+
+    Same arguments as `sigmoid_focal_loss`.
+    """
+    prob = mask_logits.sigmoid()                                           # (M, P)
+    if valid is not None:
+        prob, target_masks = prob * valid, target_masks * valid
+    intersection = (prob * target_masks).sum(1)                            # (M,)
+    # Eq. (3.2g): L_dice = 1 − (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)
+    per_mask = 1 - (2 * intersection + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
+    return per_mask.sum() / num_masks
+
+
+def count_masks(targets: list[dict], device: torch.device) -> Tensor:
+    """num_masks: GT masks in the batch, averaged over processes when distributed, clamped ≥ 1."""
+    num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_masks)  # sum over processes ...
+        num_masks = num_masks / dist.get_world_size()  # ... / their number: the mean
+    return num_masks.clamp(min=1)
+
+
+class MaskFormerLoss(nn.Module):
+    """L_mask-cls of Eq. (3.2d) (the paper's Eq. (1)) for the final and every auxiliary output.
+
+    num_classes: K (without ∅). matcher: HungarianMatcher with the loss weights as its costs
+    (the official setting) when None; FixedMatcher() for the fixed-matching ablation.
+    class_weight, mask_weight, dice_weight: λ of the CE, focal and dice terms (1, 20, 1),
+    only used in `weight_dict` and the default matcher. num_aux_layers: how many auxiliary
+    outputs `weight_dict` covers (decoder layers − 1 = 5 in the paper). mask_ignore: leave pixels
+    with targets[b]["valid"] False out of the mask losses (see the module docstring).
+
+    forward(outputs, targets) -> dict of unweighted scalar terms; the total is
+    sum(weight_dict[k] * v for k, v in losses.items()).
+    """
+
+    def __init__(self, num_classes: int, matcher: nn.Module | None = None, no_object_weight: float = 0.1,
+                 class_weight: float = 1.0, mask_weight: float = 20.0, dice_weight: float = 1.0,
+                 num_aux_layers: int = 5, mask_ignore: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher if matcher is not None else HungarianMatcher(
+            cost_class=class_weight, cost_mask=mask_weight, cost_dice=dice_weight, mask_ignore=mask_ignore)
+        self.mask_ignore = mask_ignore
+        self.num_aux_layers = num_aux_layers
+        # per-class CE weights: 1 for the K classes, no_object_weight for ∅ (official `empty_weight`)
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_weight
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+        layer_weights = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+        self.weight_dict = dict(layer_weights)
+        for i in range(num_aux_layers):
+            self.weight_dict.update({f"{key}_{i}": weight for key, weight in layer_weights.items()})
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        B, N, num_classes_plus_one = outputs["pred_logits"].shape
+        if num_classes_plus_one != self.num_classes + 1:
+            raise ValueError(f"MaskFormerLoss: pred_logits has {num_classes_plus_one} classes per query, "
+                             f"expected num_classes + 1 = {self.num_classes + 1} (the last one is ∅)")
+        aux_outputs = outputs.get("aux_outputs", [])
+        if len(aux_outputs) > self.num_aux_layers:
+            raise ValueError(f"MaskFormerLoss: outputs have {len(aux_outputs)} aux_outputs but weight_dict "
+                             f"covers {self.num_aux_layers}; pass num_aux_layers=dec_layers - 1")
+        check_targets(targets, B, self.num_classes, "MaskFormerLoss", self.mask_ignore)
+        sizes = {tuple(t["masks"].shape[1:]) for t in targets}
+        if len(sizes) > 1:
+            raise ValueError(f"MaskFormerLoss: all targets' masks must share the padded batch size "
+                             f"(collate pads them), got sizes {sorted(sizes)}")
+
+        # one normaliser for all layers: the number of GT masks, Eq. (3.2d) divided by it
+        num_masks = count_masks(targets, outputs["pred_logits"].device)
+        losses = self.layer_losses(outputs, targets, num_masks)
+        # deep supervision: every decoder layer is matched anew and gets the same terms
+        for i, layer_outputs in enumerate(aux_outputs):
+            layer_losses = self.layer_losses(layer_outputs, targets, num_masks)
+            losses.update({f"{key}_{i}": value for key, value in layer_losses.items()})
+        return losses
+
+    def layer_losses(self, outputs: dict, targets: list[dict], num_masks: Tensor) -> dict[str, Tensor]:
+        """The three terms of Eq. (3.2d)/(3.2e) for one decoder layer's predictions."""
+        indices = self.matcher(outputs, targets)
+        return {**self.loss_labels(outputs, targets, indices),
+                **self.loss_masks(outputs, targets, indices, num_masks)}
+
+    def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices) -> dict[str, Tensor]:
+        """First term of Eq. (3.2d): −log p_σ(j)(c_j) for matched queries, −log p(∅) for the rest."""
+        pred_logits = outputs["pred_logits"].float()
+        B, N, _ = pred_logits.shape
+        device = pred_logits.device
+        batch_idx, query_idx = self.matched_queries(indices, device)
+        # target class of every query: ∅ (index K) unless the query was matched to a segment
+        target_classes = torch.full((B, N), self.num_classes, dtype=torch.long, device=device)  # (B, N)
+        target_classes[batch_idx, query_idx] = torch.cat(
+            [t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(device)
+        # weighted mean over the B·N queries of −log p(target), ∅ weighted by no_object_weight
+        loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.empty_weight)
+        return {"loss_ce": loss_ce}
+
+    def loss_masks(self, outputs: dict, targets: list[dict], indices: Indices,
+                   num_masks: Tensor) -> dict[str, Tensor]:
+        """Second term of Eq. (3.2d), L_mask of Eq. (3.2e) split into its focal and dice parts."""
+        device = outputs["pred_masks"].device
+        batch_idx, query_idx = self.matched_queries(indices, device)
+        pred_masks = outputs["pred_masks"][batch_idx, query_idx].float()   # (M, h, w), M matched masks
+        target_masks = torch.cat([t["masks"][j] for t, (_, j) in zip(targets, indices)])
+        target_masks = target_masks.to(device=device, dtype=pred_masks.dtype)  # (M, H, W)
+        M, H, W = target_masks.shape
+        # predictions go *up* to the targets' padded size (the matcher went the other way)
+        pred_masks = F.interpolate(pred_masks[:, None], size=(H, W), mode="bilinear", align_corners=False)
+        pred_masks = pred_masks.flatten(1)                                 # (M, H*W)
+        target_masks = target_masks.flatten(1)                             # (M, H*W)
+        valid = None
+        if self.mask_ignore:  # each matched mask uses its own image's valid map
+            valid = torch.cat([t["valid"][None].expand(len(j), H, W) for t, (_, j) in zip(targets, indices)])
+            valid = valid.to(device=device, dtype=pred_masks.dtype).flatten(1)  # (M, H*W)
+        return {"loss_mask": sigmoid_focal_loss(pred_masks, target_masks, num_masks, valid),
+                "loss_dice": dice_loss(pred_masks, target_masks, num_masks, valid)}
+
+    @staticmethod
+    def matched_queries(indices: Indices, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(batch_idx, query_idx) of all matched queries, image by image: index (B, N, ...) tensors."""
+        batch_idx = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
+        query_idx = torch.cat([query for query, _ in indices])
+        return batch_idx.to(device), query_idx.to(device)
+
+
+def per_pixel_loss(sem_seg_logits: Tensor, sem_seg: Tensor, ignore_index: int = 255) -> Tensor:
+    """Eq. (3.1b) for PerPixelBaseline(+): per-pixel cross-entropy over K classes.
+
+    sem_seg_logits (B, K, h, w) are upsampled (bilinear) to the labels' (H, W); sem_seg (B, H, W)
+    long with values in 0..K−1 or ignore_index. The mean over labelled pixels (official; the
+    paper writes a sum); 0, still attached to the graph, when every pixel is ignored.
+    """
+    B, K, h, w = sem_seg_logits.shape
+    if sem_seg.dim() != 3 or sem_seg.shape[0] != B or sem_seg.dtype != torch.long:
+        raise ValueError(f"per_pixel_loss: sem_seg must be a long (B={B}, H, W) tensor, "
+                         f"got {sem_seg.dtype} of shape {tuple(sem_seg.shape)}")
+    H, W = sem_seg.shape[-2:]
+    labelled = sem_seg != ignore_index                                     # (B, H, W)
+    bad = labelled & ((sem_seg < 0) | (sem_seg >= K))
+    if bad.any():
+        raise ValueError(f"per_pixel_loss: sem_seg values must be in 0..{K - 1} or {ignore_index} (ignore), "
+                         f"got {sem_seg[bad].unique().tolist()[:10]}")
+    logits = F.interpolate(sem_seg_logits.float(), size=(H, W), mode="bilinear", align_corners=False)
+    # Eq. (3.1b): Σ_i −log p_i(y_i) over labelled pixels, then / their number
+    total = F.cross_entropy(logits, sem_seg, ignore_index=ignore_index, reduction="sum")
+    return total / labelled.sum().clamp(min=1)

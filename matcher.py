@@ -1,0 +1,201 @@
+"""Bipartite matching of predicted segments to ground-truth segments: Eq. (3.2c).
+
+Paper: §3.2 "Mask classification", the matching σ that Eq. (3.2d) (the paper's Eq. (1)) needs.
+
+Why match at all? MaskFormer is a *set predictor*: the transformer decoder outputs N
+(prediction, mask) pairs in parallel and nothing ties query 7 to "sky" or to "the second
+person". The ground truth is another set, of N_gt segments, in no particular order. A loss that
+compared prediction i with segment i would depend on an arbitrary ordering, so the loss must be
+invariant to permutations of the predictions. DETR's answer, used here: find the one-to-one
+assignment σ of predictions to segments with the lowest total cost (the Hungarian algorithm,
+`scipy.optimize.linear_sum_assignment`) and supervise each prediction with the segment it got;
+predictions left over are supervised as "no object" ∅ by the loss.
+
+The cost of giving segment j (class c_j, mask m_j) to prediction i is Eq. (3.2c):
+
+    C(i, j) = −λ_cls p_i(c_j) + λ_focal L_focal(m_i, m_j) + λ_dice L_dice(m_i, m_j)
+
+with λ_cls = 1, λ_focal = 20, λ_dice = 1 as in the official config. Why −p_i(c_j) and not the
+−log p_i(c_j) of the loss? (DETR, §3.1): a probability lies in [0, 1], on the same scale as the
+focal and dice terms, while a log-probability is unbounded (−log p → ∞ as p → 0), so one
+confidently wrong class would swamp the mask terms and the assignment would ignore mask
+quality. Constants (the "1 −" of 1 − p) do not change the argmin and are dropped.
+
+How this file differs from the official `mask_former/modeling/matcher.py`: it computes the same
+costs (focal cost ÷ H·W of the prediction, dice with +1 smoothing, GT masks nearest-resized to
+the prediction's stride-4 size) in float32, and it raises a clear error on NaN/inf costs
+(a diverged model) instead of letting scipy fail cryptically. `mask_ignore=True` is our
+addition (see losses.py): pixels a target marks as not `valid` are left out of the mask costs.
+
+More ground-truth segments than queries (N_gt > N): `linear_sum_assignment` on the rectangular
+N × N_gt matrix matches min(N, N_gt) pairs, so every query gets a segment and the extra segments
+are not matched and not supervised, exactly as in the official code (where N = 100 makes this
+rare). The loss still counts them in its normaliser num_masks, as the official code does.
+
+Reading order: `HungarianMatcher.forward` → `HungarianMatcher.cost_matrix` → `focal_cost`,
+`dice_cost`; then `FixedMatcher` (the paper's "fixed matching" ablation, §4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+# One (query_idx, target_idx) pair of int64 CPU tensors per image, sorted by query index.
+Indices = list[tuple[Tensor, Tensor]]
+
+
+def focal_cost(mask_logits: Tensor, target_masks: Tensor, valid: Tensor | None = None,
+               alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Focal loss of Eq. (3.2f) between *every* predicted mask and *every* target mask.
+
+    mask_logits (N, P) logits, target_masks (M, P) in {0, 1}, valid (P,) 0/1 or None (all pixels
+    count). Returns (N, M): the mean over the counted pixels of the per-pixel focal loss.
+    """
+    prob = mask_logits.sigmoid()                                           # (N, P)
+    # the per-pixel focal loss if the target pixel is 1: −α (1 − p)^γ log p   (softplus(−x) = −log σ(x))
+    focal_pos = alpha * (1 - prob) ** gamma * F.softplus(-mask_logits)     # (N, P)
+    # ... and if it is 0: −(1 − α) p^γ log(1 − p)                          (softplus(x) = −log(1 − σ(x)))
+    focal_neg = (1 - alpha) * prob ** gamma * F.softplus(mask_logits)      # (N, P)
+    if valid is not None:
+        focal_pos, focal_neg = focal_pos * valid, focal_neg * valid
+    num_pixels = mask_logits.shape[1] if valid is None else valid.sum().clamp(min=1)
+    # Eq. (3.2f) for all pairs at once: Σ_p pos[i,p]·t[j,p] + neg[i,p]·(1 − t[j,p]), two matmuls
+    cost = focal_pos @ target_masks.T + focal_neg @ (1 - target_masks).T  # (N, M)
+    return cost / num_pixels
+
+
+def dice_cost(mask_logits: Tensor, target_masks: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Dice loss of Eq. (3.2g) between every predicted mask and every target mask: (N, M).
+
+    Same arguments as `focal_cost`; the masks' probabilities are sigmoid(logits).
+    """
+    prob = mask_logits.sigmoid()                                           # (N, P)
+    if valid is not None:
+        prob, target_masks = prob * valid, target_masks * valid
+    intersection = prob @ target_masks.T                                   # (N, M)
+    sizes = prob.sum(-1)[:, None] + target_masks.sum(-1)[None, :]          # (N, M)
+    # Eq. (3.2g): L_dice = 1 − (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)
+    return 1 - (2 * intersection + 1) / (sizes + 1)
+
+
+def check_targets(targets: list[dict], num_images: int, num_classes: int, where: str,
+                  mask_ignore: bool = False) -> None:
+    """Clear errors for targets that do not follow CONTRACT.md (one dict per image)."""
+    if len(targets) != num_images:
+        raise ValueError(f"{where}: got {len(targets)} target dicts for a batch of {num_images} images")
+    for b, target in enumerate(targets):
+        labels, masks = target["labels"], target["masks"]
+        if labels.dtype != torch.long or labels.dim() != 1:
+            raise ValueError(f"{where}: targets[{b}]['labels'] must be a 1-D long tensor, "
+                             f"got {labels.dtype} of shape {tuple(labels.shape)}")
+        if masks.dim() != 3 or masks.shape[0] != labels.shape[0]:
+            raise ValueError(f"{where}: targets[{b}]['masks'] must have shape (n, H, W) with n = "
+                             f"len(labels) = {labels.shape[0]}, got {tuple(masks.shape)}")
+        valid = target.get("valid")
+        if mask_ignore and (valid is None or valid.dtype != torch.bool or valid.shape != masks.shape[1:]):
+            raise ValueError(f"{where}: mask_ignore=True needs targets[{b}]['valid'], a bool (H, W) = "
+                             f"{tuple(masks.shape[1:])} map, True where the pixel counts (e.g. "
+                             "sem_seg != 255); got " + ("nothing" if valid is None else
+                                                        f"{valid.dtype} of shape {tuple(valid.shape)}"))
+    all_labels = torch.cat([t["labels"] for t in targets])
+    if all_labels.numel() and (all_labels.min() < 0 or all_labels.max() >= num_classes):
+        raise ValueError(f"{where}: target labels must lie in 0..{num_classes - 1} (the model has "
+                         f"{num_classes} classes + no-object), got values in "
+                         f"{all_labels.min().item()}..{all_labels.max().item()}")
+
+
+class HungarianMatcher(nn.Module):
+    """Minimum-cost one-to-one assignment of the N predictions to each image's segments, Eq. (3.2c).
+
+    outputs: {"pred_logits": (B, N, K+1), "pred_masks": (B, N, h, w) logits, ...}
+    targets: list of B dicts {"labels": long (n,), "masks": bool/float (n, H, W)}
+             (with mask_ignore=True also "valid": bool (H, W), True where the pixel counts).
+    Returns, per image, (query_idx, target_idx): int64 CPU tensors of length min(N, n), sorted by
+    query index: query query_idx[k] is assigned segment target_idx[k].
+    cost_class, cost_mask, cost_dice: the λ of Eq. (3.2c) (official 1, 20, 1, equal to the loss
+    weights). mask_ignore: leave pixels whose target "valid" is False out of the mask costs.
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
+                 mask_ignore: bool = False):
+        super().__init__()
+        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
+            raise ValueError("HungarianMatcher: cost_class, cost_mask and cost_dice cannot all be 0")
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+        self.mask_ignore = mask_ignore
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> Indices:
+        pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
+        B, N, num_classes_plus_one = pred_logits.shape
+        check_targets(targets, B, num_classes_plus_one - 1, "HungarianMatcher", self.mask_ignore)
+        indices = []
+        for b in range(B):  # per image: images have different numbers of segments
+            if len(targets[b]["labels"]) == 0:  # nothing to match: every query is ∅
+                empty = torch.zeros(0, dtype=torch.int64)
+                indices.append((empty, empty.clone()))
+                continue
+            cost = self.cost_matrix(pred_logits[b], pred_masks[b], targets[b]).cpu()  # (N, n), one copy
+            if not torch.isfinite(cost).all():
+                raise FloatingPointError(f"HungarianMatcher: the cost matrix of image {b} has NaN/inf "
+                                         "entries: the model's outputs are not finite (training diverged?)")
+            # rows come back sorted (scipy guarantees it): sorted by query index, as in DETR
+            query_idx, target_idx = linear_sum_assignment(cost.numpy())
+            indices.append((torch.as_tensor(query_idx, dtype=torch.int64),
+                            torch.as_tensor(target_idx, dtype=torch.int64)))
+        return indices
+
+    def cost_matrix(self, pred_logits: Tensor, pred_masks: Tensor, target: dict) -> Tensor:
+        """C(i, j) of Eq. (3.2c) for one image: pred_logits (N, K+1), pred_masks (N, h, w) -> (N, n)."""
+        N, h, w = pred_masks.shape
+        labels = target["labels"]
+        prob = pred_logits.float().softmax(-1)                             # (N, K+1), Eq. (3.3a)
+        # class term of Eq. (3.2c): −p_i(c_j)  (not −log p, see the module docstring)
+        cost_class = -prob[:, labels]                                      # (N, n)
+
+        # GT masks go to the prediction's (stride-4) size, nearest neighbour, as in the official code
+        target_masks = F.interpolate(target["masks"][:, None].float(), size=(h, w), mode="nearest")
+        target_masks = target_masks.flatten(1)                             # (n, h*w)
+        mask_logits = pred_masks.float().flatten(1)                        # (N, h*w)
+        valid = None
+        if self.mask_ignore:
+            valid = F.interpolate(target["valid"][None, None].float(), size=(h, w), mode="nearest")
+            valid = valid.flatten()                                        # (h*w,)
+
+        # Eq. (3.2c): C = λ_cls·(−p) + λ_focal·L_focal + λ_dice·L_dice
+        return (self.cost_class * cost_class
+                + self.cost_mask * focal_cost(mask_logits, target_masks, valid)
+                + self.cost_dice * dice_cost(mask_logits, target_masks, valid))  # (N, n)
+
+
+class FixedMatcher(nn.Module):
+    """The paper's *fixed* matching (§3.2, ablated in §4): prediction i ↔ the segment of class i.
+
+    Needs N ≥ K queries (the paper uses N = K); queries K..N−1 and queries of classes absent from
+    the image are supervised as ∅. Meant for semantic targets, which have one segment per class,
+    so a class appearing twice in one image is an error. Same call and return as HungarianMatcher.
+    """
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> Indices:
+        B, N, num_classes_plus_one = outputs["pred_logits"].shape
+        K = num_classes_plus_one - 1
+        if N < K:
+            raise ValueError(f"FixedMatcher: needs at least one query per class, got {N} queries "
+                             f"for {K} classes (set num_queries = num_classes)")
+        check_targets(targets, B, K, "FixedMatcher")
+        indices = []
+        for b, target in enumerate(targets):
+            labels = target["labels"].cpu()
+            if labels.unique().numel() != labels.numel():
+                raise ValueError(f"FixedMatcher: targets[{b}] has a class more than once "
+                                 f"({labels.tolist()}); fixed matching needs one segment per class")
+            # query c is matched to the segment whose label is c; sorting by label sorts by query
+            query_idx, target_idx = labels.sort()
+            indices.append((query_idx, target_idx))
+        return indices
