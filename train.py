@@ -39,10 +39,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import data
-import infer
-import losses
-import maskformer
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -50,6 +46,10 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+import data
+import infer
+import losses
+import maskformer
 import matcher
 
 
@@ -322,7 +322,11 @@ def lr_factor(step: int, recipe: Recipe) -> float:
 # Checkpoints: atomic writes, exact resume
 # -----------------------------------------------------------------------------------------------
 def rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random generator the run draws from, as tensors and plain numbers (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -330,7 +334,8 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -461,7 +466,7 @@ def train(args: argparse.Namespace) -> dict:
 
     # ---- model (Figure 2) and loss (Eq. 3.2d)
     overrides = dict(recipe.model_overrides)
-    overrides.update({"mask_classification": {}, "per_pixel": {"head": "per_pixel"},
+    overrides.update({"maskformer": {}, "per_pixel": {"head": "per_pixel"},
                       "per_pixel_plus": {"head": "per_pixel_plus"}}[args.model])
     if args.num_queries is not None:
         overrides["num_queries"] = args.num_queries

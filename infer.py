@@ -1,0 +1,689 @@
+"""Inference: from MaskFormer's N (class, mask) pairs to segmentation maps (§3.4), evaluation, CLI.
+
+The model (maskformer.py) returns, per image, N class logits over K + 1 classes (the last one is
+"no object" ∅) and N mask logits at stride 4. §3.4 turns them into outputs:
+
+- `semantic_inference`, Eq. (3.4b): per-pixel class scores Σ_i p_i(c) · m_i[h, w], a matrix
+  product; the argmax over the K real classes is the semantic map. Used for mIoU (Table 1).
+- `general_inference`, Eq. (3.4a): each pixel goes to the single query maximising p_i(c_i) · m_i.
+- `panoptic_inference`: Eq. (3.4a) plus DETR's filters (drop ∅ and low-confidence queries, drop
+  segments mostly hidden by others), stuff segments of one class merged; used for PQ (Table 3).
+- `instance_inference`: the by-product "one binary mask and score per query".
+- The per-pixel baselines (§4) already give per-pixel class logits (`sem_seg_logits`), Eq. (3.1a):
+  their argmax is the semantic map.
+
+Around these: `resize_to_original` (upsample to the padded input, crop the padding, resize to the
+original image, as detectron2's `sem_seg_postprocess`), `predict_semantic` / `predict_panoptic`
+(a batch of images → predictions at the original size, with optional multi-scale + flip test-time
+augmentation), `evaluate` (mIoU or PQ over a loader, used by train.py), drawing, and the CLI:
+
+    python infer.py --config tiny --random-init --input photo.jpg --output out/      # a demo
+    python infer.py --weights run/best.pt --input photos/ --data ade20k --output out/
+    python infer.py --eval --data ade20k --data-root datasets --weights run/best.pt --output out/
+
+How this differs from the official code (facebookresearch/MaskFormer, mask_former_model.py):
+- Same order of operations: mask logits are upsampled to the padded input size before the
+  sigmoid; semantic scores (and, for panoptic, the mask logits) are cropped and resized to the
+  original size; panoptic inference runs at the original size. Panoptic inference is vectorised
+  (one bincount for the areas, one lookup for the final map) instead of a loop over queries that
+  writes the map query by query; the result is the same, edge cases included.
+- `segments_info` also carries each segment's "score" p_i(c_i) (a merged stuff segment keeps the
+  score of its first query) and its "area" in pixels.
+- Test-time augmentation rescales the already resized, normalised test image (bilinear) instead
+  of re-reading and resizing the original file; the long-edge cap of the TTA sizes is not applied.
+
+Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
+resize_to_original → predict_semantic / predict_panoptic → evaluate → drawing → main (CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor, nn
+from tqdm import tqdm
+
+import data
+import maskformer
+from metrics import PanopticMetrics, SemanticMetrics
+
+TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale ("m.s.") test, with flip
+
+# ---------------------------------------------------------------------------------------------
+# §3.4: from N (class, mask) pairs to segmentations
+# ---------------------------------------------------------------------------------------------
+
+
+def semantic_inference(pred_logits: Tensor, pred_masks: Tensor) -> Tensor:
+    """Eq. (3.4b): per-pixel class scores Σ_i p_i(c) · m_i[h, w] over the K real classes.
+
+    pred_logits (B, N, K+1) class logits, pred_masks (B, N, h, w) mask logits → (B, K, h, w).
+    The semantic map is the argmax over dim 1; ∅ takes no part in it.
+    """
+    # Eq. (3.3a): p_i = softmax over K + 1 classes; then ∅ (the last column) is dropped
+    class_probs = pred_logits.float().softmax(-1)[..., :-1]  # (B, N, K)
+    # Eq. (3.3b): m_i = sigmoid of the mask logits
+    mask_probs = pred_masks.float().sigmoid()  # (B, N, h, w)
+    # Eq. (3.4b): Σ_i p_i(c) · m_i[h, w]
+    return torch.einsum("bnk,bnhw->bkhw", class_probs, mask_probs)  # (B, K, h, w)
+
+
+def general_inference(pred_logits: Tensor, pred_masks: Tensor) -> Tensor:
+    """Eq. (3.4a): a semantic map by hard assignment of each pixel to one query.
+
+    pred_logits (B, N, K+1), pred_masks (B, N, h, w) logits → labels (B, h, w) long: pixel [h, w]
+    gets c_i of the query i maximising p_i(c_i) · m_i[h, w] among queries with c_i ≠ ∅, where
+    c_i = argmax_c p_i(c) over all K + 1 classes. Where every query predicts ∅ the set is empty
+    and the label is -1 ("no segment"; SemanticMetrics counts it as a miss).
+    """
+    B, N, K1 = pred_logits.shape
+    # c_i and p_i(c_i), the argmax taken over {1..K, ∅}
+    scores, classes = pred_logits.float().softmax(-1).max(-1)  # (B, N), (B, N)
+    prob_masks = scores[..., None, None] * pred_masks.float().sigmoid()  # (B, N, h, w)
+    # queries with c_i = ∅ take no part: give them a value below every probability
+    no_object = classes == K1 - 1  # (B, N)
+    prob_masks = prob_masks.masked_fill(no_object[..., None, None], -1.0)
+    # Eq. (3.4a): argmax over i with c_i ≠ ∅ of p_i(c_i) · m_i[h, w]
+    winner = prob_masks.argmax(1)  # (B, h, w) query index
+    labels = classes.gather(1, winner.flatten(1)).view_as(winner)  # (B, h, w) c_winner
+    return labels.masked_fill(labels == K1 - 1, -1)  # only when all N queries are ∅
+
+
+def panoptic_inference(
+    pred_logits: Tensor,
+    pred_masks: Tensor,
+    is_thing: list[bool] | Tensor,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> tuple[Tensor, list[dict]]:
+    """General inference, Eq. (3.4a), with DETR's filters for panoptic output (§3.4).
+
+    pred_logits (N, K+1), pred_masks (N, H, W) mask logits (at the output size), is_thing (K,).
+    1. Keep queries with c_i ≠ ∅ and p_i(c_i) > object_mask_threshold.
+    2. Each pixel goes to the kept query maximising p_i(c_i) · m_i[h, w], Eq. (3.4a).
+    3. A query whose won pixels are fewer than overlap_threshold × its own mask's pixels
+       (m_i >= 0.5), i.e. a mask mostly hidden by others, gives no segment: its pixels stay void.
+       So does a query that wins no pixel or whose mask has no pixel >= 0.5 (official behaviour).
+    4. The segments of one stuff class merge into one (the first kept query's id); every thing
+       query is its own instance.
+    Returns pan_seg (H, W) long, 0 = void, segments 1, 2, … and segments_info, one dict per
+    segment: {"id", "category_id", "isthing", "score", "area"}.
+    """
+    N, K1 = pred_logits.shape
+    H, W = pred_masks.shape[-2:]
+    # c_i and p_i(c_i), the argmax over {1..K, ∅}
+    scores, classes = pred_logits.float().softmax(-1).max(-1)  # (N,), (N,)
+    # 1. drop ∅ and low-confidence queries
+    keep = (classes != K1 - 1) & (scores > object_mask_threshold)
+    scores, classes = scores[keep], classes[keep]  # (M,)
+    mask_probs = pred_masks[keep].float().sigmoid()  # (M, H, W)
+    M = len(scores)
+    if M == 0:
+        return torch.zeros(H, W, dtype=torch.long, device=pred_masks.device), []  # all void
+    # 2. Eq. (3.4a): each pixel to the kept query with the largest p_i(c_i) · m_i[h, w]
+    winner = (scores[:, None, None] * mask_probs).argmax(0)  # (H, W) in 0..M-1
+    won_area = torch.bincount(winner.flatten(), minlength=M)  # (M,) pixels each query won
+    mask_area = (mask_probs >= 0.5).flatten(1).sum(1)  # (M,) pixels of each query's own mask
+    # 3.-4. decide each query's segment id; a loop over <= N numbers on the host (one transfer)
+    segment_of_query = [0] * M  # 0 = void
+    segments_info: list[dict] = []
+    stuff_segment: dict[int, dict] = {}  # class -> its (merged) stuff segment
+    for i, (c, score, won, area) in enumerate(
+        zip(classes.tolist(), scores.tolist(), won_area.tolist(), mask_area.tolist())
+    ):
+        if won == 0 or area == 0 or won / area < overlap_threshold:
+            continue
+        thing = bool(is_thing[c])
+        if not thing and c in stuff_segment:
+            segment = stuff_segment[c]  # 4. merge into the class's stuff segment
+            segment["area"] += won
+        else:
+            segment = {"id": len(segments_info) + 1, "category_id": c, "isthing": thing, "score": score,
+                       "area": won}
+            segments_info.append(segment)
+            if not thing:
+                stuff_segment[c] = segment
+        segment_of_query[i] = segment["id"]
+    pan_seg = torch.tensor(segment_of_query, device=winner.device)[winner]  # (H, W)
+    return pan_seg, segments_info
+
+
+def instance_inference(pred_logits: Tensor, pred_masks: Tensor) -> dict[str, Tensor]:
+    """Instance segmentation as a by-product of Eq. (3.2a): one binary mask per non-∅ query.
+
+    pred_logits (N, K+1), pred_masks (N, H, W) logits → {"masks": bool (M, H, W) (m_i >= 0.5),
+    "labels": (M,) c_i, "scores": (M,) p_i(c_i)}, sorted by decreasing score. (Not in the
+    MaskFormer paper's tables; Mask2Former's instance head ranks query-class pairs instead.)
+    """
+    K = pred_logits.shape[-1] - 1
+    scores, labels = pred_logits.float().softmax(-1).max(-1)  # (N,), (N,)
+    order = scores.argsort(descending=True)
+    order = order[labels[order] != K]  # drop ∅ queries
+    return {"masks": pred_masks[order].float().sigmoid() >= 0.5, "labels": labels[order], "scores": scores[order]}
+
+
+# ---------------------------------------------------------------------------------------------
+# From stride-4 model outputs to predictions at the original image size
+# ---------------------------------------------------------------------------------------------
+
+
+def resize_to_original(x: Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
+                       orig_size: tuple[int, int]) -> Tensor:
+    """(C, h, w) maps → (C, H0, W0), as detectron2's `sem_seg_postprocess` after the official upsampling.
+
+    1. upsample (bilinear) to the padded network input (Hp, Wp) (skipped if already there),
+    2. crop the padding away: keep the top-left image_size (h_img, w_img),
+    3. resize (bilinear) to orig_size, the image's size before the test resize.
+    """
+    x = x[None]  # (1, C, h, w)
+    if tuple(x.shape[-2:]) != tuple(padded_size):
+        x = F.interpolate(x, size=padded_size, mode="bilinear", align_corners=False)  # (1, C, Hp, Wp)
+    x = x[..., : image_size[0], : image_size[1]]  # (1, C, h_img, w_img)
+    if tuple(image_size) != tuple(orig_size):
+        x = F.interpolate(x, size=orig_size, mode="bilinear", align_corners=False)  # (1, C, H0, W0)
+    return x[0]
+
+
+def pad_to_multiple(images: Tensor, multiple: int = data.SIZE_DIVISIBILITY) -> Tensor:
+    """Zero-pad (B, 3, H, W) normalised images at the bottom/right to sides divisible by `multiple`."""
+    H, W = images.shape[-2:]
+    return F.pad(images, (0, -W % multiple, 0, -H % multiple))
+
+
+def run_model(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """One forward pass without gradients (autocast to `amp_dtype` if given); outputs in float32."""
+    with torch.no_grad(), torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        outputs = model(images)
+    return {k: v.float() for k, v in outputs.items() if isinstance(v, Tensor)}
+
+
+def class_scores(outputs: dict[str, Tensor], b: int, padded_size: tuple[int, int], image_size: tuple[int, int],
+                 orig_size: tuple[int, int]) -> Tensor:
+    """Per-pixel class scores (K, H0, W0) of image b of a batch, at its original size."""
+    if "sem_seg_logits" in outputs:
+        # per-pixel baselines, Eq. (3.1a): the logits already are per-pixel scores
+        scores = outputs["sem_seg_logits"][b]  # (K, h, w)
+    else:
+        # official order: mask logits upsampled to the padded input, then sigmoid and Eq. (3.4b)
+        masks = F.interpolate(outputs["pred_masks"][b : b + 1], size=padded_size, mode="bilinear",
+                              align_corners=False)  # (1, N, Hp, Wp)
+        scores = semantic_inference(outputs["pred_logits"][b : b + 1], masks)[0]  # (K, Hp, Wp)
+    return resize_to_original(scores, padded_size, image_size, orig_size)
+
+
+def _sizes(images: Tensor, image_sizes: list | None, orig_sizes: list | None) -> tuple[list, list]:
+    """Defaults: every image fills the batch tensor; predictions at that same size."""
+    if image_sizes is None:
+        image_sizes = [tuple(images.shape[-2:])] * len(images)
+    image_sizes = [tuple(s) for s in image_sizes]
+    return image_sizes, [tuple(s) for s in orig_sizes] if orig_sizes is not None else image_sizes
+
+
+def predict_semantic(model: nn.Module, images: Tensor, image_sizes: list | None = None, orig_sizes: list | None = None,
+                     amp_dtype: torch.dtype | None = None, tta: bool = False) -> list[Tensor]:
+    """Semantic maps (H0, W0) long, one per image; Eq. (3.4b) or the per-pixel argmax.
+
+    images (B, 3, H, W) normalised (zero padding is added up to a multiple of 32);
+    image_sizes: each image's (h, w) inside the batch before padding (default: all of (H, W));
+    orig_sizes: the size to predict at (default: image_sizes). tta: multi-scale + flip.
+    """
+    image_sizes, orig_sizes = _sizes(images, image_sizes, orig_sizes)
+    if tta:
+        return [tta_class_scores(model, images[b, :, :h, :w], orig, amp_dtype).argmax(0)
+                for b, ((h, w), orig) in enumerate(zip(image_sizes, orig_sizes))]
+    images = pad_to_multiple(images)
+    outputs = run_model(model, images, amp_dtype)
+    padded_size = tuple(images.shape[-2:])
+    return [class_scores(outputs, b, padded_size, image_sizes[b], orig_sizes[b]).argmax(0)  # (H0, W0)
+            for b in range(len(images))]
+
+
+def tta_class_scores(model: nn.Module, image: Tensor, orig_size: tuple[int, int],
+                     amp_dtype: torch.dtype | None = None, scales: tuple[float, ...] = TTA_SCALES) -> Tensor:
+    """Class scores (K, H0, W0) of one image (3, h, w) averaged over scales × {as is, flipped}.
+
+    As the official SemanticSegmentorWithTTA: every version is predicted at the original size
+    (flipped ones flipped back) and the scores are averaged: Eq. (3.4b) scores for MaskFormer,
+    logits for the per-pixel baselines (the official TTA averages whatever the model returns).
+    Scales are relative to the test size (ADE20K: short edge 512 → 256 … 896).
+    """
+    h, w = image.shape[-2:]
+    total = None
+    for scale in scales:
+        size = (max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1))  # detectron2's rounding
+        scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)  # (1, 3, hs, ws)
+        pair = pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp): flip before padding
+        outputs = run_model(model, pair, amp_dtype)
+        padded_size = tuple(pair.shape[-2:])
+        for b in range(2):
+            scores = class_scores(outputs, b, padded_size, size, orig_size)  # (K, H0, W0)
+            scores = scores.flip(-1) if b == 1 else scores
+            total = scores if total is None else total + scores
+    return total / (2 * len(scales))
+
+
+def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], image_sizes: list | None = None,
+                     orig_sizes: list | None = None, amp_dtype: torch.dtype | None = None,
+                     object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8) -> list[tuple[Tensor, list]]:
+    """(pan_seg (H0, W0), segments_info) per image via `panoptic_inference` at the original size."""
+    image_sizes, orig_sizes = _sizes(images, image_sizes, orig_sizes)
+    images = pad_to_multiple(images)
+    outputs = run_model(model, images, amp_dtype)
+    if "pred_masks" not in outputs:
+        raise ValueError("panoptic inference needs a mask-classification model (pred_logits, pred_masks); "
+                         "a per-pixel baseline gives semantic maps only")
+    padded_size = tuple(images.shape[-2:])
+    results = []
+    for b in range(len(images)):
+        # official: mask logits upsampled, cropped, resized to the original size, then inference
+        masks = resize_to_original(outputs["pred_masks"][b], padded_size, image_sizes[b], orig_sizes[b])
+        results.append(panoptic_inference(outputs["pred_logits"][b], masks, is_thing, object_mask_threshold,
+                                          overlap_threshold))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation over a data loader (train.py's validation and `infer.py --eval`)
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.device | str | None = None,
+             amp_dtype: torch.dtype | None = None, tta: bool = False, max_batches: int | None = None,
+             object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+             is_thing: list[bool] | None = None, progress: bool = True) -> dict:
+    """mIoU (task "semantic") or PQ ("panoptic") of `model` over the batches of `loader`.
+
+    Batches are `data.collate` outputs of an evaluation dataset (train=False): predictions are
+    compared with each target's "orig_sem_seg" / "orig_pan_seg" at the original resolution, as
+    detectron2 does. Runs in eval mode without gradients and restores the model's mode after.
+    is_thing defaults to loader.dataset.is_thing. Returns SemanticMetrics.compute() (mIoU …) or
+    PanopticMetrics.compute() (PQ …), plus "num_images". Under torch.distributed each process
+    evaluates what its own loader yields; nothing is all-reduced here (train.py evaluates on rank 0).
+    """
+    if task not in ("semantic", "panoptic"):
+        raise ValueError(f"task must be 'semantic' or 'panoptic', got {task!r}")
+    if tta and task == "panoptic":
+        raise ValueError("test-time augmentation is for semantic segmentation only (as in the official code)")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dataset = loader.dataset
+    if task == "semantic":
+        metric = SemanticMetrics(model.config.num_classes, getattr(dataset, "ignore_index", data.IGNORE_INDEX))
+    else:
+        is_thing = is_thing if is_thing is not None else getattr(dataset, "is_thing", None)
+        if is_thing is None:
+            raise ValueError("panoptic evaluation needs is_thing (none given and loader.dataset has none)")
+        metric = PanopticMetrics(is_thing)
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    was_training = model.training
+    model.eval()
+    num_images = 0
+    try:
+        for i, batch in enumerate(tqdm(loader, total=total, desc=f"eval {task}", disable=not progress)):
+            if max_batches is not None and i >= max_batches:
+                break
+            images, targets = batch["images"].to(device), batch["targets"]
+            if "orig_size" not in targets[0]:
+                raise ValueError("evaluate needs items of an evaluation dataset (train=False): no 'orig_size'")
+            orig_sizes = [t["orig_size"] for t in targets]
+            if task == "semantic":
+                preds = predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype, tta)
+                for pred, target in zip(preds, targets):
+                    metric.update(pred, target["orig_sem_seg"].to(device))
+            else:
+                preds = predict_panoptic(model, images, is_thing, batch["image_sizes"], orig_sizes, amp_dtype,
+                                         object_mask_threshold, overlap_threshold)
+                for (pan_seg, segments_info), target in zip(preds, targets):
+                    metric.update(pan_seg, segments_info, target["orig_pan_seg"].to(device), target["segments_info"])
+            num_images += len(targets)
+    finally:
+        model.train(was_training)
+    return {**metric.compute(), "num_images": num_images}
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing (PIL only)
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_overlay(image: np.ndarray, label_map: np.ndarray | Tensor, class_names: list[str], palette: np.ndarray,
+                 alpha: float = 0.5) -> Image.Image:
+    """The image (H, W, 3) uint8 with a semantic map (H, W) blended over it, plus a legend of the
+    classes present (largest first). Labels outside 0..K-1 are left undrawn."""
+    label_map = np.asarray(torch.as_tensor(label_map).cpu())
+    colours = data.colorize(label_map, palette)  # (H, W, 3)
+    known = (label_map >= 0) & (label_map < len(palette))
+    classes, counts = np.unique(label_map[known], return_counts=True)
+    entries = [(class_names[c], palette[c], n / label_map.size) for c, n in zip(classes, counts)]
+    return _blend_with_legend(image, colours, known, entries, alpha)
+
+
+def draw_panoptic_overlay(image: np.ndarray, pan_seg: np.ndarray | Tensor, segments_info: list[dict],
+                          class_names: list[str], palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The image with each panoptic segment blended over it: stuff in its class colour, each thing
+    instance in a shade of its class colour, white segment borders, and a legend of the classes."""
+    pan_seg = np.asarray(torch.as_tensor(pan_seg).cpu())
+    colours = np.zeros((*pan_seg.shape, 3), np.uint8)
+    area_of_class: dict[int, int] = {}
+    for k, segment in enumerate(segments_info):
+        c = segment["category_id"]
+        colour = palette[c].astype(np.int64)
+        if segment["isthing"]:  # a different shade per instance
+            colour = np.clip(colour + (k % 5 - 2) * 28, 0, 255)
+        where = pan_seg == segment["id"]
+        colours[where] = colour
+        area_of_class[c] = area_of_class.get(c, 0) + int(where.sum())
+    border = np.zeros(pan_seg.shape, bool)
+    border[:, 1:] |= pan_seg[:, 1:] != pan_seg[:, :-1]
+    border[1:, :] |= pan_seg[1:, :] != pan_seg[:-1, :]
+    colours[border] = 255
+    drawn = (pan_seg > 0) | border
+    entries = [(class_names[c], palette[c], n / pan_seg.size)
+               for c, n in sorted(area_of_class.items(), key=lambda kv: kv[0])]
+    return _blend_with_legend(image, colours, drawn, entries, alpha)
+
+
+def _blend_with_legend(image: np.ndarray, colours: np.ndarray, drawn: np.ndarray, entries: list,
+                       alpha: float, max_entries: int = 30) -> Image.Image:
+    """Blend `colours` over `image` where `drawn`; add a legend panel (swatch, name, % of pixels) on the right."""
+    blended = image.astype(np.float32)
+    blended[drawn] = (1 - alpha) * blended[drawn] + alpha * colours[drawn]
+    H, W = image.shape[:2]
+    entries = sorted(entries, key=lambda e: -e[2])[:max_entries]
+    font = ImageFont.load_default()
+    row, width = 16, 12 + max([len(name) for name, _, _ in entries] + [8]) * 7 + 60
+    canvas = Image.new("RGB", (W + width, max(H, row * len(entries) + 8)), "white")
+    canvas.paste(Image.fromarray(blended.round().astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (name, colour, fraction) in enumerate(entries):
+        y = 4 + k * row
+        draw.rectangle([W + 6, y + 2, W + 18, y + 12], fill=tuple(int(v) for v in colour), outline="black")
+        draw.text((W + 24, y), f"{name} {100 * fraction:.1f}%", fill="black", font=font)
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def class_metadata(name: str | None, root: str | None,
+                   num_classes: int | None) -> tuple[list[str], np.ndarray, list[bool]]:
+    """(class_names, palette, is_thing) of dataset `name`; generic names and colours without one."""
+    if name is None:
+        K = num_classes if num_classes is not None else 150
+        return [f"class {k}" for k in range(K)], data.make_palette(K), [False] * K
+    if name == "ade20k" and root is None:  # the 150 names are part of data.py: no files needed
+        return list(data.ADE20K_CLASSES), data.make_palette(150), [False] * 150
+    dataset = data.build_dataset(name, root, split="val")
+    return list(dataset.class_names), dataset.palette, list(dataset.is_thing)
+
+
+def load_weights(path: str) -> tuple[dict, dict]:
+    """(state_dict, the rest) of a checkpoint {"model": state_dict, "config": dict, ...} or a bare state dict."""
+    if not Path(path).is_file():
+        raise SystemExit(f"error: --weights {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line, no traceback
+        # torch's weights-only refusal is long; the part after "WeightsUnpickler error:" names the culprit
+        text = str(e)
+        _, _, culprit = text.partition("WeightsUnpickler error:")
+        culprit = culprit.split("Check the documentation")[0].split("Please use")[0]
+        reason = " ".join(culprit.split()) or (text.splitlines() or [""])[0]
+        raise SystemExit(f"error: --weights {path}: cannot read it as a weights-only checkpoint "
+                         f"(tensors and plain containers only): {type(e).__name__}: {reason}") from None
+    if not isinstance(checkpoint, dict):
+        raise SystemExit(f"error: --weights {path}: expected a dict, got {type(checkpoint).__name__}")
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise SystemExit(f"error: --weights {path}: no state dict of tensors (under 'model' or at the top)")
+    return state, checkpoint if "model" in checkpoint else {}
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], path: str, description: str) -> None:
+    """SystemExit with one line summarising missing / unexpected / reshaped keys if `state` does not fit `model`."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(ours[k].shape)}" for k in ours
+                if k in state and state[k].shape != ours[k].shape]
+    problems = [f"{len(keys)} {kind} (e.g. {', '.join(keys[:2])})"
+                for kind, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", reshaped))
+                if keys]
+    if problems:
+        raise SystemExit(f"error: --weights {path} does not fit {description}: {'; '.join(problems)}")
+
+
+def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    num_classes: int | None) -> tuple[nn.Module, list[str] | None]:
+    """The model of --config / the checkpoint's config with --weights loaded (or random with --random-init),
+    and the class names the checkpoint carries (convert.py writes them), if any."""
+    if args.random_init:
+        if args.weights is not None or args.config is None:
+            parser.error("--random-init goes with --config and without --weights (random weights, for demos/tests)")
+        return maskformer.build_model(args.config, num_classes=num_classes or 150), None
+    if args.weights is None:
+        parser.error("--weights is required (or --config NAME --random-init for a model with random weights)")
+    state, extras = load_weights(args.weights)
+    saved_config = extras.get("config") if isinstance(extras.get("config"), dict) else None
+    if args.config is not None:
+        K = (saved_config or {}).get("num_classes") or num_classes or 150
+        model, description = maskformer.build_model(args.config, num_classes=K), f"--config {args.config} (K={K})"
+    elif saved_config is not None:
+        known = {f.name for f in fields(maskformer.MaskFormerConfig)}
+        try:
+            config = maskformer.MaskFormerConfig(**{k: v for k, v in saved_config.items() if k in known})
+            model = maskformer.MaskFormer(config)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: --weights {args.weights}: its config cannot be built ({e})") from None
+        description = f"its own config (backbone {config.backbone}, head {config.head})"
+    else:
+        parser.error(f"--config is required: {args.weights} holds no 'config' entry")
+    check_state_dict(model, state, args.weights, description)
+    model.load_state_dict(state)
+    class_names = extras.get("class_names")
+    valid_names = isinstance(class_names, list) and len(class_names) == model.config.num_classes
+    return model, list(map(str, class_names)) if valid_names else None
+
+
+def list_inputs(path: str, parser: argparse.ArgumentParser) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() not in data.IMAGE_EXTENSIONS:
+            parser.error(f"--input {path}: not an image file (expected one of {', '.join(data.IMAGE_EXTENSIONS)})")
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in data.IMAGE_EXTENSIONS)
+        if not files:
+            parser.error(f"--input {path}: the folder holds no images ({', '.join(data.IMAGE_EXTENSIONS)})")
+        return files
+    parser.error(f"--input {path}: no such file or folder")
+
+
+def write_semantic(out: Path, stem: str, image: np.ndarray, labels: Tensor, names: list[str],
+                   palette: np.ndarray) -> None:
+    """<stem>.png: the class id of every pixel (8-bit, or 16-bit for K > 256); <stem>_overlay.png."""
+    labels = labels.cpu().numpy()
+    raw = labels.astype(np.uint8) if len(names) <= 256 else labels.astype(np.uint16)
+    Image.fromarray(raw).save(out / f"{stem}.png")
+    draw_overlay(image, labels, names, palette).save(out / f"{stem}_overlay.png")
+
+
+def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, segments_info: list[dict],
+                   names: list[str], palette: np.ndarray) -> None:
+    """<stem>_panoptic.png (COCO: id = R + 256 G + 256² B), <stem>_panoptic.json, <stem>_overlay.png."""
+    ids = pan_seg.cpu().numpy().astype(np.uint32)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(out / f"{stem}_panoptic.png")
+    info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
+    (out / f"{stem}_panoptic.json").write_text(json.dumps({"file_name": f"{stem}_panoptic.png",
+                                                           "segments_info": info}, indent=1))
+    draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    p = argparse.ArgumentParser(description="MaskFormer inference (§3.4) and evaluation (mIoU / PQ).")
+    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / convert.py)")
+    p.add_argument("--config", choices=list(maskformer.CONFIGS), help="architecture (default: the checkpoint's)")
+    p.add_argument("--random-init", action="store_true", help="no weights: random model of --config (demos, tests)")
+    p.add_argument("--input", help="an image file or a folder of images")
+    p.add_argument("--output", default="outputs/infer", help="folder for the PNGs / JSON / evaluation tables")
+    p.add_argument("--task", choices=("semantic", "panoptic"), default="semantic")
+    p.add_argument("--data", choices=data.DATASETS, help="dataset for class names, colours and (panoptic) which "
+                   "classes are things; and the split for --eval. Without it: the checkpoint's names, all stuff")
+    p.add_argument("--data-root", help="the dataset's folder (needed by --eval and by --data other than ade20k)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, help="test resize of --input images: short edge (default: the --data "
+                   "recipe's test size, e.g. ADE20K 512; else 512). --eval uses the dataset's own test resize")
+    p.add_argument("--max-size", type=int, help="test resize: long edge at most (default: the recipe's, else 2048)")
+    p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
+    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast the forward pass to this dtype")
+    p.add_argument("--object-mask-threshold", type=float, default=0.8, help="panoptic: min p_i(c_i) to keep a query")
+    p.add_argument("--overlap-threshold", type=float, default=0.8, help="panoptic: min visible part of a mask")
+    p.add_argument("--eval", action="store_true", help="evaluate on the --data validation split instead")
+    p.add_argument("--batch-size", type=int, default=1, help="--eval batch size")
+    p.add_argument("--workers", type=int, default=2, help="--eval data-loading processes")
+    p.add_argument("--max-batches", type=int, help="--eval: stop after this many batches")
+    return p.parse_args(argv), p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """The CLI: predictions for --input images, or with --eval the metrics of the --data validation split."""
+    args, parser = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.tta and args.task == "panoptic":
+        parser.error("--tta is for --task semantic only")
+    device = torch.device(args.device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
+    if args.eval:
+        return run_evaluation(args, parser, device, amp_dtype)
+    run_inference(args, parser, device, amp_dtype)
+    return None
+
+
+def check_task(model: nn.Module, task: str) -> None:
+    if task == "panoptic" and model.config.head != "mask_classification":
+        raise SystemExit(f"error: --task panoptic needs a mask-classification model; this one's head is "
+                         f"{model.config.head!r} (semantic only)")
+
+
+def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device,
+                  amp_dtype: torch.dtype | None) -> None:
+    """Label PNG (or COCO panoptic PNG + JSON) and a colour overlay for every --input image."""
+    if args.input is None:
+        parser.error("--input is required (or --eval)")
+    inputs = list_inputs(args.input, parser)
+    try:
+        names, palette, is_thing = class_metadata(args.data, args.data_root, None)
+    except data.DatasetError as e:
+        parser.error(f"--data {args.data}: {e}")
+    model, saved_names = build_model_for(args, parser, len(names) if args.data else None)
+    model = model.to(device).eval()
+    check_task(model, args.task)
+    K = model.config.num_classes
+    if args.data and len(names) != K:
+        raise SystemExit(f"error: the model predicts {K} classes but --data {args.data} has {len(names)}")
+    if not args.data:  # names from the checkpoint if it has them, else "class k"
+        names, palette, is_thing = class_metadata(None, None, K)
+        names = saved_names or names
+    # the test resize: --size / --max-size, else the --data recipe's (shapes: none), else 512 / 2048
+    recipe = data.RECIPES.get(args.data) if args.data else None
+    keep_size = args.size is None and args.data is not None and recipe is None
+    short_edge = args.size or (recipe.test_size if recipe else 512)
+    long_edge = args.max_size or (recipe.test_max_size if recipe else 2048)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(inputs, desc="infer", unit="image"):
+        try:
+            image = data.read_image(path)  # (H0, W0, 3) uint8
+        except data.DatasetError as e:
+            raise SystemExit(f"error: {e}") from None
+        size = image.shape[:2] if keep_size else data.shortest_edge_size(*image.shape[:2], short_edge, long_edge)
+        resized, _ = data.resize(image, {}, size)
+        x = data.normalize(resized)[None].to(device)  # (1, 3, h, w)
+        orig = [image.shape[:2]]  # predictions at the photo's own size
+        if args.task == "semantic":
+            labels = predict_semantic(model, x, orig_sizes=orig, amp_dtype=amp_dtype, tta=args.tta)[0]
+            write_semantic(out, path.stem, image, labels, names, palette)
+        else:
+            pan_seg, segments_info = predict_panoptic(model, x, is_thing, orig_sizes=orig, amp_dtype=amp_dtype,
+                                                      object_mask_threshold=args.object_mask_threshold,
+                                                      overlap_threshold=args.overlap_threshold)[0]
+            write_panoptic(out, path.stem, image, pan_seg, segments_info, names, palette)
+    print(f"wrote {len(inputs)} prediction(s) to {out}")
+
+
+def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device,
+                   amp_dtype: torch.dtype | None) -> dict:
+    """`--eval`: mIoU or PQ over the validation split; a table on stdout, per-class JSON and CSV in --output."""
+    if args.data is None:
+        parser.error("--eval needs --data (and --data-root, except for shapes)")
+    try:
+        dataset = data.build_dataset(args.data, args.data_root, split="val", train=False,
+                                     **({"task": args.task} if args.data in ("coco_panoptic", "shapes") else {}))
+    except data.DatasetError as e:
+        parser.error(f"--data {args.data}: {e}")
+    if args.task == "panoptic" and not getattr(dataset, "panoptic", False):
+        parser.error(f"--task panoptic: --data {args.data} has no panoptic labels")
+    model = build_model_for(args, parser, dataset.num_classes)[0].to(device)
+    check_task(model, args.task)
+    if model.config.num_classes != dataset.num_classes:
+        raise SystemExit(f"error: the model predicts {model.config.num_classes} classes but --data {args.data} "
+                         f"has {dataset.num_classes}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=data.collate,
+                                         num_workers=args.workers)
+    results = evaluate(model, loader, args.task, device, amp_dtype, args.tta, args.max_batches,
+                       args.object_mask_threshold, args.overlap_threshold)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = dataset.class_names
+    if args.task == "semantic":
+        rows = [{"class": n, "IoU": iou, "Acc": acc}
+                for n, iou, acc in zip(names, results["per_class_iou"], results["per_class_acc"])]
+        summary = {k: results[k] for k in ("mIoU", "mACC", "pixel_acc")}
+    else:
+        rows = [{"class": n, "isthing": t, **c} for n, t, c in zip(names, dataset.is_thing, results["per_class"])]
+        summary = {k: results[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")}
+    print_table(rows, summary, results["num_images"])
+    report = {**summary, "num_images": results["num_images"], "per_class": rows}
+    (out / f"eval_{args.task}.json").write_text(json.dumps(_nan_to_none(report), indent=1))  # strict JSON
+    with open(out / f"eval_{args.task}_per_class.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"per-class results: {out / f'eval_{args.task}.json'} and {out / f'eval_{args.task}_per_class.csv'}")
+    return results
+
+
+def _nan_to_none(value):
+    """Classes absent from ground truth and prediction have nan metrics: null in JSON."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def print_table(rows: list[dict], summary: dict[str, float], num_images: int) -> None:
+    """Per-class rows (classes seen in ground truth or prediction) and the summary, in percent."""
+    value_keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
+    print(f"{'class':28}" + "".join(f"{k:>8}" for k in value_keys))
+    for row in rows:
+        if all(math.isnan(row[k]) for k in value_keys):
+            continue  # absent from ground truth and prediction
+        print(f"{row['class'][:27]:28}" + "".join(f"{100 * row[k]:8.2f}" for k in value_keys))
+    print(f"over {num_images} images: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()
