@@ -21,9 +21,10 @@ replacement) pairs. A source tensor name must match one pattern in full (the fir
 the replacement, with \\1-style groups, is our name. A name that no rule matches is an error,
 unless the source's IGNORED table lists it with the reason it is not needed. Only a few tensors
 need more than a new name; small named transforms run before the renaming:
-- `split_in_proj`: the official decoder uses nn.MultiheadAttention, which packs the query, key and
-  value projections into one (3C, C) `in_proj_weight`; ours (maskformer.MultiHeadAttention) keeps
-  q_proj / k_proj / v_proj, so the packed matrix is cut in three (rows q, then k, then v).
+- `split_in_proj`: the official encoder and decoder layers use nn.MultiheadAttention, which packs
+  the query, key and value projections into one (3C, C) `in_proj_weight`; ours
+  (maskformer.MultiHeadAttention) keeps q_proj / k_proj / v_proj, so the packed matrix is cut in
+  three (rows q, then k, then v).
 - `merge_hf_qkv`: the Hugging Face Swin splits Microsoft's packed `attn.qkv` into query / key /
   value; ours keeps Microsoft's packed layout, so the three are stacked back.
 - `check_relative_position_index`: every Swin checkpoint stores the (N, N) index into the relative
@@ -36,8 +37,9 @@ running_var`); torchvision and ours keep them in `bn1`, `downsample.1`: a renami
 Measured (tests/test_convert.py, eval mode, one 333 x 517 image, random weights): against the
 Hugging Face port, max |Δ| ≈ 3e-6 on the class logits and ≈ 3e-5 on mask logits of magnitude up to
 ~20, for Swin-T and ResNet-50 with 150 classes (HF's trainable BatchNorm, in eval mode, against our
-FrozenBatchNorm with the same statistics). Not convertible: the official COCO-panoptic R50/R101
-models (see `check_detectron2_layout`).
+FrozenBatchNorm with the same statistics). The official COCO-panoptic R50/R101 models
+(TransformerEncoderPixelDecoder: encoder layers on res5 inside the pixel decoder) convert too,
+onto maskformer.py's `enc_layers`; the Hugging Face port has no such pixel decoder.
 
 Reading order: HF_RULES → DETECTRON2_RULES → TORCHVISION_RULES / SWIN_IMAGENET_RULES → the
 transforms → `convert_state_dict` (the machinery) → the public functions → the readers
@@ -152,9 +154,9 @@ HF_IGNORED: Ignored = [
 # the current code saves sem_seg_head.pixel_decoder.adapter_1: both are accepted.
 # ---------------------------------------------------------------------------------------------
 D2_DECODER = r"sem_seg_head\.(?:pixel_decoder\.)?"  # BasePixelDecoder: adapter_n / layer_n read res{n+1}
+D2_ENC = D2_DECODER + r"transformer\.encoder\.layers\.(\d+)\."  # TransformerEncoderPixelDecoder's layer i
 D2_PREDICTOR = r"sem_seg_head\.predictor\."  # TransformerPredictor
 D2_DEC = D2_PREDICTOR + r"transformer\.decoder\.layers\.(\d+)\."
-D2_ENC = D2_PREDICTOR + r"transformer\.encoder\.layers\.(\d+)\."
 
 DETECTRON2_RULES: Rules = [
     # ResNet: detectron2 names res2..res5 and keeps each FrozenBN under its conv's `norm.`
@@ -171,6 +173,7 @@ DETECTRON2_RULES: Rules = [
     # Swin (D2SwinTransformer): Microsoft's names, ours too
     (r"backbone\.((?:patch_embed|layers\.\d+|norm\d)\..+)", r"backbone.\1"),
     # pixel decoder (BasePixelDecoder): adapter_n = lateral 1x1 of res{n+1}, layer_n = its 3x3
+    # (layer_4 reads res5, or conv_dim channels, the encoder output, in TransformerEncoderPixelDecoder)
     *[(D2_DECODER + rf"adapter_{n}\.weight", f"pixel_decoder.lateral_convs.res{n + 1}.conv.weight")
       for n in (1, 2, 3)],
     *[(D2_DECODER + rf"adapter_{n}\.norm\." + WB, rf"pixel_decoder.lateral_convs.res{n + 1}.norm.\1")
@@ -180,13 +183,17 @@ DETECTRON2_RULES: Rules = [
     *[(D2_DECODER + rf"layer_{n}\.norm\." + WB, rf"pixel_decoder.output_convs.res{n + 1}.norm.\1")
       for n in (1, 2, 3, 4)],
     (D2_DECODER + r"mask_features\." + WB, r"pixel_decoder.mask_features.\1"),
-    # transformer module (q/k/v come from split_in_proj)
+    # TransformerEncoderPixelDecoder (COCO-panoptic R50/R101): 1x1 input_proj on res5, then the
+    # encoder layers of its TransformerEncoderOnly (q/k/v come from split_in_proj)
+    (D2_DECODER + r"input_proj\." + WB, r"pixel_decoder.input_proj.\1"),
+    (D2_ENC + r"self_attn\.(q|k|v|out)_proj\." + WB, r"pixel_decoder.encoder_layers.\1.self_attn.\2_proj.\3"),
+    (D2_ENC + r"norm1\." + WB, r"pixel_decoder.encoder_layers.\1.self_attn_norm.\2"),
+    (D2_ENC + r"linear(1|2)\." + WB, r"pixel_decoder.encoder_layers.\1.ffn.linear\2.\3"),
+    (D2_ENC + r"norm2\." + WB, r"pixel_decoder.encoder_layers.\1.ffn_norm.\2"),
+    # transformer module (q/k/v come from split_in_proj). The predictor's own encoder
+    # (MASK_FORMER.ENC_LAYERS) is 0 layers in every official config: no rule, so such tensors are errors.
     (D2_PREDICTOR + r"input_proj\." + WB, r"transformer.input_proj.\1"),
     (D2_PREDICTOR + r"query_embed\.weight", "transformer.query_pos.weight"),
-    (D2_ENC + r"self_attn\.(q|k|v|out)_proj\." + WB, r"transformer.encoder_layers.\1.self_attn.\2_proj.\3"),
-    (D2_ENC + r"norm1\." + WB, r"transformer.encoder_layers.\1.self_attn_norm.\2"),
-    (D2_ENC + r"linear(1|2)\." + WB, r"transformer.encoder_layers.\1.ffn.linear\2.\3"),
-    (D2_ENC + r"norm2\." + WB, r"transformer.encoder_layers.\1.ffn_norm.\2"),
     (D2_DEC + r"self_attn\.(q|k|v|out)_proj\." + WB, r"transformer.decoder_layers.\1.self_attn.\2_proj.\3"),
     (D2_DEC + r"norm1\." + WB, r"transformer.decoder_layers.\1.self_attn_norm.\2"),
     (D2_DEC + r"multihead_attn\.(q|k|v|out)_proj\." + WB, r"transformer.decoder_layers.\1.cross_attn.\2_proj.\3"),
@@ -347,7 +354,6 @@ def hf_to_ours(hf_state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def detectron2_to_ours(d2_state_dict: dict[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
     """An official checkpoint's "model" dict (numpy arrays or tensors) → ours (loads with strict=True)."""
-    check_detectron2_layout(d2_state_dict)
     return convert_state_dict(as_tensors(d2_state_dict), DETECTRON2)[0]
 
 
@@ -369,22 +375,6 @@ def as_tensors(state: dict[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
 def unwrap(state: dict, key: str) -> dict:
     """`state[key]` when `state` is a checkpoint wrapping its weights (e.g. {"model": ...}), else `state`."""
     return state[key] if isinstance(state.get(key), dict) else state
-
-
-def check_detectron2_layout(state: dict) -> None:
-    """Refuse, with the reason, the one official layout that our model does not implement.
-
-    The COCO-panoptic R50/R101 models use TransformerEncoderPixelDecoder: 6 transformer encoder
-    layers on res5 *inside the pixel decoder*, whose output feeds both the FPN's top 3x3 conv
-    (`layer_4` then reads 256 channels, not res5's 2048) and the transformer decoder. Our
-    `enc_layers` is the predictor's own encoder (MASK_FORMER.ENC_LAYERS): it feeds the decoder
-    only, so those weights would compute a different function.
-    """
-    if any(re.match(D2_DECODER + r"(transformer\.encoder|input_proj)\.", name) for name in state):
-        raise ConversionError(
-            "this official checkpoint uses TransformerEncoderPixelDecoder (the COCO-panoptic R50/R101 "
-            "models: encoder layers inside the pixel decoder, feeding the FPN); maskformer.py's "
-            "enc_layers only feeds the transformer decoder, so it cannot be converted")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,7 +579,8 @@ def hf_config_to_ours(config: dict, where: str) -> tuple[str, dict, list[str]]:
         conv_dim=config.get("fpn_feature_size", 256), mask_dim=config.get("mask_feature_size", 256),
         hidden_dim=detr.get("d_model", 256), num_heads=detr.get("decoder_attention_heads", 8),
         dim_feedforward=detr.get("decoder_ffn_dim", 2048), dec_layers=detr.get("decoder_layers", 6),
-        num_queries=detr.get("num_queries", 100), dropout=detr.get("dropout", 0.1), enc_layers=0,
+        num_queries=detr.get("num_queries", 100), dropout=detr.get("dropout", 0.1),
+        enc_layers=0,  # the HF port has only BasePixelDecoder (no TransformerEncoderPixelDecoder)
     ))
     return name, {**overrides, **backbone_overrides(name, backbone, width)}, class_names
 
@@ -603,14 +594,16 @@ def config_from_state_dict(state: dict[str, Tensor]) -> dict:
         return len({m[1] for m in (re.fullmatch(pattern, k) for k in state) if m})
 
     values = {"conv_dim": state["pixel_decoder.mask_features.weight"].shape[1],
-              "mask_dim": state["pixel_decoder.mask_features.weight"].shape[0]}
+              "mask_dim": state["pixel_decoder.mask_features.weight"].shape[0],
+              "enc_layers": count(r"pixel_decoder\.encoder_layers\.(\d+)\..*")}  # 0: BasePixelDecoder
+    if values["enc_layers"] > 0:  # the official encoder shares MASK_FORMER.DIM_FEEDFORWARD with the decoder
+        values["dim_feedforward"] = state["pixel_decoder.encoder_layers.0.ffn.linear1.weight"].shape[0]
     if "pixel_classifier.weight" in state:
         return {**values, "head": "per_pixel", "num_classes": state["pixel_classifier.weight"].shape[0]}
     query_pos = state["transformer.query_pos.weight"]  # (N, C)
     values.update(num_queries=query_pos.shape[0], hidden_dim=query_pos.shape[1],
                   dim_feedforward=state["transformer.decoder_layers.0.ffn.linear1.weight"].shape[0],
-                  dec_layers=count(r"transformer\.decoder_layers\.(\d+)\..*"),
-                  enc_layers=count(r"transformer\.encoder_layers\.(\d+)\..*"))
+                  dec_layers=count(r"transformer\.decoder_layers\.(\d+)\..*"))
     if "class_head.weight" in state:
         return {**values, "head": "mask_classification", "num_classes": state["class_head.weight"].shape[0] - 1}
     return {**values, "head": "per_pixel_plus", "num_classes": query_pos.shape[0]}  # one query per class
@@ -671,9 +664,7 @@ def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Mo
     elif source is DETECTRON2:
         if config is None:
             raise ConversionError("--from detectron2 needs --config NAME (a .pkl carries no config), e.g. --config r50")
-        raw = load_detectron2_pickle(path)
-        check_detectron2_layout(raw)
-        state, left_out = convert_state_dict(as_tensors(raw), DETECTRON2)
+        state, left_out = convert_state_dict(as_tensors(load_detectron2_pickle(path)), DETECTRON2)
         values = config_from_state_dict(state)  # what the shapes say: K, N, widths, depths, head
         K = values.pop("num_classes")
         model = maskformer.build_model(config, num_classes=K, **overrides_against(config, values))

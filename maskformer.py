@@ -7,8 +7,11 @@ What this file implements, box by box of Figure 2:
 
 1. Pixel-level module: a backbone (backbones.py) maps the image to features res2…res5; the
    `PixelDecoder` (an FPN) upsamples them to per-pixel embeddings E_pixel (B, C_E, H/4, W/4).
+   With `enc_layers` > 0 (the COCO-panoptic R50/R101 models) it first runs res5 through
+   transformer encoder layers, the official TransformerEncoderPixelDecoder.
 2. Transformer module: `TransformerModule`, a DETR decoder: N learned query positions attend to
-   the backbone's lowest-resolution feature F (res5) and give N per-segment embeddings Q.
+   the lowest-resolution feature F (res5, or the pixel decoder's encoder output when
+   enc_layers > 0) and give N per-segment embeddings Q.
 3. Segmentation module (inside `MaskFormer`): a linear classifier gives p_i, Eq. (3.3a); an MLP
    gives mask embeddings whose dot products with E_pixel are the mask logits, Eq. (3.3b).
 
@@ -24,8 +27,9 @@ How this differs from the official code (facebookresearch/MaskFormer), computati
 - Attention is written out batch-first with separate q/k/v projections; the official code uses
   nn.MultiheadAttention (sequence-first, one packed in_proj weight). Same math; the q/k/v weights
   are initialised as that packed matrix is, so the initial distribution matches too.
-- No padding mask goes to the transformer (the official predictor passes mask=None as well), so
-  the sine position encoding is the same for every image: it is computed once per batch.
+- No padding mask goes to the transformer layers (the official predictor and pixel-decoder encoder
+  pass mask=None as well), so the sine position encoding is the same for every image: it is
+  computed once per batch.
 - The auxiliary ("deep supervision") predictions are computed only in training mode; the
   official code also computes them at inference and throws them away.
 - PerPixelBaseline: the logits are returned at stride 4; the official head upsamples them ×4
@@ -36,9 +40,10 @@ The Hugging Face port (transformers.MaskFormerForInstanceSegmentation, use_auxil
 computes the same function; convert.py (a later step) maps its weights onto the names used here.
 
 Reading order: MaskFormerConfig and CONFIGS → MaskFormer (forward shows the whole model) →
-PixelDecoder → sine_position_encoding → MultiHeadAttention → TransformerDecoderLayer →
-TransformerModule → MLP → build_model → count_flops. `python maskformer.py` prints params and
-FLOPs of every named config beside the paper's Table 1.
+PixelDecoder → sine_position_encoding → MultiHeadAttention → TransformerEncoderLayer (used by the
+PixelDecoder when enc_layers > 0) → TransformerDecoderLayer → TransformerModule → MLP →
+build_model → count_flops. `python maskformer.py` prints params and FLOPs of every named config
+beside the paper's Table 1.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ class MaskFormerConfig:
     num_heads: int = 8
     dim_feedforward: int = 2048
     dec_layers: int = 6
-    enc_layers: int = 0  # 6 for the COCO-panoptic R50/R101 models
+    # Transformer encoder layers on res5 inside the pixel decoder (official SEM_SEG_HEAD.
+    # TRANSFORMER_ENC_LAYERS): 0 = the plain FPN (ADE20K, Swin), 6 for the COCO-panoptic R50/R101 models
+    enc_layers: int = 0
     dropout: float = 0.1
     deep_supervision: bool = True  # auxiliary predictions from every decoder layer (§3.3)
 
@@ -105,6 +112,9 @@ def resolve_config(config: MaskFormerConfig) -> MaskFormerConfig:
         (config.hidden_dim % 4 == 0,
          f"hidden_dim must be a multiple of 4 (sine encoding: sin/cos pairs for x and y), got {config.hidden_dim}"),
         (config.dec_layers >= 1 and config.enc_layers >= 0, "need dec_layers >= 1 and enc_layers >= 0"),
+        (config.enc_layers == 0 or config.conv_dim % config.num_heads == 0,
+         f"conv_dim {config.conv_dim} must be divisible by num_heads {config.num_heads} (the pixel "
+         f"decoder's encoder layers, enc_layers > 0, are conv_dim wide)"),
         (0.0 <= config.dropout < 1.0, f"dropout must be in [0, 1), got {config.dropout}"),
     ]
     for ok, message in checks:
@@ -138,16 +148,20 @@ class MaskFormer(nn.Module):
         # 1. Pixel-level module: backbone + pixel decoder.
         self.backbone = build_backbone(config.backbone, **config.backbone_kwargs)
         channels = self.backbone.out_channels
-        self.pixel_decoder = PixelDecoder(channels, config.conv_dim, config.mask_dim)
+        self.pixel_decoder = PixelDecoder(
+            channels, config.conv_dim, config.mask_dim, config.enc_layers, config.num_heads,
+            config.dim_feedforward, config.dropout,
+        )
         if config.head == "per_pixel":
             # Eq. (3.1a): a K-way linear classifier on every pixel embedding (official: `predictor`).
             self.pixel_classifier = nn.Conv2d(config.mask_dim, config.num_classes, kernel_size=1)
             c2_msra_fill(self.pixel_classifier)
             return
-        # 2. Transformer module.
+        # 2. Transformer module. It reads F = res5, or the pixel decoder's encoder output (conv_dim wide).
+        feature_channels = config.conv_dim if config.enc_layers > 0 else channels["res5"]
         self.transformer = TransformerModule(
-            channels["res5"], config.hidden_dim, config.num_heads, config.dim_feedforward,
-            config.num_queries, config.enc_layers, config.dec_layers, config.dropout,
+            feature_channels, config.hidden_dim, config.num_heads, config.dim_feedforward,
+            config.num_queries, config.dec_layers, config.dropout,
         )
         # 3. Segmentation module: class head (Eq. 3.3a) and mask-embedding MLP (Eq. 3.3b).
         if config.head == "mask_classification":
@@ -164,15 +178,16 @@ class MaskFormer(nn.Module):
         every decoder layer of the baseline too).
         """
         B, _, H, W = images.shape
-        # Pixel-level module: F = res5 (B, C_F, H/32, W/32) and E_pixel (B, C_E, H/4, W/4)
+        # Pixel-level module: E_pixel (B, C_E, H/4, W/4) and F (B, C_F, H/32, W/32), the image feature
+        # of the transformer module (res5, or the pixel decoder's encoder output when enc_layers > 0)
         features = self.backbone(images)
-        pixel_embeddings = self.pixel_decoder(features)
+        pixel_embeddings, image_features = self.pixel_decoder(features)
         if self.config.head == "per_pixel":
             # Eq. (3.1a), before the softmax: K logits for every pixel
             return {"sem_seg_logits": self.pixel_classifier(pixel_embeddings)}  # (B, K, H/4, W/4)
 
         # Transformer module: one (B, N, C_Q) set of segment embeddings per decoder layer
-        queries = self.transformer(features["res5"])  # (L, B, N, C_Q)
+        queries = self.transformer(image_features)  # (L, B, N, C_Q)
         deep_supervision = self.training and self.config.deep_supervision
         if not deep_supervision:
             queries = queries[-1:]  # (1, B, N, C_Q): only the last layer predicts
@@ -234,33 +249,67 @@ class ConvNorm(nn.Module):
 class PixelDecoder(nn.Module):
     """§3.3 pixel decoder (Figure 2): FPN from res5 down to res2 → E_pixel at stride 4.
 
-    The official "BasePixelDecoder": res5 → 3x3 conv; then for res4, res3, res2 a 1x1 lateral
-    conv, plus the nearest-upsampled map from above, then a 3x3 conv; all with GroupNorm(32)
-    (and ReLU after the 3x3s). A last 3x3 conv with bias, `mask_features`, gives C_E = mask_dim
-    channels (the paper says 1x1, the code uses 3x3).
+    enc_layers == 0 (every ADE20K model, all Swins): the official "BasePixelDecoder". res5 → 3x3
+    conv; then for res4, res3, res2 a 1x1 lateral conv, plus the nearest-upsampled map from above,
+    then a 3x3 conv; all with GroupNorm(32) (and ReLU after the 3x3s). A last 3x3 conv with bias,
+    `mask_features`, gives C_E = mask_dim channels (the paper says 1x1, the code uses 3x3).
+
+    enc_layers > 0 (the COCO-panoptic R50/R101 models, 6 layers): the official
+    "TransformerEncoderPixelDecoder", which the paper does not describe. Before the FPN, res5 goes
+    through a 1x1 conv with bias to conv_dim (`input_proj`) and `enc_layers` DETR post-norm
+    encoder layers (`encoder_layers`, conv_dim wide, sine position encoding on q and k, no final
+    LayerNorm). Their output replaces res5 twice: as the FPN's top input (its 3x3 conv then reads
+    conv_dim channels) and as F, the image feature the transformer module attends to (official:
+    TRANSFORMER_IN_FEATURE "transformer_encoder").
+
+    forward returns both: (E_pixel, F), with F = res5 itself when enc_layers == 0.
     """
 
-    def __init__(self, in_channels: dict[str, int], conv_dim: int = 256, mask_dim: int = 256):
+    def __init__(self, in_channels: dict[str, int], conv_dim: int = 256, mask_dim: int = 256,
+                 enc_layers: int = 0, num_heads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1):
         super().__init__()
+        top_channels = in_channels["res5"]  # what the FPN's top 3x3 conv reads
+        if enc_layers > 0:
+            self.input_proj = nn.Conv2d(in_channels["res5"], conv_dim, kernel_size=1)
+            c2_xavier_fill(self.input_proj)
+            top_channels = conv_dim
+        self.encoder_layers = nn.ModuleList(
+            TransformerEncoderLayer(conv_dim, num_heads, dim_feedforward, dropout) for _ in range(enc_layers)
+        )
         self.lateral_convs = nn.ModuleDict(
             {name: ConvNorm(in_channels[name], conv_dim, 1, relu=False) for name in ("res4", "res3", "res2")}
         )
         self.output_convs = nn.ModuleDict(
-            {"res5": ConvNorm(in_channels["res5"], conv_dim, 3, relu=True)}
+            {"res5": ConvNorm(top_channels, conv_dim, 3, relu=True)}
             | {name: ConvNorm(conv_dim, conv_dim, 3, relu=True) for name in ("res4", "res3", "res2")}
         )
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, kernel_size=3, padding=1)
         c2_xavier_fill(self.mask_features)
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
-        """features {"res2": (B, C2, H/4, W/4), …, "res5": (B, C5, H/32, W/32)} → (B, C_E, H/4, W/4)."""
+    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """features {"res2": (B, C2, H/4, W/4), …, "res5": (B, C5, H/32, W/32)} →
+        (E_pixel (B, C_E, H/4, W/4), F (B, C_F, H/32, W/32)); C_F = conv_dim if enc_layers > 0 else C5."""
         B, _, H4, W4 = features["res2"].shape
-        y = self.output_convs["res5"](features["res5"])  # (B, conv_dim, H/32, W/32)
+        image_features = features["res5"]  # (B, C5, H/32, W/32)
+        if len(self.encoder_layers) > 0:
+            image_features = self.encode(image_features)  # (B, conv_dim, H/32, W/32)
+        y = self.output_convs["res5"](image_features)  # (B, conv_dim, H/32, W/32)
         for name in ("res4", "res3", "res2"):  # top-down: strides 16, 8, 4
             lateral = self.lateral_convs[name](features[name])  # (B, conv_dim, h, w)
             y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")  # (B, conv_dim, h, w)
             y = self.output_convs[name](y)  # (B, conv_dim, h, w)
-        return self.mask_features(y)  # (B, C_E, H/4, W/4)
+        return self.mask_features(y), image_features  # (B, C_E, H/4, W/4), (B, C_F, H/32, W/32)
+
+    def encode(self, res5: Tensor) -> Tensor:
+        """TransformerEncoderPixelDecoder only: res5 (B, C5, h, w) → (B, conv_dim, h, w), after every
+        res5 position has attended to all the others in each of the enc_layers encoder layers."""
+        x = self.input_proj(res5)  # (B, C, h, w), C = conv_dim
+        B, C, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, hw, C): one token per res5 pixel
+        pos = sine_position_tokens(h, w, C, x)  # (hw, C), the same for every image (no padding mask)
+        for layer in self.encoder_layers:
+            tokens = layer(tokens, pos)  # (B, hw, C)
+        return tokens.transpose(1, 2).reshape(B, C, h, w)  # (B, C, h, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +345,13 @@ def sine_position_encoding(
          pos_x[None, :, :].expand(height, width, num_pos_feats)), dim=2,
     )  # (height, width, 2F)
     return pos.permute(2, 0, 1)  # (2F, height, width)
+
+
+def sine_position_tokens(height: int, width: int, dim: int, like: Tensor) -> Tensor:
+    """sine_position_encoding of a (height, width) map as one row per token → (height·width, dim),
+    on `like`'s device and in its dtype (what the encoder and decoder layers add to their tokens)."""
+    pos = sine_position_encoding(height, width, dim // 2, device=like.device).to(like.dtype)  # (dim, h, w)
+    return pos.flatten(1).transpose(0, 1)  # (hw, dim): token t = row t // width, column t % width
 
 
 class MultiHeadAttention(nn.Module):
@@ -366,7 +422,8 @@ class FeedForward(nn.Module):
 
 class TransformerEncoderLayer(nn.Module):
     """DETR post-norm encoder layer: self-attention over the image tokens (sine position on q and k),
-    then the MLP; residual + dropout + LayerNorm after each. Off (0 layers) in the ADE20K models."""
+    then the MLP; residual + dropout + LayerNorm after each. Used inside the PixelDecoder when
+    enc_layers > 0 (6 layers in the COCO-panoptic R50/R101 models, none in the ADE20K ones)."""
 
     def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float):
         super().__init__()
@@ -411,17 +468,20 @@ class TransformerDecoderLayer(nn.Module):
 
 
 class TransformerModule(nn.Module):
-    """§3.3 transformer module (Figure 2): N queries attend to F = res5 → N segment embeddings Q.
+    """§3.3 transformer module (Figure 2): N queries attend to F → N segment embeddings Q.
 
-    res5 goes through a 1x1 projection to hidden_dim when its width differs (official:
-    `input_proj`), then through `enc_layers` encoder layers (none for ADE20K). The decoder's
+    F is res5, or with enc_layers > 0 the pixel decoder's encoder output (conv_dim wide). It goes
+    through a 1x1 projection to hidden_dim when its width differs (official: `input_proj`; so none
+    for the COCO-panoptic R50/R101 models, where conv_dim = hidden_dim = 256). The decoder's
     targets start at zero; what distinguishes the N queries is the learned query position
     `query_pos` (official: `query_embed`), added in every layer. A final LayerNorm (shared) is
     applied to every layer's output, as DETR's return_intermediate does for deep supervision.
+    The official predictor could also run its own encoder layers on F (MASK_FORMER.ENC_LAYERS);
+    every official config sets that to 0, so this module has none.
     """
 
     def __init__(self, in_channels: int, hidden_dim: int, num_heads: int, dim_feedforward: int,
-                 num_queries: int, enc_layers: int, dec_layers: int, dropout: float):
+                 num_queries: int, dec_layers: int, dropout: float):
         super().__init__()
         if in_channels != hidden_dim:
             self.input_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
@@ -429,9 +489,6 @@ class TransformerModule(nn.Module):
         else:
             self.input_proj = nn.Identity()
         self.query_pos = nn.Embedding(num_queries, hidden_dim)  # default N(0, 1) init, as official
-        self.encoder_layers = nn.ModuleList(
-            TransformerEncoderLayer(hidden_dim, num_heads, dim_feedforward, dropout) for _ in range(enc_layers)
-        )
         self.decoder_layers = nn.ModuleList(
             TransformerDecoderLayer(hidden_dim, num_heads, dim_feedforward, dropout) for _ in range(dec_layers)
         )
@@ -441,11 +498,8 @@ class TransformerModule(nn.Module):
         """image_features F (B, C_F, h, w) → Q of every decoder layer, (L, B, N, C), after the final LayerNorm."""
         x = self.input_proj(image_features)  # (B, C, h, w)
         B, C, h, w = x.shape
-        memory = x.flatten(2).transpose(1, 2)  # (B, hw, C): one token per res5 pixel
-        pos = sine_position_encoding(h, w, C // 2, device=x.device).to(x.dtype)  # (C, h, w)
-        pos = pos.flatten(1).transpose(0, 1)  # (hw, C), the same for every image
-        for layer in self.encoder_layers:
-            memory = layer(memory, pos)  # (B, hw, C)
+        memory = x.flatten(2).transpose(1, 2)  # (B, hw, C): one token per pixel of F
+        pos = sine_position_tokens(h, w, C, x)  # (hw, C), the same for every image
         query_pos = self.query_pos.weight  # (N, C)
         tgt = memory.new_zeros(B, *query_pos.shape)  # (B, N, C)
         outputs = []

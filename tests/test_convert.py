@@ -250,8 +250,10 @@ def official_name(name: str, old_head: bool) -> str:
         return f"{block}.shortcut.weight" if p[4] == "0" else f"{block}.shortcut.norm.{p[5]}"
     if p[0] == "backbone":
         return name  # Swin: Microsoft's names on both sides
-    if p[0] == "pixel_decoder" and p[1] == "mask_features":
-        return f"{pixel_decoder}mask_features.{p[2]}"
+    if p[0] == "pixel_decoder" and p[1] in ("mask_features", "input_proj"):
+        return f"{pixel_decoder}{p[1]}.{p[2]}"
+    if p[0] == "pixel_decoder" and p[1] == "encoder_layers":  # TransformerEncoderPixelDecoder's encoder
+        return encoder_layer_name(f"{pixel_decoder}transformer.encoder.layers.{p[2]}", p[3:])
     if p[0] == "pixel_decoder":  # res2 … res5 = adapter_/layer_ 1 … 4
         module = f"{pixel_decoder}{'adapter' if p[1] == 'lateral_convs' else 'layer'}_{int(p[2][3:]) - 1}"
         return f"{module}.weight" if p[3] == "conv" else f"{module}.norm.{p[4]}"
@@ -267,15 +269,29 @@ def official_name(name: str, old_head: bool) -> str:
         return f"{predictor}input_proj.{p[2]}"
     if p[1] == "decoder_norm":
         return f"{predictor}transformer.decoder.norm.{p[2]}"
-    decoder = p[1] == "decoder_layers"
-    layer = f"{predictor}transformer.{'decoder' if decoder else 'encoder'}.layers.{p[2]}"
-    if p[3] in ("self_attn", "cross_attn"):
-        attention = f"{layer}.{'self_attn' if p[3] == 'self_attn' else 'multihead_attn'}"
-        return f"{attention}.out_proj.{p[5]}" if p[4] == "out_proj" else f"{attention}.in_proj_{p[5]}"
-    if p[3] == "ffn":
-        return f"{layer}.{p[4]}.{p[5]}"
-    norms = {"self_attn_norm": "norm1", "cross_attn_norm": "norm2", "ffn_norm": "norm3" if decoder else "norm2"}
-    return f"{layer}.{norms[p[3]]}.{p[4]}"
+    assert p[1] == "decoder_layers", name
+    return decoder_layer_name(f"{predictor}transformer.decoder.layers.{p[2]}", p[3:])
+
+
+def decoder_layer_name(layer: str, p: list[str]) -> str:
+    """DETR's TransformerDecoderLayer: self_attn, multihead_attn (packed in_proj), linear1/2, norm1/2/3."""
+    if p[0] in ("self_attn", "cross_attn"):
+        attention = f"{layer}.{'self_attn' if p[0] == 'self_attn' else 'multihead_attn'}"
+        return f"{attention}.out_proj.{p[2]}" if p[1] == "out_proj" else f"{attention}.in_proj_{p[2]}"
+    if p[0] == "ffn":
+        return f"{layer}.{p[1]}.{p[2]}"
+    norms = {"self_attn_norm": "norm1", "cross_attn_norm": "norm2", "ffn_norm": "norm3"}
+    return f"{layer}.{norms[p[0]]}.{p[1]}"
+
+
+def encoder_layer_name(layer: str, p: list[str]) -> str:
+    """DETR's TransformerEncoderLayer: self_attn (packed in_proj), linear1/2, norm1 (after attention), norm2."""
+    if p[0] == "self_attn":
+        return f"{layer}.self_attn.out_proj.{p[2]}" if p[1] == "out_proj" else f"{layer}.self_attn.in_proj_{p[2]}"
+    if p[0] == "ffn":
+        return f"{layer}.{p[1]}.{p[2]}"
+    norms = {"self_attn_norm": "norm1", "ffn_norm": "norm2"}
+    return f"{layer}.{norms[p[0]]}.{p[1]}"
 
 
 def official_layout(model: maskformer.MaskFormer, old_head: bool = False) -> dict[str, np.ndarray]:
@@ -313,10 +329,25 @@ def test_official_layout_names_are_the_official_ones():
 
 @pytest.mark.parametrize("old_head", [False, True], ids=["pixel_decoder_prefix", "released_v1_names"])
 def test_detectron2_resnet_pickle_round_trips_exactly(tmp_path, old_head):
-    """Our R50 (random FrozenBN statistics, 1 predictor-encoder layer) written in the official layout
+    """Our R50 (random FrozenBN statistics) with 1 pixel-decoder encoder layer, the layout of the
+    COCO-panoptic R50/R101 models (TransformerEncoderPixelDecoder), written in the official layout
     and pickled → the CLI → the very same tensors, and a config read back from the shapes."""
     model = randomise(maskformer.build_model("r50", num_classes=K, enc_layers=1, **SMALL_HEAD))
-    write_pickle(tmp_path / "model_final.pkl", official_layout(model, old_head))
+    layout = official_layout(model, old_head)
+    # The official TransformerEncoderPixelDecoder's names and shapes, written out: input_proj is a
+    # 1x1 conv 2048 → conv_dim with bias, layer_4 reads conv_dim channels, the encoder layers sit in
+    # `transformer.encoder.layers`; the predictor reads conv_dim = hidden_dim channels: no input_proj.
+    pixel_decoder = "sem_seg_head." if old_head else "sem_seg_head.pixel_decoder."
+    encoder_layer = f"{pixel_decoder}transformer.encoder.layers.0."
+    assert layout[f"{pixel_decoder}input_proj.weight"].shape == (64, 2048, 1, 1)
+    assert layout[f"{pixel_decoder}input_proj.bias"].shape == (64,)
+    assert layout[f"{pixel_decoder}layer_4.weight"].shape == (64, 64, 3, 3)
+    assert layout[f"{encoder_layer}self_attn.in_proj_weight"].shape == (3 * 64, 64)
+    for name in ("linear1.weight", "linear2.bias", "norm1.weight", "norm2.bias", "self_attn.out_proj.bias"):
+        assert f"{encoder_layer}{name}" in layout, name
+    assert not any(".encoder.layers.1." in k or "predictor.input_proj" in k or "predictor.transformer.encoder" in k
+                   for k in layout)
+    write_pickle(tmp_path / "model_final.pkl", layout)
     convert.main(["--from", "detectron2", "--input", str(tmp_path / "model_final.pkl"), "--config", "r50",
                   "--output", str(tmp_path / "ours.pt")])
     checkpoint = torch.load(tmp_path / "ours.pt", weights_only=True)
@@ -349,11 +380,17 @@ def test_detectron2_per_pixel_baselines_round_trip(head):
     assert (values["head"], values["num_classes"]) == (head, K)
 
 
-def test_detectron2_pixel_decoder_encoder_is_refused():
-    """COCO-panoptic R50/R101 (TransformerEncoderPixelDecoder) computes another function than ours."""
-    state = {"sem_seg_head.pixel_decoder.transformer.encoder.layers.0.linear1.weight": np.zeros((4, 4), np.float32)}
-    with pytest.raises(convert.ConversionError, match="TransformerEncoderPixelDecoder"):
-        convert.detectron2_to_ours(state)
+def test_detectron2_encoder_tensors_go_to_the_pixel_decoder_only():
+    """The COCO-panoptic pixel-decoder encoder is converted (it used to be refused); a predictor
+    encoder (MASK_FORMER.ENC_LAYERS, 0 in every official config) has no counterpart here: an error."""
+    weight = np.zeros((4, 4), np.float32)
+    pixel_decoder = {"sem_seg_head.pixel_decoder.transformer.encoder.layers.3.linear1.weight": weight,
+                     "sem_seg_head.pixel_decoder.input_proj.bias": np.zeros(4, np.float32)}
+    assert set(convert.detectron2_to_ours(pixel_decoder)) == {
+        "pixel_decoder.encoder_layers.3.ffn.linear1.weight", "pixel_decoder.input_proj.bias"}
+    predictor = {"sem_seg_head.predictor.transformer.encoder.layers.0.linear1.weight": weight}
+    with pytest.raises(convert.ConversionError, match="predictor.transformer.encoder.layers.0.linear1.weight"):
+        convert.detectron2_to_ours(predictor)
 
 
 def test_detectron2_cli_needs_config(tmp_path):

@@ -255,38 +255,96 @@ def test_decoder_norm_is_applied_to_each_output_but_not_fed_forward():
     torch.testing.assert_close(outputs, torch.stack(expected))
 
 
+def official_encoder_top(pixel_decoder: nn.Module, res5: torch.Tensor) -> torch.Tensor:
+    """The official TransformerEncoderPixelDecoder's top level, sequence-first with nn.MultiheadAttention
+    as there: input_proj, then each encoder layer as DETR's forward_post, the sine encoding added
+    to q and k, no final LayerNorm; (B, C5, h, w) → (B, conv_dim, h, w)."""
+    x = pixel_decoder.input_proj(res5)
+    B, C, h, w = x.shape
+    src = x.flatten(2).permute(2, 0, 1)  # (hw, B, C)
+    pos = sine_position_encoding(h, w, C // 2)[None].flatten(2).permute(2, 0, 1)  # (hw, 1, C)
+    for layer in pixel_decoder.encoder_layers:
+        attention = torch_attention(layer.self_attn)
+        src = layer.self_attn_norm(src + attention(src + pos, src + pos, value=src)[0])
+        src = layer.ffn_norm(src + layer.ffn.linear2(F.relu(layer.ffn.linear1(src))))
+    return src.permute(1, 2, 0).reshape(B, C, h, w)
+
+
+def test_pixel_decoder_encoder_feeds_the_fpn_top_and_the_transformer_module():
+    """enc_layers > 0 (official TransformerEncoderPixelDecoder): the encoder output, not res5, is what
+    the FPN's top 3x3 conv and the transformer module read; changing its last layer changes both."""
+    model = tiny(enc_layers=2).eval()
+    randomize(model.pixel_decoder.encoder_layers)  # LayerNorms away from identity
+    assert model.pixel_decoder.output_convs["res5"].conv.in_channels == model.config.conv_dim
+    assert isinstance(model.transformer.input_proj, nn.Identity)  # conv_dim = hidden_dim: nothing to project
+    inputs = {}
+    model.pixel_decoder.output_convs["res5"].register_forward_pre_hook(lambda m, a: inputs.update(fpn_top=a[0]))
+    model.transformer.register_forward_pre_hook(lambda m, a: inputs.update(transformer=a[0]))
+    images = torch.randn(2, 3, 96, 160)  # res5: 3 x 5
+    with torch.no_grad():
+        features = model.backbone(images)
+        expected = official_encoder_top(model.pixel_decoder, features["res5"])  # (2, conv_dim, 3, 5)
+        before = model(images)
+        assert inputs["fpn_top"].shape == (2, model.config.conv_dim, 3, 5)
+        torch.testing.assert_close(inputs["fpn_top"], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(inputs["transformer"], expected, atol=1e-5, rtol=1e-5)
+        pixel_embeddings, _ = model.pixel_decoder(features)
+        model.pixel_decoder.encoder_layers[-1].ffn_norm.bias.add_(1.0)  # perturb the encoder's last layer
+        perturbed_embeddings, image_features = model.pixel_decoder(features)
+        after = model(images)
+    assert not torch.allclose(perturbed_embeddings, pixel_embeddings, atol=1e-3)  # E_pixel moved (FPN)
+    torch.testing.assert_close(image_features, expected + 1.0)  # F moved by exactly the bias change
+    torch.testing.assert_close(inputs["transformer"], expected + 1.0)
+    assert not torch.allclose(after["pred_logits"], before["pred_logits"], atol=1e-3)  # the decoder saw it
+
+
+def test_without_encoder_the_pixel_decoder_passes_res5_on():
+    """enc_layers == 0 (BasePixelDecoder): F is res5 itself, projected to hidden_dim by the transformer."""
+    model = tiny().eval()
+    assert not hasattr(model.pixel_decoder, "input_proj") and len(model.pixel_decoder.encoder_layers) == 0
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, 64, 64))
+        _, image_features = model.pixel_decoder(features)
+    assert image_features is features["res5"]
+    assert model.transformer.input_proj.in_channels == model.backbone.out_channels["res5"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole-model behaviour
 # ---------------------------------------------------------------------------------------------
 
 
-def first_layer_self_attention_and_key_biases(names: list[str]) -> set[str]:
+def zero_gradient_parameters(names: list[str], head: str) -> set[str]:
     """Parameters whose gradient is exactly zero at initialisation, by construction:
-    - every key-projection bias: q·(k + b) adds the same q·b to a whole row of scores, and the
-      softmax ignores that;
-    - the first decoder layer's self-attention: its targets start at zero, so with the zero-init
-      v/out biases its output is the constant 0 and its LayerNorm returns just the norm's bias.
+    - every key-projection bias (decoder, and the pixel decoder's encoder if any): q·(k + b) adds
+      the same q·b to a whole row of scores, and the softmax ignores that;
+    - the first decoder layer's self-attention (not in PerPixelBaseline, which has no decoder):
+      its targets start at zero, so with the zero-init v/out biases its output is the constant 0
+      and its LayerNorm returns just the norm's bias.
     """
+    zero = {n for n in names if n.endswith("k_proj.bias")}
+    if head == "per_pixel":
+        return zero
     first = "transformer.decoder_layers.0.self_attn."
-    zero = {f"{first}{p}" for p in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "v_proj.weight",
-                                    "out_proj.weight")}
+    zero |= {f"{first}{p}" for p in ("q_proj.weight", "q_proj.bias", "k_proj.weight", "v_proj.weight",
+                                     "out_proj.weight")}
     zero.add("transformer.decoder_layers.0.self_attn_norm.weight")
-    zero |= {n for n in names if n.endswith("k_proj.bias")}
     return zero
 
 
-@pytest.mark.parametrize("head", HEADS)
-def test_gradients_reach_every_parameter(head):
-    model = tiny(head).train()
+@pytest.mark.parametrize(("head", "enc_layers"), [(head, 0) for head in HEADS]
+                         + [("mask_classification", 1), ("per_pixel", 1)])  # per_pixel: only via the FPN
+def test_gradients_reach_every_parameter(head, enc_layers):
+    model = tiny(head, enc_layers=enc_layers).train()
     out = model(torch.randn(2, 3, 64, 64))
     sum(t.pow(2).mean() for t in all_tensors(out)).backward()
     names = [n for n, _ in model.named_parameters()]
     assert any(n.startswith("backbone.layer4") for n in names)  # res5 is used by every head
+    assert any(n.startswith("pixel_decoder.encoder_layers.0.") for n in names) == (enc_layers > 0)
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert no_grad == []
     zero = {n for n, p in model.named_parameters() if p.grad.abs().max() < 1e-6}
-    expected_zero = set() if head == "per_pixel" else first_layer_self_attention_and_key_biases(names)
-    assert zero == expected_zero
+    assert zero == zero_gradient_parameters(names, head)
 
 
 def test_deterministic_given_seed():
@@ -355,6 +413,21 @@ def test_parameter_count_matches_paper(name):
         model = build_model(name)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     assert params == pytest.approx(HF_PARAMS_M[name], rel=0.01)
+
+
+def test_parameter_count_with_pixel_decoder_encoder_is_closed_form():
+    """COCO-panoptic R50 (6 pixel-decoder encoder layers) = r50 + 6 DETR encoder layers (d 256,
+    FFN 2048) + input_proj (1x1, 2048 → 256, bias) − the top 3x3 conv reading res5 (2048 → 256)
+    + the one reading the encoder output (256 → 256) − the transformer's 1x1 input_proj (2048 → 256,
+    now an Identity: its input is 256 wide already)."""
+    with torch.device("meta"):
+        base = sum(p.numel() for p in build_model("r50").parameters())
+        coco = sum(p.numel() for p in build_model("r50", enc_layers=6).parameters())
+    d, ffn, c5 = 256, 2048, 2048
+    attention = 4 * (d * d + d)  # q, k, v and output projections, with biases
+    encoder_layer = attention + (d * ffn + ffn) + (ffn * d + d) + 2 * (2 * d)  # + MLP + 2 LayerNorms
+    conv1x1 = c5 * d + d
+    assert coco == base + 6 * encoder_layer + conv1x1 - c5 * d * 9 + d * d * 9 - conv1x1
 
 
 def test_count_flops_hand_worked_conv():
