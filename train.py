@@ -574,8 +574,7 @@ def train(args: argparse.Namespace) -> dict:
         if done % args.log_period == 0 or done == recipe.max_iter:
             stats = all_reduce_mean(sums, world_size)
             elapsed = time.perf_counter() - window_start
-            record = {"step": done, **{k: round(v, 6) for k, v in stats.items()},
-                      "grad_norm": round(float(grad_norm), 6), "lr": optimizer.param_groups[0]["lr"],
+            record = {"step": done, **stats, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
                       "img_per_s": round(window_images / max(elapsed, 1e-9), 2)}
             if device.type == "cuda":
                 record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
