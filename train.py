@@ -428,6 +428,83 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def build_datasets(args: argparse.Namespace, recipe: Recipe):
+    """The training set (with the recipe's augmentation) and the validation set (test resize)."""
+    kwargs: dict = {"crop_size": recipe.crop_size}
+    if args.data == "folder":
+        kwargs["ignore_index"] = args.ignore_index
+    train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs)
+    val_set = data.build_dataset(args.data, args.data_root, "val", train=False, **kwargs)
+    if args.val_images:
+        val_set = torch.utils.data.Subset(val_set, range(min(args.val_images, len(val_set))))
+    return train_set, val_set
+
+
+def build_model_and_criterion(args: argparse.Namespace, recipe: Recipe, num_classes: int):
+    """Figure 2's model (or a §4 baseline) and the loss of Eq. (3.2d) with its matcher."""
+    overrides = dict(recipe.model_overrides)
+    overrides.update({"maskformer": {}, "per_pixel": {"head": "per_pixel"},
+                      "per_pixel_plus": {"head": "per_pixel_plus"}}[args.model])
+    if args.num_queries is not None:
+        overrides["num_queries"] = args.num_queries
+    overrides.update(args.model_overrides_cli)
+    try:
+        model = maskformer.build_model(recipe.config, num_classes=num_classes, **overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.matcher == "fixed" and model.config.num_queries != num_classes:
+        raise SystemExit(f"error: --matcher fixed needs --num-queries {num_classes} "
+                         f"(= number of classes), got {model.config.num_queries}")
+    criterion = losses.MaskFormerLoss(
+        num_classes, num_aux_layers=max(model.config.dec_layers - 1, 0),
+        matcher=matcher.FixedMatcher() if args.matcher == "fixed" else matcher.HungarianMatcher())
+    return model, criterion
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe):
+    """AdamW over `param_groups` and the warm-up + poly (or step) schedule of `lr_factor`."""
+    optimizer = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
+                                  lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+    return optimizer, scheduler
+
+
+def train_step(train_model: nn.Module, batches, criterion, optimizer, scaler, accum: int,
+               device: torch.device, amp_dtype, clip_grad_norm: float) -> dict[str, float]:
+    """One optimiser step = `accum` forward/backward passes, gradient clipping, AdamW.
+
+    Returns the loss terms averaged over the micro-steps, plus the pre-clipping gradient norm;
+    all read back from the device in one transfer (one host-device sync per step).
+    """
+    sums: dict[str, torch.Tensor] = {}
+    images = 0
+    for micro in range(accum):
+        batch = move_batch(next(batches), device)
+        images += batch["images"].shape[0]
+        last = micro == accum - 1
+        # Under DDP, all-reduce gradients only on the last micro-step.
+        sync = train_model.no_sync() if isinstance(train_model, DistributedDataParallel) and not last \
+            else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs = train_model(batch["images"])
+            loss, terms = compute_loss(outputs, batch, criterion)
+            scaler.scale(loss / accum).backward()
+        for k, v in {"loss": loss.detach(), **terms}.items():
+            sums[k] = sums.get(k, 0.0) + v.float() / accum
+    scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Whole-model gradient clipping at L2 norm 0.01 (official CLIP_GRADIENTS "full_model").
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm if clip_grad_norm > 0 else math.inf)
+    stats = dict(zip([*sums, "grad_norm"], torch.stack([*sums.values(), grad_norm.float()]).tolist()))
+    if math.isfinite(stats["loss"]):  # a non-finite step is never applied
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    stats["images"] = images
+    return stats
+
+
 def train(args: argparse.Namespace) -> dict:
     """Runs training; returns the final validation metrics (rank 0) and writes everything to --output."""
     device, rank, world_size = setup_distributed(args.device)
@@ -448,15 +525,7 @@ def train(args: argparse.Namespace) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    # ---- data
-    data_kwargs = {"crop_size": recipe.crop_size}
-    if args.data == "folder":
-        data_kwargs["ignore_index"] = args.ignore_index
-    train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **data_kwargs)
-    val_set = data.build_dataset(args.data, args.data_root, "val", train=False, **data_kwargs)
-    if args.val_images:
-        val_set = torch.utils.data.Subset(val_set, range(min(args.val_images, len(val_set))))
-
+    train_set, val_set = build_datasets(args, recipe)
     # ---- batch arithmetic: global batch = processes x per-process batch x accumulation steps
     per_device = args.per_device_batch or (2 if device.type == "cuda" else recipe.batch_size // world_size)
     accum = args.accum_steps or max(1, recipe.batch_size // (per_device * world_size))
@@ -464,31 +533,11 @@ def train(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: batch size {recipe.batch_size} != {world_size} processes x "
                          f"{per_device} per process x {accum} accumulation steps")
 
-    # ---- model (Figure 2) and loss (Eq. 3.2d)
-    overrides = dict(recipe.model_overrides)
-    overrides.update({"maskformer": {}, "per_pixel": {"head": "per_pixel"},
-                      "per_pixel_plus": {"head": "per_pixel_plus"}}[args.model])
-    if args.num_queries is not None:
-        overrides["num_queries"] = args.num_queries
-    overrides.update(args.model_overrides_cli)
-    try:
-        model = maskformer.build_model(recipe.config, num_classes=train_set.num_classes, **overrides)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    if args.matcher == "fixed" and model.config.num_queries != train_set.num_classes:
-        raise SystemExit(f"error: --matcher fixed needs --num-queries {train_set.num_classes} "
-                         f"(= number of classes), got {model.config.num_queries}")
+    model, criterion = build_model_and_criterion(args, recipe, train_set.num_classes)
     if args.weights:
         load_pretrained(model, args.weights, log)
     model.to(device)
-    criterion = losses.MaskFormerLoss(
-        train_set.num_classes, num_aux_layers=max(model.config.dec_layers - 1, 0),
-        matcher=matcher.FixedMatcher() if args.matcher == "fixed" else matcher.HungarianMatcher())
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
-                                  lr=recipe.lr, weight_decay=recipe.weight_decay)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+    optimizer, scheduler = build_optimizer(model, recipe)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     # A GradScaler only for fp16 (bf16 has fp32's exponent range and needs none).
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -503,8 +552,7 @@ def train(args: argparse.Namespace) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_states(ckpt["rng"])
         start_step, best_metric = ckpt["step"], ckpt["best_metric"]
-        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-                   if json.loads(line).get("step", 0) <= start_step] if (out / "metrics.jsonl").exists() else []
+        history = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] <= start_step]
         log(f"resumed from {out / 'last.pt'} at step {start_step}")
     if is_main:
         (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
@@ -531,6 +579,12 @@ def train(args: argparse.Namespace) -> dict:
                 "recipe": asdict(recipe), "class_names": list(train_set.class_names),
                 "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
 
+    def append_log(record: dict) -> None:
+        history.append(record)
+        if is_main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
     log(f"training {recipe.config} ({args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"params) on {args.data}: {recipe.max_iter} iterations, batch {recipe.batch_size} = {world_size} "
         f"process(es) x {per_device} x {accum} accumulation, lr {recipe.lr}, device {device}")
@@ -540,78 +594,53 @@ def train(args: argparse.Namespace) -> dict:
     window_start, window_images = time.perf_counter(), 0
     model.train()
     for step in range(start_step, recipe.max_iter):
-        # -- one optimiser step = `accum` forward/backward passes
-        sums: dict[str, float] = {}
-        for micro in range(accum):
-            batch = move_batch(next(batches), device)
-            sync = contextlib.nullcontext()
-            if world_size > 1 and micro < accum - 1:
-                sync = train_model.no_sync()  # all-reduce gradients only on the last micro-step
-            with sync:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    outputs = train_model(batch["images"])
-                loss, terms = compute_loss(outputs, batch, criterion)
-                scaler.scale(loss / accum).backward()
-            for k, v in {"loss": loss.detach(), **terms}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / accum
-            window_images += batch["images"].shape[0] * world_size
-        if not math.isfinite(sums["loss"]):
+        stats = train_step(train_model, batches, criterion, optimizer, scaler, accum, device, amp_dtype,
+                           recipe.clip_grad_norm)
+        if not math.isfinite(stats["loss"]):
             raise NonFiniteLoss(
-                f"error: the loss became {sums['loss']} at step {step} (terms: "
-                f"{ {k: v for k, v in sums.items() if k != 'loss'} }); stopping. The last good checkpoint is "
-                f"{out / 'last.pt'}; try a lower --lr, --amp bf16 instead of fp16, or --clip-grad.")
-        scaler.unscale_(optimizer)
-        # Whole-model gradient clipping at L2 norm 0.01 (official CLIP_GRADIENTS "full_model").
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
-                     if recipe.clip_grad_norm > 0 else torch.tensor(0.0))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+                f"error: the loss became {stats['loss']} at step {step} (terms: "
+                f"{ {k: v for k, v in stats.items() if k.startswith('loss_')} }); stopping. The last good "
+                f"checkpoint is {out / 'last.pt'}; try a lower --lr, --amp bf16 instead of fp16, or --clip-grad.")
         scheduler.step()
         done = step + 1
+        window_images += stats.pop("images") * world_size
 
         # -- logging (global averages across processes)
         if done % args.log_period == 0 or done == recipe.max_iter:
-            stats = all_reduce_mean(sums, world_size)
             elapsed = time.perf_counter() - window_start
-            record = {"step": done, **stats, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
+            record = {"step": done, **all_reduce_mean(stats, world_size), "lr": optimizer.param_groups[0]["lr"],
                       "img_per_s": round(window_images / max(elapsed, 1e-9), 2)}
             if device.type == "cuda":
                 record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
             window_start, window_images = time.perf_counter(), 0
-            history.append(record)
-            if is_main:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                progress.set_postfix({k: record[k] for k in ("loss", "lr", "img_per_s") if k in record}
-                                     | ({"mem_mb": record["max_mem_mb"]} if "max_mem_mb" in record else {}))
+            append_log(record)
+            progress.set_postfix({k: record[k] for k in ("loss", "lr", "img_per_s", "max_mem_mb") if k in record})
         progress.update(1)
 
         # -- periodic validation (mIoU of Eq. 3.4b, or PQ) and checkpoints
         if done % recipe.eval_period == 0 or done == recipe.max_iter:
-            last_metrics = validate(model, val_loader, recipe.task, device, amp_dtype, world_size)
-            model.train()
-            record = {"step": done, "val_" + metric_name: last_metrics[metric_name]}
-            history.append(record)
+            last_metrics = validate(model, val_loader, recipe.task, device, amp_dtype)
+            append_log({"step": done, "val_" + metric_name: last_metrics[metric_name]})
             log(f"step {done}: validation {metric_name} = {100 * last_metrics[metric_name]:.2f}")
-            if is_main:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if last_metrics[metric_name] > best_metric:
-                    best_metric = last_metrics[metric_name]
-                    save_checkpoint(out / "best.pt", checkpoint_state(done))
+            if is_main and last_metrics[metric_name] > best_metric:
+                best_metric = last_metrics[metric_name]
+                save_checkpoint(out / "best.pt", checkpoint_state(done))
         if is_main and (done % recipe.checkpoint_period == 0 or done == recipe.max_iter):
             save_checkpoint(out / "last.pt", checkpoint_state(done))
     progress.close()
 
     if is_main:
         draw_loss_curve(history, out / "loss_curve.png")
-        save_prediction_overlays(model, val_set, train_set, device, out, recipe.task)
+        save_prediction_overlays(model, val_set, train_set, device, out)
         (out / "final_metrics.json").write_text(json.dumps(last_metrics, indent=1))
         log(f"done: {metric_name} {100 * last_metrics.get(metric_name, float('nan')):.2f}; outputs in {out}")
     if world_size > 1:
         dist.destroy_process_group()
     return last_metrics
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 class SeededItems(torch.utils.data.Dataset):
@@ -629,9 +658,12 @@ class SeededItems(torch.utils.data.Dataset):
         return self.dataset.get(index, rng=np.random.default_rng(seed))
 
 
-def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype, world_size: int):
-    """Validation on rank 0's loader (the whole split), the same figure as `infer.py --eval`."""
-    return infer.evaluate(model, loader, task=task, device=device, amp_dtype=amp_dtype, progress=False)
+def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype) -> dict:
+    """Validation on the whole split, the same figure as `infer.py --eval` (every process runs it:
+    simple, and small next to training). Leaves the model in training mode."""
+    metrics = infer.evaluate(model, loader, task=task, device=device, amp_dtype=amp_dtype, progress=False)
+    model.train()
+    return metrics
 
 
 def make_progress(start: int, total: int, disable: bool):
@@ -673,7 +705,7 @@ def draw_loss_curve(history: list[dict], path: Path, size: tuple[int, int] = (64
     img.save(path)
 
 
-def save_prediction_overlays(model, val_set, train_set, device, out: Path, task: str, count: int = 4) -> None:
+def save_prediction_overlays(model, val_set, train_set, device, out: Path, count: int = 4) -> None:
     """A few validation images with the predicted semantic map drawn over them."""
     model.eval()
     for i in range(min(count, len(val_set))):
