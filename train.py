@@ -61,7 +61,7 @@ class Recipe:
     """Every training setting that has a paper/official default; command-line flags override it."""
 
     config: str
-    crop_size: int
+    crop_size: int | None  # None: the dataset's recipe has no crop (COCO panoptic)
     batch_size: int  # global batch (all GPUs x gradient accumulation)
     max_iter: int
     lr: float
@@ -86,8 +86,8 @@ DATA_RECIPES: dict[str, dict] = {
     "cityscapes": dict(config="r50", crop_size=512, batch_size=16, max_iter=90_000, eval_period=5000,
                        checkpoint_period=5000, task="semantic"),
     # COCO panoptic: batch 64, 554,400 iterations, lr x0.1 at 369,600; 6 transformer encoder
-    # layers for the ResNet configs (REFERENCE.md).
-    "coco_panoptic": dict(config="r50", crop_size=1024, batch_size=64, max_iter=554_400, eval_period=5000,
+    # layers for the ResNet configs (REFERENCE.md); no crop (short edge 480-800, data.py's recipe).
+    "coco_panoptic": dict(config="r50", crop_size=None, batch_size=64, max_iter=554_400, eval_period=5000,
                           checkpoint_period=5000, task="panoptic", schedule="step", lr_steps=(369_600,),
                           model_overrides={"enc_layers": 6}),
     # A user's own folder: the ADE20K recipe, with fewer iterations by default.
@@ -430,7 +430,7 @@ class NonFiniteLoss(RuntimeError):
 
 def build_datasets(args: argparse.Namespace, recipe: Recipe):
     """The training set (with the recipe's augmentation) and the validation set (test resize)."""
-    kwargs: dict = {"crop_size": recipe.crop_size}
+    kwargs: dict = {} if recipe.crop_size is None else {"crop_size": recipe.crop_size}
     if args.data == "folder":
         kwargs["ignore_index"] = args.ignore_index
     train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs)
