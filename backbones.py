@@ -87,9 +87,14 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel affine map this norm applies: (scale, shift), each (C,)."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()  # (C,)
         shift = self.bias - self.running_mean * scale  # (C,)
+        return scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_and_shift()
         scale = scale.to(x.dtype).view(1, -1, 1, 1)  # (1, C, 1, 1); keeps x's dtype under autocast
         shift = shift.to(x.dtype).view(1, -1, 1, 1)  # (1, C, 1, 1)
         return x * scale + shift
@@ -112,6 +117,22 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     if norm == "bn":
         return nn.BatchNorm2d(channels)
     raise ValueError(f"ResNet norm: expected 'frozen_bn' or 'bn', got {norm!r}")
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(conv(x)) for the ResNet's conv + norm pairs, (B, C_in, H, W) -> (B, C_out, H', W').
+
+    A FrozenBatchNorm2d is a fixed per-channel affine map, so it is folded into the convolution:
+    conv(x) * scale + shift = conv with weight W * scale and bias shift. Same result (up to float
+    rounding), one pass over the activations instead of three (conv, multiply, add), and in
+    training no saved copy for the norm's backward; the gradient still reaches conv.weight
+    through the product. A trainable BatchNorm2d ("bn") is applied as it is.
+    """
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale, shift = norm.scale_and_shift()  # (C_out,) each
+    weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k): W * scale, per output channel
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def conv_shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> nn.Sequential | None:
@@ -146,10 +167,11 @@ class BasicBlock(nn.Module):
         self.downsample = conv_shortcut(in_channels, planes, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)  # (B, planes, H', W')
-        out = self.relu(self.bn1(self.conv1(x)))  # (B, planes, H', W')
-        out = self.bn2(self.conv2(out))  # (B, planes, H', W')
-        return self.relu(out + identity)
+        identity = x if self.downsample is None else conv_norm(*self.downsample, x)  # (B, planes, H', W')
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))  # (B, planes, H', W')
+        out = conv_norm(self.conv2, self.bn2, out)  # (B, planes, H', W')
+        out += identity  # in place: no new (B, planes, H', W') buffer
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -174,11 +196,12 @@ class Bottleneck(nn.Module):
         self.downsample = conv_shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)  # (B, 4*planes, H', W')
-        out = self.relu(self.bn1(self.conv1(x)))  # (B, planes, H, W)
-        out = self.relu(self.bn2(self.conv2(out)))  # (B, planes, H', W')
-        out = self.bn3(self.conv3(out))  # (B, 4*planes, H', W')
-        return self.relu(out + identity)
+        identity = x if self.downsample is None else conv_norm(*self.downsample, x)  # (B, 4*planes, H', W')
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))  # (B, planes, H, W)
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))  # (B, planes, H', W')
+        out = conv_norm(self.conv3, self.bn3, out)  # (B, 4*planes, H', W')
+        out += identity  # in place: no new (B, 4*planes, H', W') buffer
+        return self.relu(out)
 
 
 class ResNet(nn.Module):
@@ -230,7 +253,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_images(x, "ResNet")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, width, ceil(H/4), ceil(W/4))
+        # channels-last (NHWC) memory, the layout oneDNN (CPU) and cuDNN (tensor cores) convolve
+        # fastest; same values and shapes, and every feature map below inherits it
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # (B, width, ceil(H/4), ceil(W/4))
         features = {}
         for i in range(4):
             x = getattr(self, f"layer{i + 1}")(x)  # (B, C_i, ceil(H/2^(i+2)), ceil(W/2^(i+2)))
@@ -570,7 +596,9 @@ class SwinTransformer(nn.Module):
         for i, stage in enumerate(self.layers):
             x = stage(x, H, W)  # (B, H*W, C_i)
             out = getattr(self, f"norm{i}")(x)  # (B, H*W, C_i)
-            features[f"res{i + 2}"] = out.transpose(1, 2).reshape(B, -1, H, W)  # (B, C_i, H, W)
+            # (B, C_i, H, W) as a view in channels-last memory (no copy), the layout the pixel
+            # decoder's convolutions run fastest on (see ResNet.forward)
+            features[f"res{i + 2}"] = out.view(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C_i, H, W)
             if stage.downsample is not None:
                 x = stage.downsample(x, H, W)  # (B, ceil(H/2)*ceil(W/2), 2*C_i)
                 H, W = (H + 1) // 2, (W + 1) // 2

@@ -988,27 +988,29 @@ def collate(items: list[dict]) -> dict:
     Returns {"images": (B, 3, Hp, Wp), "sem_seg": (B, Hp, Wp), "targets": list of per-image dicts
     ("labels", "masks" (n, Hp, Wp) and the item's other keys), "image_sizes": [(h, w), ...]}.
     """
-    B = len(items)
     image_sizes = [tuple(item["image"].shape[-2:]) for item in items]
     Hp = math.ceil(max(h for h, _ in image_sizes) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     Wp = math.ceil(max(w for _, w in image_sizes) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    images = items[0]["image"].new_zeros((B, 3, Hp, Wp))
-    sem_seg = torch.full((B, Hp, Wp), IGNORE_INDEX, dtype=torch.long)
+    images = torch.stack([pad_tensor(item["image"], (Hp, Wp), 0.0) for item in items])  # (B, 3, Hp, Wp)
+    sem_seg = torch.stack([pad_tensor(item["sem_seg"], (Hp, Wp), IGNORE_INDEX) for item in items])  # (B, Hp, Wp)
     targets = []
-    for i, (item, (h, w)) in enumerate(zip(items, image_sizes)):
-        images[i, :, :h, :w] = item["image"]
-        sem_seg[i, :h, :w] = item["sem_seg"]
-        masks = item["masks"].new_zeros((len(item["masks"]), Hp, Wp))  # (n, Hp, Wp)
-        masks[:, :h, :w] = item["masks"]
-        target = {"labels": item["labels"], "masks": masks}
-        for key, value in item.items():
-            if key not in ("image", "sem_seg", "labels", "masks"):
-                target[key] = value
+    for item in items:
+        target = {key: value for key, value in item.items() if key not in ("image", "sem_seg")}
+        target["masks"] = pad_tensor(item["masks"], (Hp, Wp), False)  # (n, Hp, Wp)
         if "pan_seg" in item:
-            target["pan_seg"] = item["pan_seg"].new_zeros((Hp, Wp))
-            target["pan_seg"][:h, :w] = item["pan_seg"]
+            target["pan_seg"] = pad_tensor(item["pan_seg"], (Hp, Wp), 0)  # (Hp, Wp)
         targets.append(target)
     return {"images": images, "sem_seg": sem_seg, "targets": targets, "image_sizes": image_sizes}
+
+
+def pad_tensor(x: torch.Tensor, size: tuple[int, int], value: float | bool) -> torch.Tensor:
+    """Pad the last two dims of `x` at the bottom/right with `value` up to `size` (x itself if no padding)."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    out = x.new_full((*x.shape[:-2], *size), value)
+    out[..., :h, :w] = x
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

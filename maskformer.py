@@ -590,22 +590,35 @@ PAPER_TABLE1 = {
 }
 
 
-def _print_table() -> None:
-    """Params and FLOPs of every named config, built on the meta device (no memory, no arithmetic)."""
-    print(f"{'config':8} {'crop':>5} {'params M':>9} {'HF M':>8} {'diff':>7} {'paper M':>8}"
-          f" {'GFLOPs':>8} {'paper G':>8} {'diff':>7}")
+def flops_table() -> list[dict]:
+    """Params and FLOPs of every named config beside Table 1, built on the meta device (no memory,
+    no arithmetic). One dict per config: config, crop, params_M, hf_params_M, paper_params_M,
+    gflops (G multiply-adds of one crop x crop image), paper_gflops; None where there is no figure."""
+    rows = []
     for name in CONFIGS:
         with torch.device("meta"):
             model = build_model(name)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
         crop, paper_params, paper_flops, hf_params = PAPER_TABLE1.get(name, (512, None, None, None))
-        flops = count_flops(model, crop)
-        if hf_params is None:
-            print(f"{name:8} {crop:5d} {params:9.2f} {'–':>8} {'':>7} {'–':>8} {flops:8.1f} {'–':>8}")
+        rows.append({"config": name, "crop": crop, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                     "hf_params_M": hf_params, "paper_params_M": paper_params,
+                     "gflops": count_flops(model, crop), "paper_gflops": paper_flops})
+    return rows
+
+
+def print_flops_table(rows: list[dict]) -> None:
+    """Print `flops_table()` rows with the relative differences to the HF port and to Table 1."""
+    print(f"{'config':8} {'crop':>5} {'params M':>9} {'HF M':>8} {'diff':>7} {'paper M':>8}"
+          f" {'GFLOPs':>8} {'paper G':>8} {'diff':>7}")
+    for row in rows:
+        params, flops = row["params_M"], row["gflops"]
+        start = f"{row['config']:8} {row['crop']:5d} {params:9.2f}"
+        if row["hf_params_M"] is None:
+            print(f"{start} {'–':>8} {'':>7} {'–':>8} {flops:8.1f} {'–':>8}")
             continue
-        print(f"{name:8} {crop:5d} {params:9.2f} {hf_params:8.2f} {100 * (params / hf_params - 1):+6.2f}%"
-              f" {paper_params:8d} {flops:8.1f} {paper_flops:8d} {100 * (flops / paper_flops - 1):+6.1f}%")
+        print(f"{start} {row['hf_params_M']:8.2f} {100 * (params / row['hf_params_M'] - 1):+6.2f}%"
+              f" {row['paper_params_M']:8d} {flops:8.1f} {row['paper_gflops']:8d}"
+              f" {100 * (flops / row['paper_gflops'] - 1):+6.1f}%")
 
 
 if __name__ == "__main__":
-    _print_table()
+    print_flops_table(flops_table())

@@ -1,0 +1,614 @@
+"""Speed and memory: our MaskFormer beside the paper's Table 1 and the Hugging Face port.
+
+    python benchmark.py                                   # CPU: r50, swin_t, tiny; float32
+    python benchmark.py --device cuda                     # CUDA: bf16 autocast, eager and torch.compile
+    python benchmark.py --configs tiny --repeats 1 --size 128 --json out.json
+
+What it prints (and writes as JSON with --json), with the machine, torch version, threads and dtype:
+
+1. Params and FLOPs of every named config beside Table 1 (maskformer.flops_table).
+2. For each of --configs: inference latency (batch 1 at the crop size: 512, 640 for Swin-B/L) and
+   the time of one training step (forward, Hungarian matching, loss, backward, AdamW step; batch 2
+   on CPU, 16 on CUDA) on realistic random targets (10 ADE-like segments per image), images/s,
+   achieved GFLOP/s and peak memory. Each time is the median of --repeats timed runs after
+   --warmup untimed ones; the variants (ours, the HF port, ...) run interleaved, one of each per
+   round, so a change of machine load hits all of them alike (the machine may be shared).
+3. The same for the Hugging Face port (`transformers.MaskFormerForInstanceSegmentation`, built
+   offline from a MaskFormerConfig equal to the named config, random weights, its own loss via
+   mask_labels / class_labels), and the ratios ours / HF. Skipped, with a note, without transformers.
+4. Model-FLOPs utilisation: achieved FLOP/s / the GPU's dense bf16 peak (datasheet table) on CUDA,
+   / a 2048^3 matmul measured on the spot on CPU (how close to the machine's matmul speed the
+   whole model runs); on CUDA also torch.compile on and off (--compile).
+5. The data pipeline's samples/s (data.benchmark) next to what a training step consumes (images/s).
+
+Fairness: every variant gets the same images, targets, threads, dtype and optimizer (AdamW, lr 1e-4,
+weight decay 1e-4, PyTorch defaults otherwise). Our backbones run in channels-last memory (see
+backbones.py); the port does not by default, so it runs twice: as shipped ("HF") and converted to
+channels-last ("HF channels_last", model and input), and the ratios are given against both.
+Two differences are the models' own and stay: the port's ResNet has trainable BatchNorm (ours the
+official FrozenBatchNorm, `tiny` excepted), and the port's auxiliary losses do not work in
+transformers 5.x, so the like-for-like training comparison is "ours (no aux loss)" (one matched
+loss, deep_supervision=False) against HF; "ours" trains with deep supervision as the paper does.
+
+FLOPs: maskformer.count_flops (multiply-adds of one eval-mode forward) x 2; a training step is
+counted as 3 forward passes (backward = 2 forwards), the usual estimate; the loss is not counted.
+Peak memory: on CPU the RSS high-water mark (resource.getrusage) of a fresh process that builds one
+variant and runs it (so the variants do not share a high-water mark); on CUDA
+torch.cuda.max_memory_allocated.
+
+Reading order: main → measure_config → build_variants (our model, hf_model) → step functions →
+time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import io
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+import backbones
+import maskformer
+from losses import MaskFormerLoss
+
+DEFAULT_CONFIGS = ("r50", "swin_t", "tiny")
+HF_STAGES = ["stage1", "stage2", "stage3", "stage4"]
+SEGMENTS_PER_IMAGE = 10  # ADE20K-150 images hold ~8-10 classes
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets (V100 and T4
+# have no bf16: their fp16 peak). Matched in order against torch.cuda.get_device_name().
+GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0),
+                   ("L40S", 362.0), ("L4", 121.0), ("V100", 125.0), ("T4", 65.0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs: variants of a model (ours / the HF port, layout, compile) and their step functions
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """One model to time. `label` names its row; `modes` says which of "infer" / "train" it runs."""
+
+    label: str
+    impl: str  # "ours" | "hf"
+    channels_last: bool = False  # convert model and input to channels-last (HF only: ours always is)
+    compile: bool = False  # torch.compile the model
+    deep_supervision: bool = True  # ours only: auxiliary losses on every decoder layer
+    modes: tuple[str, ...] = ("infer", "train")
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+def variant_specs(use_hf: bool, compile_modes: list[bool]) -> list[Variant]:
+    """The rows of one config: ours, ours without auxiliary losses (training only), and the HF port as
+    shipped and in channels-last; each once per torch.compile setting in `compile_modes`."""
+    specs = []
+    for compiled in compile_modes:
+        suffix = " +compile" if compiled else ""
+        specs.append(Variant("ours" + suffix, "ours", compile=compiled))
+        specs.append(Variant("ours (no aux loss)" + suffix, "ours", compile=compiled, deep_supervision=False,
+                             modes=("train",)))
+        if use_hf:
+            specs.append(Variant("HF" + suffix, "hf", compile=compiled))
+            specs.append(Variant("HF channels_last" + suffix, "hf", channels_last=True, compile=compiled))
+    return specs
+
+
+def hf_model(config: maskformer.MaskFormerConfig) -> nn.Module:
+    """The Hugging Face port with the sizes of our `config` (random weights, built offline)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # it warns that "maskformer-swin" is not a known backbone
+    kwargs = config.backbone_kwargs
+    if config.backbone in backbones.RESNETS:
+        block, depths = backbones.RESNETS[config.backbone]
+        width = kwargs.get("width", 64)
+        backbone = transformers.ResNetConfig(
+            layer_type="bottleneck" if block is backbones.Bottleneck else "basic", depths=depths,
+            embedding_size=width, hidden_sizes=[width * 2**i * block.expansion for i in range(4)],
+            out_features=HF_STAGES)
+    else:
+        backbone = transformers.MaskFormerSwinConfig(
+            **backbones.SWINS[config.backbone], drop_path_rate=kwargs.get("drop_path_rate", 0.3),
+            out_features=HF_STAGES)
+    decoder = dict(model_type="detr", d_model=config.hidden_dim, decoder_layers=config.dec_layers,
+                   decoder_attention_heads=config.num_heads, decoder_ffn_dim=config.dim_feedforward,
+                   num_queries=config.num_queries, dropout=config.dropout, attention_dropout=config.dropout,
+                   activation_dropout=config.dropout)
+    hf_config = transformers.MaskFormerConfig(
+        backbone_config=backbone, decoder_config=decoder, num_labels=config.num_classes,
+        fpn_feature_size=config.conv_dim, mask_feature_size=config.mask_dim)
+    return transformers.MaskFormerForInstanceSegmentation(hf_config)
+
+
+def build_variant(variant: Variant, name: str, device: torch.device) -> Variant:
+    """Give `variant` its model (same seed for every variant of a config)."""
+    torch.manual_seed(0)
+    if variant.impl == "ours":
+        model = maskformer.build_model(name, deep_supervision=variant.deep_supervision)
+    else:
+        model = hf_model(maskformer.CONFIGS[name])
+    model = model.to(device)
+    if variant.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    variant.model = model
+    return variant
+
+
+def inference_step(variant: Variant, images: Tensor, amp_dtype: torch.dtype | None) -> Callable[[], None]:
+    """One forward pass without gradients, batch 1 (latency)."""
+    model = torch.compile(variant.model) if variant.compile else variant.model
+    if variant.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        variant.model.eval()
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(images) if variant.impl == "ours" else model(pixel_values=images)
+
+    return step
+
+
+def training_step(variant: Variant, images: Tensor, targets: list[dict],
+                  amp_dtype: torch.dtype | None) -> Callable[[], None]:
+    """One training step: forward, matching + loss, backward, AdamW step."""
+    model = torch.compile(variant.model) if variant.compile else variant.model
+    optimizer = torch.optim.AdamW(variant.model.parameters(), lr=1e-4, weight_decay=1e-4)
+    autocast = torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    if variant.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if variant.impl == "ours":
+        config = variant.model.config
+        criterion = MaskFormerLoss(config.num_classes, num_aux_layers=config.dec_layers - 1).to(images.device)
+
+        def loss_fn() -> Tensor:
+            with autocast:
+                outputs = model(images)
+            terms = criterion(outputs, targets)  # computed in float32 (losses.py)
+            return sum(criterion.weight_dict[k] * v for k, v in terms.items())
+    else:
+        mask_labels = [t["masks"].float() for t in targets]  # the port's target format
+        class_labels = [t["labels"] for t in targets]
+
+        def loss_fn() -> Tensor:
+            with autocast:
+                return model(pixel_values=images, mask_labels=mask_labels, class_labels=class_labels).loss
+
+    def step() -> None:
+        variant.model.train()
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def random_ade_targets(batch: int, size: int, num_classes: int, generator: torch.Generator,
+                       num_segments: int = SEGMENTS_PER_IMAGE) -> list[dict]:
+    """ADE20K-like semantic ground truth, as data.collate gives it: per image a partition of the
+    size x size image into `num_segments` regions (Voronoi "stuff" blobs, then rectangles and
+    ellipses painted over them), each a distinct random class → {"labels": (n,), "masks": bool (n, size, size)}."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")  # (size, size) each
+    num_blobs = num_segments // 2
+    targets = []
+    for _ in range(batch):
+        seeds = torch.rand(num_blobs, 2, generator=generator) * size  # (num_blobs, 2) centres
+        distance = (ys - seeds[:, :1, None]) ** 2 + (xs - seeds[:, 1:, None]) ** 2  # (num_blobs, size, size)
+        segment = distance.argmin(0)  # (size, size): Voronoi cells 0 .. num_blobs - 1
+        for k in range(num_blobs, num_segments):  # objects on top: alternately rectangles and ellipses
+            cy, cx = (torch.rand(2, generator=generator) * size).tolist()
+            hy, hx = (size * (0.05 + 0.2 * torch.rand(2, generator=generator))).tolist()
+            dy, dx = (ys - cy) / hy, (xs - cx) / hx
+            inside = (dy.abs() < 1) & (dx.abs() < 1) if k % 2 else dy**2 + dx**2 < 1
+            segment[inside] = k
+        present = segment.unique()  # (n,): a segment may be painted over entirely
+        classes = torch.randperm(num_classes, generator=generator)[:num_segments]
+        targets.append({"labels": classes[present % len(classes)],
+                        "masks": segment[None] == present[:, None, None]})  # (n, size, size)
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: interleaved timing, peak memory, FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                     device: torch.device, notes: list[str]) -> dict[str, list[float]]:
+    """Seconds per call of every step: `warmup` untimed rounds, then `repeats` timed rounds, each
+    round calling every step once in turn (so load drift on a shared machine hits all alike).
+    A step that fails in the first warm-up round (e.g. torch.compile on the HF port) is dropped
+    with a note."""
+    steps = dict(steps)
+    for round_ in range(warmup):
+        for label, step in list(steps.items()):
+            try:
+                step()
+            except Exception as error:
+                if round_ > 0:
+                    raise
+                notes.append(f"{label} dropped: its first run failed ({type(error).__name__}: {error})"[:400])
+                del steps[label]
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(repeats):
+        for label, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
+def rss_now_mb() -> float:
+    """This process's resident memory now, in MB (0 where /proc is absent)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**10
+    return 0.0
+
+
+def rss_high_water_mb() -> float:
+    """This process's peak resident memory so far, in MB.
+
+    resource.getrusage's ru_maxrss (KiB on Linux, bytes on macOS), except on Linux, where a process
+    started by fork + exec inherits its parent's ru_maxrss: there VmHWM of /proc/self/status, the
+    same high-water mark for this process's own address space only.
+    """
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # "VmHWM:  123456 kB"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def peak_memory_cuda(step: Callable[[], None], device: torch.device) -> float:
+    """torch.cuda.max_memory_allocated (MB) over one call of `step`."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def peak_memory_cpu(args: argparse.Namespace, name: str, variant: Variant, mode: str) -> float | None:
+    """Peak memory (MB) of running `variant` in `mode`: the RSS high-water mark of a fresh process
+    that builds and runs only that (see `probe`), less its RSS before building the model."""
+    command = [sys.executable, __file__, "--probe", name, variant.label, mode, "--device", args.device,
+               "--dtype", args.dtype, "--threads", str(args.threads), "--batch", str(args.batch)]
+    if args.size:
+        command += ["--size", str(args.size)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    for line in result.stdout.splitlines():
+        if line.startswith("PEAK_RSS_MB "):
+            peak, before = map(float, line.split()[1:])
+            return peak - before
+    print(f"  (memory probe for {name} / {variant.label} / {mode} failed: {result.stderr.strip()[-300:]})")
+    return None
+
+
+def probe(args: argparse.Namespace) -> None:
+    """Child process of peak_memory_cpu: build one variant, run its step twice, print the RSS peak
+    and the RSS before the model was built (libraries loaded: transformers for HF, not for ours)."""
+    name, label, mode = args.probe
+    variant = next(v for v in variant_specs(True, [False, True]) if v.label == label)
+    if variant.impl == "hf":
+        import transformers  # noqa: F401  (its import alone takes memory: not the model's)
+    before = rss_now_mb()
+    step = make_steps(args, name, [build_variant(variant, name, torch.device(args.device))], mode)[label]
+    step()
+    step()  # the second training step also holds the optimizer state
+    print(f"PEAK_RSS_MB {rss_high_water_mb():.1f} {before:.1f}")
+
+
+def forward_gflops(name: str, size: int) -> float:
+    """G multiply-adds of one eval forward of our model on one size x size image (meta device: instant)."""
+    with torch.device("meta"):
+        model = maskformer.build_model(name)
+    return maskformer.count_flops(model, size)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """TFLOP/s of the fastest of `repeats` size x size x size matmuls in `dtype`: the practical peak
+    of this machine's matmuls (the MFU reference on CPU, where no datasheet figure applies)."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e12
+
+
+def peak_tflops(gpu_name: str) -> float | None:
+    """Dense bf16 peak TFLOP/s of a GPU by its name (first GPU_PEAK_TFLOPS key in it), None if unknown."""
+    return next((peak for key, peak in GPU_PEAK_TFLOPS if key in gpu_name), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# One config: build the variants, time them, measure memory
+# ---------------------------------------------------------------------------------------------
+
+
+def crop_size(args: argparse.Namespace, name: str) -> int:
+    return args.size or maskformer.PAPER_TABLE1.get(name, (512,))[0]
+
+
+def make_steps(args: argparse.Namespace, name: str, variants: list[Variant], mode: str) -> dict[str, Callable]:
+    """{label: step function} of the variants that run `mode`, all on the same inputs."""
+    device, size = torch.device(args.device), crop_size(args, name)
+    amp_dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    generator = torch.Generator().manual_seed(0)
+    num_classes = maskformer.CONFIGS[name].num_classes
+    if mode == "infer":
+        images = torch.randn(1, 3, size, size, generator=generator).to(device)
+        return {v.label: inference_step(v, images, amp_dtype) for v in variants if mode in v.modes}
+    images = torch.randn(args.batch, 3, size, size, generator=generator).to(device)
+    targets = [{k: t.to(device) for k, t in target.items()}
+               for target in random_ade_targets(args.batch, size, num_classes, generator)]
+    return {v.label: training_step(v, images, targets, amp_dtype) for v in variants if mode in v.modes}
+
+
+def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: list[str]) -> list[dict]:
+    """Rows (one per variant) of the speed table for config `name`; problems go to `notes`."""
+    device, size = torch.device(args.device), crop_size(args, name)
+    compile_modes = [False, True] if args.compile == "both" else [args.compile == "on"]
+    variants = [build_variant(v, name, device) for v in variant_specs(use_hf, compile_modes)]
+    gflops = forward_gflops(name, size)  # multiply-adds per image
+    rows = {v.label: {"config": name, "variant": v.label, "channels_last": v.impl == "ours" or v.channels_last,
+                      "compile": v.compile} for v in variants}
+    for mode, batch in (("infer", 1), ("train", args.batch)):
+        steps = make_steps(args, name, variants, mode)
+        times = time_interleaved(steps, args.repeats, args.warmup, device, notes)
+        flops = 2 * gflops * 1e9 * batch * (3 if mode == "train" else 1)
+        for label, seconds in times.items():
+            median = statistics.median(seconds)
+            row = rows[label]
+            row[f"{mode}_s"] = median
+            row[f"{mode}_s_all"] = seconds
+            row[f"{mode}_img_per_s"] = batch / median
+            row[f"{mode}_gflop_per_s"] = flops / median / 1e9
+            row[f"{mode}_mfu"] = flops / median / (args.peak_tflops * 1e12)
+        for variant in variants:
+            if variant.label not in times:
+                continue
+            if device.type == "cuda":
+                rows[variant.label][f"{mode}_peak_mb"] = peak_memory_cuda(steps[variant.label], device)
+            elif args.memory:
+                rows[variant.label][f"{mode}_peak_mb"] = peak_memory_cpu(args, name, variant, mode)
+    return list(rows.values())
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Time ratios ours / HF per config and compile setting: inference "ours" / HF, training
+    "ours (no aux loss)" / HF (the like-for-like pair, see the module docstring); None if one is missing."""
+    ratios = []
+    for row in rows:
+        if not row["variant"].startswith("HF"):
+            continue
+        suffix = " +compile" if row["compile"] else ""
+        same_config = {r["variant"]: r for r in rows if r["config"] == row["config"]}
+        ratio = {"config": row["config"], "against": row["variant"]}
+        for mode, ours_label in (("infer", "ours"), ("train", "ours (no aux loss)")):
+            ours, theirs = same_config.get(ours_label + suffix, {}).get(f"{mode}_s"), row.get(f"{mode}_s")
+            ratio[mode] = ours / theirs if ours and theirs else None
+        ratios.append(ratio)
+    return ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# Data pipeline and printing
+# ---------------------------------------------------------------------------------------------
+
+
+def data_pipeline(size: int, workers: tuple[int, ...]) -> dict | str:
+    """Samples/s of data.benchmark (ADE20K-like JPEG/PNG pairs, training augmentation, crop `size`),
+    or a note saying why there is none."""
+    try:
+        import data
+    except Exception as error:  # data.py may be absent or broken in a partial checkout
+        return f"data.py could not be imported ({type(error).__name__}: {error})"
+    if not hasattr(data, "benchmark"):
+        return "data.py has no benchmark() function"
+    wanted = {"workers": workers, "crop_size": size, "num_batches": 4, "batch_size": 4}
+    accepted = inspect.signature(data.benchmark).parameters
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own report
+        return data.benchmark(**{k: v for k, v in wanted.items() if k in accepted})
+
+
+def machine_info(args: argparse.Namespace) -> dict:
+    info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "dtype": args.dtype if args.dtype == "float32" else f"{args.dtype} autocast",
+            "python": platform.python_version(), "cpu": cpu_model()}
+    with contextlib.suppress(ImportError):
+        import transformers
+        info["transformers"] = transformers.__version__
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        info["gpu_peak_bf16_tflops"] = peak_tflops(info["gpu"])
+    return info
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# Speed-table columns: (header, row key, format, scale)
+COLUMNS = [("infer ms", "infer_s", "9.1f", 1000), ("img/s", "infer_img_per_s", "6.2f", 1),
+           ("GFLOP/s", "infer_gflop_per_s", "8.1f", 1), ("peak MB", "infer_peak_mb", "8.0f", 1),
+           ("train s", "train_s", "8.3f", 1), ("img/s", "train_img_per_s", "6.2f", 1),
+           ("GFLOP/s", "train_gflop_per_s", "8.1f", 1), ("peak MB", "train_peak_mb", "8.0f", 1)]
+MFU_COLUMNS = [("MFU inf %", "infer_mfu", "9.1f", 100), ("MFU train %", "train_mfu", "11.1f", 100)]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """format(value, spec), or a dash as wide as the field when there is no value."""
+    return format(value, spec) if value is not None else "–".rjust(int(spec.split(".")[0]))
+
+
+def print_speed_table(rows: list[dict], ratios: list[dict]) -> None:
+    columns = COLUMNS + MFU_COLUMNS
+    print(f"{'config':7} {'variant':27} " + " ".join(head.rjust(int(spec.split(".")[0]))
+                                                      for head, _, spec, _ in columns))
+    for row in rows:
+        cells = [fmt(None if row.get(key) is None else row[key] * scale, spec) for _, key, spec, scale in columns]
+        print(f"{row['config']:7} {row['variant']:27} " + " ".join(cells))
+    if ratios:
+        print("\nours / HF (time ratio, < 1: ours faster; training: 'ours (no aux loss)' vs HF):")
+        for ratio in ratios:
+            print(f"  {ratio['config']:7} vs {ratio['against']:27} inference {fmt(ratio['infer'], '5.2f')}"
+                  f"   training step {fmt(ratio['train'], '5.2f')}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(maskformer.CONFIGS),
+                        help="named configs to time (default: r50 swin_t tiny)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (the median is shown)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="float32, or autocast to bfloat16/float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default: 2 on CPU, 16 on CUDA)")
+    parser.add_argument("--size", type=int, default=None, help="image side (default: the crop, 512 or 640)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--compile", choices=["off", "on", "both"], default=None,
+                        help="torch.compile the models (default: both on CUDA, off on CPU)")
+    parser.add_argument("--no-hf", dest="hf", action="store_false", help="skip the Hugging Face port")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the CPU peak-memory probes (one extra process per row and mode)")
+    parser.add_argument("--no-flops-table", dest="flops_table", action="store_false",
+                        help="skip the params/FLOPs table of all configs")
+    parser.add_argument("--data-workers", type=int, nargs="*", default=[0, 2],
+                        help="DataLoader worker counts for the data-pipeline figure (none: skip it)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--probe", nargs=3, default=None, help=argparse.SUPPRESS)  # internal: peak_memory_cpu
+    args = parser.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.size is not None and (args.size < 32 or args.size % 32):
+        parser.error(f"--size must be a multiple of 32 (the model's stride), got {args.size}")
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.batch = args.batch or (16 if cuda else 2)
+    args.compile = args.compile or ("both" if cuda else "off")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    return args
+
+
+def hf_available() -> str | None:
+    """None when the HF port can be built, else the reason it cannot."""
+    try:
+        import transformers
+        transformers.MaskFormerForInstanceSegmentation  # noqa: B018
+        import scipy  # noqa: F401  (its loss uses scipy's Hungarian solver)
+    except (ImportError, AttributeError) as error:
+        return f"Hugging Face rows skipped: transformers (with MaskFormer) not available ({error})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.probe:
+        probe(args)
+        return {}
+    results: dict = {"machine": machine_info(args), "notes": []}
+    info = results["machine"]
+    # MFU reference: the datasheet's dense bf16 peak on CUDA (as usually quoted), else (CPU, or a
+    # GPU missing from GPU_PEAK_TFLOPS) a matmul measured here in the run's dtype
+    args.peak_tflops, info["mfu_reference"] = info.get("gpu_peak_bf16_tflops"), "datasheet dense bf16 peak"
+    if args.peak_tflops is None:
+        args.peak_tflops = matmul_peak_tflops(torch.device(args.device), getattr(torch, args.dtype))
+        info["mfu_reference"] = f"measured 2048^3 {args.dtype} matmul, {args.threads} threads"
+    info["mfu_reference_tflops"] = args.peak_tflops
+    print(f"machine: {info.get('gpu', info['cpu'])} | torch {info['torch']} | {info['threads']} threads | "
+          f"{info['dtype']} | device {info['device']}" + (f" | transformers {info['transformers']}"
+                                                          if "transformers" in info else ""))
+    if args.flops_table:
+        print("\nParams and FLOPs (G multiply-adds, one image at the crop size) beside the paper's Table 1:")
+        results["flops_table"] = maskformer.flops_table()
+        maskformer.print_flops_table(results["flops_table"])
+
+    use_hf = args.hf and hf_available() is None
+    if args.hf and not use_hf:
+        results["notes"].append(hf_available())
+    rows = []
+    for name in args.configs:
+        rows += measure_config(args, name, use_hf, results["notes"])
+    results["speed"], results["ratios"] = rows, add_ratios(rows)
+    sizes = sorted({crop_size(args, name) for name in args.configs})
+    memory = ("torch.cuda.max_memory_allocated during one call" if args.device.startswith("cuda") else
+              "RSS high-water of a fresh process running only that row, less its RSS before the model was built")
+    print(f"\nSpeed: median of {args.repeats} timed runs after {args.warmup} warm-up, variants interleaved; "
+          f"inference batch 1, training batch {args.batch}, at {' / '.join(f'{s}x{s}' for s in sizes)}.\n"
+          f"  GFLOP/s: 2 x count_flops per image / time (training step = 3 forwards); MFU: GFLOP/s / "
+          f"{1000 * args.peak_tflops:.0f} GFLOP/s ({info['mfu_reference']}).\n"
+          f"  peak MB: {memory}.\n"
+          f"  ours always runs channels-last (backbones.py); 'HF channels_last': the port with model and input"
+          f" converted.")
+    print_speed_table(rows, results["ratios"])
+
+    if args.data_workers:
+        pipeline = data_pipeline(max(sizes), tuple(args.data_workers))
+        results["data_pipeline"] = pipeline
+        print("\nData pipeline (data.benchmark, ADE20K-like images, training augmentation):")
+        if isinstance(pipeline, str):
+            print(f"  {pipeline}")
+        else:
+            for key, value in pipeline.items():
+                if key.startswith("ade20k"):  # DataLoader rates; "<stage>_ms": one process, per image
+                    print(f"  {key:22} {value:8.1f} samples/s")
+                elif key.endswith("_ms"):
+                    print(f"  {key:22} {value:8.1f} ms per image")
+            consumed = ", ".join(f"{r['config']} {r['train_img_per_s']:.2f}" for r in rows if r["variant"] == "ours")
+            print(f"  a training step consumes (ours, img/s): {consumed}")
+    for note in results["notes"]:
+        print(f"note: {note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

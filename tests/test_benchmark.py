@@ -1,0 +1,113 @@
+"""Tests for benchmark.py: it runs end to end on the `tiny` config and reports sane figures.
+
+No timing assertions (the machine is shared and timings are noise): the checks are that every
+figure is a finite positive number, that derived figures agree with the timings they come from,
+that the HF port is built with our sizes (equal parameter counts), that the random targets are a
+partition of the image, and that the peak-memory probe sees memory a known tensor takes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import benchmark
+import maskformer
+
+SIZE = 64  # small images: the whole file runs in a few seconds
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, float | int) and math.isfinite(x) and x > 0
+
+
+def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
+    use_hf = benchmark.hf_available() is None
+    out = tmp_path / "bench.json"
+    argv = ["--configs", "tiny", "--repeats", "1", "--warmup", "0", "--size", str(SIZE), "--device", "cpu",
+            "--no-memory", "--no-flops-table", "--data-workers", "--json", str(out)]
+    results = benchmark.main(argv + ([] if use_hf else ["--no-hf"]))
+    printed = capsys.readouterr().out
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))  # what was returned was written
+    machine = results["machine"]
+    assert machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
+    assert machine["dtype"] == "float32" and machine["cpu"]
+    peak_tflops = machine["mfu_reference_tflops"]  # measured 2048^3 matmul: 1 GFLOP/s .. 100 TFLOP/s
+    assert 1e-3 < peak_tflops < 100 and "measured" in machine["mfu_reference"]
+
+    labels = [row["variant"] for row in results["speed"]]
+    assert labels == ["ours", "ours (no aux loss)"] + (["HF", "HF channels_last"] if use_hf else [])
+    gflops = maskformer.count_flops(maskformer.build_model("tiny").eval(), SIZE)
+    for row in results["speed"]:
+        assert row["config"] == "tiny"
+        modes = ["train"] if row["variant"] == "ours (no aux loss)" else ["infer", "train"]
+        for mode, batch in (("infer", 1), ("train", 2)):
+            if mode not in modes:
+                assert f"{mode}_s" not in row
+                continue
+            seconds = row[f"{mode}_s"]
+            assert finite_positive(seconds) and row[f"{mode}_s_all"] == [seconds]  # 1 repeat: median = it
+            assert row[f"{mode}_img_per_s"] == pytest.approx(batch / seconds)
+            passes = 3 if mode == "train" else 1  # backward counted as 2 forwards
+            assert row[f"{mode}_gflop_per_s"] == pytest.approx(2 * gflops * batch * passes / seconds)
+            assert row[f"{mode}_mfu"] == pytest.approx(row[f"{mode}_gflop_per_s"] / (1000 * peak_tflops))
+        assert row["variant"] in printed.split("ours / HF")[0]
+
+    if use_hf:
+        by_label = {row["variant"]: row for row in results["speed"]}
+        for ratio in results["ratios"]:
+            theirs = by_label[ratio["against"]]
+            assert ratio["infer"] == pytest.approx(by_label["ours"]["infer_s"] / theirs["infer_s"])
+            assert ratio["train"] == pytest.approx(by_label["ours (no aux loss)"]["train_s"] / theirs["train_s"])
+        assert "ours / HF" in printed
+    else:
+        assert any("Hugging Face rows skipped" in note for note in results["notes"])
+
+
+def test_hf_port_is_built_with_our_sizes():
+    """The port, built from our `tiny` config, has exactly our parameter count (both use trainable
+    BatchNorm there), and the r50 one ours plus the BatchNorm affine parameters ours freezes."""
+    pytest.importorskip("transformers", reason="the Hugging Face port is optional")
+    for name in ("tiny", "r50"):
+        with torch.device("meta"):
+            ours = maskformer.build_model(name)
+            theirs = benchmark.hf_model(maskformer.CONFIGS[name])
+        n_ours = sum(p.numel() for p in ours.parameters())
+        n_theirs = sum(p.numel() for p in theirs.parameters())
+        frozen_bn = sum(2 * m.weight.numel() for m in ours.backbone.modules()
+                        if type(m).__name__ == "FrozenBatchNorm2d")
+        assert n_theirs == n_ours + frozen_bn
+
+
+def test_random_targets_partition_the_image():
+    g = torch.Generator().manual_seed(0)
+    targets = benchmark.random_ade_targets(3, 96, num_classes=150, generator=g)
+    for target in targets:
+        labels, masks = target["labels"], target["masks"]
+        assert masks.dtype == torch.bool and masks.shape[1:] == (96, 96)
+        assert 2 <= len(labels) <= benchmark.SEGMENTS_PER_IMAGE and len(labels) == len(masks)
+        assert torch.equal(masks.sum(0), torch.ones(96, 96, dtype=torch.long))  # every pixel in one segment
+        assert (masks.flatten(1).sum(1) > 0).all()  # no empty mask
+        assert labels.unique().numel() == len(labels) and 0 <= labels.min() and labels.max() < 150
+
+
+def test_memory_probe_sees_a_known_allocation():
+    """The probe's figure for the tiny model's training step lies between the memory of its
+    weights + AdamW state (3 copies of the parameters, plus gradients) and a generous bound."""
+    args = benchmark.parse_args(["--device", "cpu", "--size", str(SIZE), "--threads", "1"])
+    variant = benchmark.Variant("ours (no aux loss)", "ours", deep_supervision=False, modes=("train",))
+    peak = benchmark.peak_memory_cpu(args, "tiny", variant, "train")
+    params_mb = sum(p.numel() for p in maskformer.build_model("tiny").parameters()) * 4 / 2**20
+    assert 4 * params_mb < peak < 4 * params_mb + 1000
+
+
+def test_gpu_peak_lookup_by_name():
+    """Names as torch.cuda.get_device_name gives them; "H100 PCIe" must not fall to the SXM figure."""
+    assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert benchmark.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert benchmark.peak_tflops("Some Future GPU") is None
