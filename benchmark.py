@@ -32,9 +32,9 @@ loss, deep_supervision=False) against HF; "ours" trains with deep supervision as
 
 FLOPs: maskformer.count_flops (multiply-adds of one eval-mode forward) x 2; a training step is
 counted as 3 forward passes (backward = 2 forwards), the usual estimate; the loss is not counted.
-Peak memory: on CPU the RSS high-water mark (resource.getrusage) of a fresh process that builds one
-variant and runs it (so the variants do not share a high-water mark); on CUDA
-torch.cuda.max_memory_allocated.
+Peak memory: on CPU the RSS high-water mark of a fresh process that builds one variant and runs it
+(so the variants do not share a high-water mark), less that process's RSS before it built the model
+(Python, torch and, for HF, transformers); on CUDA torch.cuda.max_memory_allocated.
 
 Reading order: main → measure_config → build_variants (our model, hf_model) → step functions →
 time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline.
@@ -68,9 +68,10 @@ HF_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 SEGMENTS_PER_IMAGE = 10  # ADE20K-150 images hold ~8-10 classes
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets (V100 and T4
-# have no bf16: their fp16 peak). Matched in order against torch.cuda.get_device_name().
-GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0),
-                   ("L40S", 362.0), ("L4", 121.0), ("V100", 125.0), ("T4", 65.0)]
+# have no bf16: their fp16 peak). Matched in order against torch.cuda.get_device_name(); a GPU not
+# listed gets a matmul measured on the spot as its MFU reference instead.
+GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0),
+                   ("T4", 65.0)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,14 +63,15 @@ def sigmoid_focal_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: flo
     mask_logits (M, P) logits; target_masks (M, P) in {0, 1}; valid (M, P) 0/1, or None when
     every pixel counts.
     """
-    prob = mask_logits.sigmoid()
-    # p_t = p where the GT pixel is 1, 1 − p where it is 0; α_t likewise α or 1 − α
-    p_t = prob * target_masks + (1 - prob) * (1 - target_masks)
-    alpha_t = alpha * target_masks + (1 - alpha) * (1 - target_masks)
-    # −log p_t, computed stably from the logits
-    neg_log_p_t = F.binary_cross_entropy_with_logits(mask_logits, target_masks, reduction="none")
-    # Eq. (3.2f): −α_t (1 − p_t)^γ log p_t at every pixel
-    focal = alpha_t * (1 - p_t) ** gamma * neg_log_p_t                     # (M, P)
+    positive = target_masks > 0                                            # (M, P): GT pixel is 1
+    # x_t, the logit of the GT label: x where the GT pixel is 1, −x where it is 0. Then
+    # p_t = σ(x_t) (p or 1 − p), 1 − p_t = σ(−x_t) and −log p_t = softplus(−x_t), all stable.
+    neg_x_t = torch.where(positive, -mask_logits, mask_logits)             # −x_t
+    alpha_t = torch.where(positive, alpha, 1 - alpha).to(mask_logits.dtype)  # α_t: α or 1 − α
+    # Eq. (3.2f): −α_t (1 − p_t)^γ log p_t at every pixel. Written with few (M, P) temporaries:
+    # autograd keeps each for the backward pass, and at (M, 512·512) per decoder layer they
+    # dominate the memory and time of the loss (benchmark.py).
+    focal = alpha_t * neg_x_t.sigmoid() ** gamma * F.softplus(neg_x_t)     # (M, P)
     if valid is None:
         per_mask = focal.mean(1)                                           # (M,)
     else:
