@@ -18,7 +18,9 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    mask_labels / class_labels), and the ratios ours / HF. Skipped, with a note, without transformers.
 4. Model-FLOPs utilisation: achieved FLOP/s / the GPU's dense bf16 peak (datasheet table) on CUDA,
    / a 2048^3 matmul measured on the spot on CPU (how close to the machine's matmul speed the
-   whole model runs); on CUDA also torch.compile on and off (--compile).
+   whole model runs); on CUDA also torch.compile on and off (--compile). On CPU, how much of each
+   step is spent in convolution and matmul kernels ("dense %", dense_kernel_seconds), and the floor
+   under the ratio ours / HF that those kernels set: ours' time in them / HF's whole time.
 5. The data pipeline's samples/s (data.benchmark) next to what a training step consumes (images/s).
 
 Fairness: every variant gets the same images, targets, threads, dtype and optimizer (AdamW, lr 1e-4,
@@ -36,8 +38,8 @@ Peak memory: on CPU the RSS high-water mark of a fresh process that builds one v
 (so the variants do not share a high-water mark), less that process's RSS before it built the model
 (Python, torch and, for HF, transformers); on CUDA torch.cuda.max_memory_allocated.
 
-Reading order: main → measure_config → build_variants (our model, hf_model) → step functions →
-time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline.
+Reading order: main → measure_config → build_variant (our model; the port from tests/hf_reference.py) →
+step functions → time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline.
 """
 
 from __future__ import annotations
@@ -59,12 +61,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-import backbones
 import maskformer
 from losses import MaskFormerLoss
+from tests import hf_reference  # the HF port, a test-only reference (transformers is optional)
 
 DEFAULT_CONFIGS = ("r50", "swin_t", "tiny")
-HF_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 SEGMENTS_PER_IMAGE = 10  # ADE20K-150 images hold ~8-10 classes
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets (V100 and T4
@@ -107,40 +108,13 @@ def variant_specs(use_hf: bool, compile_modes: list[bool]) -> list[Variant]:
     return specs
 
 
-def hf_model(config: maskformer.MaskFormerConfig) -> nn.Module:
-    """The Hugging Face port with the sizes of our `config` (random weights, built offline)."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()  # it warns that "maskformer-swin" is not a known backbone
-    kwargs = config.backbone_kwargs
-    if config.backbone in backbones.RESNETS:
-        block, depths = backbones.RESNETS[config.backbone]
-        width = kwargs.get("width", 64)
-        backbone = transformers.ResNetConfig(
-            layer_type="bottleneck" if block is backbones.Bottleneck else "basic", depths=depths,
-            embedding_size=width, hidden_sizes=[width * 2**i * block.expansion for i in range(4)],
-            out_features=HF_STAGES)
-    else:
-        backbone = transformers.MaskFormerSwinConfig(
-            **backbones.SWINS[config.backbone], drop_path_rate=kwargs.get("drop_path_rate", 0.3),
-            out_features=HF_STAGES)
-    decoder = dict(model_type="detr", d_model=config.hidden_dim, decoder_layers=config.dec_layers,
-                   decoder_attention_heads=config.num_heads, decoder_ffn_dim=config.dim_feedforward,
-                   num_queries=config.num_queries, dropout=config.dropout, attention_dropout=config.dropout,
-                   activation_dropout=config.dropout)
-    hf_config = transformers.MaskFormerConfig(
-        backbone_config=backbone, decoder_config=decoder, num_labels=config.num_classes,
-        fpn_feature_size=config.conv_dim, mask_feature_size=config.mask_dim)
-    return transformers.MaskFormerForInstanceSegmentation(hf_config)
-
-
 def build_variant(variant: Variant, name: str, device: torch.device) -> Variant:
     """Give `variant` its model (same seed for every variant of a config)."""
     torch.manual_seed(0)
     if variant.impl == "ours":
         model = maskformer.build_model(name, deep_supervision=variant.deep_supervision)
     else:
-        model = hf_model(maskformer.CONFIGS[name])
+        model = hf_reference.maskformer_port(maskformer.CONFIGS[name])
     model = model.to(device)
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -314,7 +288,7 @@ def probe(args: argparse.Namespace) -> None:
     name, label, mode = args.probe
     variant = next(v for v in variant_specs(True, [False, True]) if v.label == label)
     if variant.impl == "hf":
-        import transformers  # noqa: F401  (its import alone takes memory: not the model's)
+        hf_reference.version()  # imports transformers: its import alone takes memory, not the model's
     before = rss_now_mb()
     step = make_steps(args, name, [build_variant(variant, name, torch.device(args.device))], mode)[label]
     step()
@@ -342,6 +316,27 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 204
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e12
+
+
+# Convolution and matrix-multiply ops (forward and backward): the model's dense arithmetic. Their self
+# time in the profiler is the kernels' time (the wrappers aten::conv2d, aten::linear, aten::matmul
+# have ~0 self time). Fused attention (SDPA) is left out: it also holds a softmax, and leaving an op
+# out can only lower the floor below, never raise it.
+DENSE_KERNELS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::bmm",
+                 "aten::addmm", "aten::baddbmm"}
+
+
+def dense_kernel_seconds(step: Callable[[], None]) -> float:
+    """Seconds one call of `step` spends inside DENSE_KERNELS (torch.profiler, CPU self time).
+
+    On CPU this is a floor under the step's time that no change outside those kernels can go below:
+    ours_dense / HF_total is the best ratio ours could reach with the same convolution and matmul
+    kernels, had every other op (norms, activations, losses, optimizer, copies) taken no time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(event.self_cpu_time_total for event in prof.key_averages() if event.key in DENSE_KERNELS) / 1e6
 
 
 def peak_tflops(gpu_name: str) -> float | None:
@@ -396,10 +391,14 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
         for variant in variants:
             if variant.label not in times:
                 continue
+            row = rows[variant.label]
+            if device.type == "cpu":  # on CUDA the profiler's CPU self time is launch time, not kernel time
+                row[f"{mode}_dense_s"] = dense_kernel_seconds(steps[variant.label])
+                row[f"{mode}_dense_share"] = row[f"{mode}_dense_s"] / row[f"{mode}_s"]
             if device.type == "cuda":
-                rows[variant.label][f"{mode}_peak_mb"] = peak_memory_cuda(steps[variant.label], device)
+                row[f"{mode}_peak_mb"] = peak_memory_cuda(steps[variant.label], device)
             elif args.memory:
-                rows[variant.label][f"{mode}_peak_mb"] = peak_memory_cpu(args, name, variant, mode)
+                row[f"{mode}_peak_mb"] = peak_memory_cpu(args, name, variant, mode)
     return list(rows.values())
 
 
@@ -414,8 +413,11 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         same_config = {r["variant"]: r for r in rows if r["config"] == row["config"]}
         ratio = {"config": row["config"], "against": row["variant"]}
         for mode, ours_label in (("infer", "ours"), ("train", "ours (no aux loss)")):
-            ours, theirs = same_config.get(ours_label + suffix, {}).get(f"{mode}_s"), row.get(f"{mode}_s")
+            ours_row = same_config.get(ours_label + suffix, {})
+            ours, theirs, ours_dense = ours_row.get(f"{mode}_s"), row.get(f"{mode}_s"), ours_row.get(f"{mode}_dense_s")
             ratio[mode] = ours / theirs if ours and theirs else None
+            # the floor: ours with only its convolution and matmul kernels left (dense_kernel_seconds)
+            ratio[f"{mode}_floor"] = ours_dense / theirs if ours_dense and theirs else None
         ratios.append(ratio)
     return ratios
 
@@ -444,9 +446,8 @@ def machine_info(args: argparse.Namespace) -> dict:
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "dtype": args.dtype if args.dtype == "float32" else f"{args.dtype} autocast",
             "python": platform.python_version(), "cpu": cpu_model()}
-    with contextlib.suppress(ImportError):
-        import transformers
-        info["transformers"] = transformers.__version__
+    if hf_reference.version():
+        info["transformers"] = hf_reference.version()
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
         info["gpu_peak_bf16_tflops"] = peak_tflops(info["gpu"])
@@ -467,7 +468,8 @@ COLUMNS = [("infer ms", "infer_s", "9.1f", 1000), ("img/s", "infer_img_per_s", "
            ("GFLOP/s", "infer_gflop_per_s", "8.1f", 1), ("peak MB", "infer_peak_mb", "8.0f", 1),
            ("train s", "train_s", "8.3f", 1), ("img/s", "train_img_per_s", "6.2f", 1),
            ("GFLOP/s", "train_gflop_per_s", "8.1f", 1), ("peak MB", "train_peak_mb", "8.0f", 1)]
-MFU_COLUMNS = [("MFU inf %", "infer_mfu", "9.1f", 100), ("MFU train %", "train_mfu", "11.1f", 100)]
+MFU_COLUMNS = [("MFU inf %", "infer_mfu", "9.1f", 100), ("MFU train %", "train_mfu", "11.1f", 100),
+               ("dense inf %", "infer_dense_share", "11.1f", 100), ("dense train %", "train_dense_share", "13.1f", 100)]
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -483,10 +485,12 @@ def print_speed_table(rows: list[dict], ratios: list[dict]) -> None:
         cells = [fmt(None if row.get(key) is None else row[key] * scale, spec) for _, key, spec, scale in columns]
         print(f"{row['config']:7} {row['variant']:27} " + " ".join(cells))
     if ratios:
-        print("\nours / HF (time ratio, < 1: ours faster; training: 'ours (no aux loss)' vs HF):")
+        print("\nours / HF (time ratio, < 1: ours faster; training: 'ours (no aux loss)' vs HF; floor: ours' time"
+              " in convolution and matmul kernels alone / HF's time, the best ratio reachable with those kernels):")
         for ratio in ratios:
             print(f"  {ratio['config']:7} vs {ratio['against']:27} inference {fmt(ratio['infer'], '5.2f')}"
-                  f"   training step {fmt(ratio['train'], '5.2f')}")
+                  f" (floor {fmt(ratio['infer_floor'], '4.2f')})   training step {fmt(ratio['train'], '5.2f')}"
+                  f" (floor {fmt(ratio['train_floor'], '4.2f')})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,17 +540,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def hf_available() -> str | None:
-    """None when the HF port can be built, else the reason it cannot."""
-    try:
-        import transformers
-        transformers.MaskFormerForInstanceSegmentation  # noqa: B018
-        import scipy  # noqa: F401  (its loss uses scipy's Hungarian solver)
-    except (ImportError, AttributeError) as error:
-        return f"Hugging Face rows skipped: transformers (with MaskFormer) not available ({error})"
-    return None
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.probe:
@@ -569,9 +562,10 @@ def main(argv: list[str] | None = None) -> dict:
         results["flops_table"] = maskformer.flops_table()
         maskformer.print_flops_table(results["flops_table"])
 
-    use_hf = args.hf and hf_available() is None
-    if args.hf and not use_hf:
-        results["notes"].append(hf_available())
+    why_no_hf = hf_reference.why_unavailable() if args.hf else None
+    use_hf = args.hf and why_no_hf is None
+    if why_no_hf:
+        results["notes"].append(f"Hugging Face rows skipped: {why_no_hf}")
     rows = []
     for name in args.configs:
         rows += measure_config(args, name, use_hf, results["notes"])
@@ -584,6 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"  GFLOP/s: 2 x count_flops per image / time (training step = 3 forwards); MFU: GFLOP/s / "
           f"{1000 * args.peak_tflops:.0f} GFLOP/s ({info['mfu_reference']}).\n"
           f"  peak MB: {memory}.\n"
+          f"  dense %: share of the time in convolution and matmul kernels (torch.profiler, one more call; CPU only).\n"
           f"  ours always runs channels-last (backbones.py); 'HF channels_last': the port with model and input"
           f" converted.")
     print_speed_table(rows, results["ratios"])

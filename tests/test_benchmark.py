@@ -16,6 +16,7 @@ import torch
 
 import benchmark
 import maskformer
+from tests import hf_reference
 
 SIZE = 64  # small images: the whole file runs in a few seconds
 
@@ -25,7 +26,7 @@ def finite_positive(x) -> bool:
 
 
 def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
-    use_hf = benchmark.hf_available() is None
+    use_hf = hf_reference.why_unavailable() is None
     out = tmp_path / "bench.json"
     argv = ["--configs", "tiny", "--repeats", "1", "--warmup", "0", "--size", str(SIZE), "--device", "cpu",
             "--no-memory", "--no-flops-table", "--data-workers", "--json", str(out)]
@@ -55,6 +56,8 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
             passes = 3 if mode == "train" else 1  # backward counted as 2 forwards
             assert row[f"{mode}_gflop_per_s"] == pytest.approx(2 * gflops * batch * passes / seconds)
             assert row[f"{mode}_mfu"] == pytest.approx(row[f"{mode}_gflop_per_s"] / (1000 * peak_tflops))
+            assert finite_positive(row[f"{mode}_dense_s"])  # every variant runs convolutions
+            assert row[f"{mode}_dense_share"] == pytest.approx(row[f"{mode}_dense_s"] / seconds)
         assert row["variant"] in printed.split("ours / HF")[0]
 
     if use_hf:
@@ -63,9 +66,23 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
             theirs = by_label[ratio["against"]]
             assert ratio["infer"] == pytest.approx(by_label["ours"]["infer_s"] / theirs["infer_s"])
             assert ratio["train"] == pytest.approx(by_label["ours (no aux loss)"]["train_s"] / theirs["train_s"])
+            assert ratio["infer_floor"] == pytest.approx(by_label["ours"]["infer_dense_s"] / theirs["infer_s"])
         assert "ours / HF" in printed
     else:
         assert any("Hugging Face rows skipped" in note for note in results["notes"])
+
+
+def test_dense_kernel_seconds_counts_convolution_and_matmul_only():
+    """Elementwise work counts nothing; a matmul counts, and so do a convolution's forward and backward
+    (each seen on its own in the profile)."""
+    a = torch.randn(256, 256)
+    x = torch.randn(1, 16, 64, 64, requires_grad=True)
+    w = torch.randn(16, 16, 3, 3, requires_grad=True)
+    assert benchmark.dense_kernel_seconds(lambda: (a.exp() * 2 + a.sin()).sum()) == 0.0
+    assert benchmark.dense_kernel_seconds(lambda: a @ a) > 0
+    assert benchmark.dense_kernel_seconds(lambda: torch.nn.functional.conv2d(x, w)) > 0
+    y = torch.nn.functional.conv2d(x, w).sum()
+    assert benchmark.dense_kernel_seconds(lambda: y.backward()) > 0  # aten::convolution_backward alone
 
 
 def test_hf_port_is_built_with_our_sizes():
@@ -75,7 +92,7 @@ def test_hf_port_is_built_with_our_sizes():
     for name in ("tiny", "r50"):
         with torch.device("meta"):
             ours = maskformer.build_model(name)
-            theirs = benchmark.hf_model(maskformer.CONFIGS[name])
+            theirs = hf_reference.maskformer_port(maskformer.CONFIGS[name])
         n_ours = sum(p.numel() for p in ours.parameters())
         n_theirs = sum(p.numel() for p in theirs.parameters())
         frozen_bn = sum(2 * m.weight.numel() for m in ours.backbone.modules()
