@@ -101,10 +101,12 @@ def check_targets(targets: list[dict], num_images: int, num_classes: int, where:
                              "sem_seg != 255); got " + ("nothing" if valid is None else
                                                         f"{valid.dtype} of shape {tuple(valid.shape)}"))
     all_labels = torch.cat([t["labels"] for t in targets])
-    if all_labels.numel() and (all_labels.min() < 0 or all_labels.max() >= num_classes):
+    if all_labels.numel() == 0:
+        return
+    lowest, highest = torch.stack(torch.aminmax(all_labels)).tolist()  # one device→host copy
+    if lowest < 0 or highest >= num_classes:
         raise ValueError(f"{where}: target labels must lie in 0..{num_classes - 1} (the model has "
-                         f"{num_classes} classes + no-object), got values in "
-                         f"{all_labels.min().item()}..{all_labels.max().item()}")
+                         f"{num_classes} classes + no-object), got values in {lowest}..{highest}")
 
 
 class HungarianMatcher(nn.Module):
@@ -134,18 +136,24 @@ class HungarianMatcher(nn.Module):
         pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
         B, N, num_classes_plus_one = pred_logits.shape
         check_targets(targets, B, num_classes_plus_one - 1, "HungarianMatcher", self.mask_ignore)
+        # C of Eq. (3.2c) for every image that has segments, computed where the outputs live ...
+        matched = [b for b in range(B) if len(targets[b]["labels"]) > 0]
+        costs = [self.cost_matrix(pred_logits[b], pred_masks[b], targets[b]) for b in matched]  # (N, n_b) each
+        # ... then one device→host copy for the whole batch (each copy waits for the GPU to finish)
+        flat = torch.cat([cost.flatten() for cost in costs]).cpu() if costs else torch.zeros(0)
+        costs = {b: cost.view(N, -1) for b, cost in zip(matched, flat.split([c.numel() for c in costs]))}
+        if not torch.isfinite(flat).all():
+            bad = [b for b, cost in costs.items() if not torch.isfinite(cost).all()]
+            raise FloatingPointError(f"HungarianMatcher: the cost matrices of images {bad} have NaN/inf "
+                                     "entries: the model's outputs are not finite (training diverged?)")
         indices = []
         for b in range(B):  # per image: images have different numbers of segments
-            if len(targets[b]["labels"]) == 0:  # nothing to match: every query is ∅
+            if b not in costs:  # nothing to match: every query is ∅
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(pred_logits[b], pred_masks[b], targets[b]).cpu()  # (N, n), one copy
-            if not torch.isfinite(cost).all():
-                raise FloatingPointError(f"HungarianMatcher: the cost matrix of image {b} has NaN/inf "
-                                         "entries: the model's outputs are not finite (training diverged?)")
             # rows come back sorted (scipy guarantees it): sorted by query index, as in DETR
-            query_idx, target_idx = linear_sum_assignment(cost.numpy())
+            query_idx, target_idx = linear_sum_assignment(costs[b].numpy())
             indices.append((torch.as_tensor(query_idx, dtype=torch.int64),
                             torch.as_tensor(target_idx, dtype=torch.int64)))
         return indices

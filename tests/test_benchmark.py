@@ -74,7 +74,7 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
 
 def test_dense_kernel_seconds_counts_convolution_and_matmul_only():
     """Elementwise work counts nothing; a matmul counts, and so do a convolution's forward and backward
-    (each seen on its own in the profile)."""
+    (aten.convolution_backward runs on its own in the autograd engine)."""
     a = torch.randn(256, 256)
     x = torch.randn(1, 16, 64, 64, requires_grad=True)
     w = torch.randn(16, 16, 3, 3, requires_grad=True)

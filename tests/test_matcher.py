@@ -167,11 +167,33 @@ def test_mask_ignore_cost_equals_cost_on_the_valid_crop():
                                HungarianMatcher().cost_matrix(logits, masks, targets[0]))
 
 
-def test_non_finite_cost_raises():
-    outputs, targets = random_case(14, [2])
-    outputs["pred_masks"][0, 1, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="NaN"):
+def test_non_finite_cost_raises_and_names_the_image():
+    outputs, targets = random_case(14, [2, 0, 3])
+    outputs["pred_masks"][2, 1, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"images \[2\] have NaN"):
         HungarianMatcher()(outputs, targets)
+
+
+def test_one_device_to_host_copy_per_call(monkeypatch):
+    """A batch of 4 images (one without segments) is matched with one `.cpu()` of the costs and one
+    `.tolist()` of the label range, not one per image: on CUDA each such copy waits for the GPU.
+    The assignment is the one image-by-image matching gives."""
+    outputs, targets = random_case(16, [3, 0, 2, 4])
+    calls = {"cpu": 0, "tolist": 0, "item": 0}
+    for name in calls:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    indices = HungarianMatcher()(outputs, targets)
+    assert calls == {"cpu": 1, "tolist": 1, "item": 0}
+    monkeypatch.undo()
+    for b, target in enumerate(targets):
+        one_image = HungarianMatcher()({k: v[b:b + 1] for k, v in outputs.items()}, [target])[0]
+        assert all(torch.equal(x, y) for x, y in zip(indices[b], one_image))
 
 
 def test_bad_targets_raise_clear_errors():
