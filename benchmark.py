@@ -355,6 +355,17 @@ def dense_kernel_seconds(step: Callable[[], None]) -> float:
     return timer.seconds
 
 
+def dense_kernel_seconds_interleaved(steps: dict[str, Callable[[], None]], times: dict[str, list[float]],
+                                     repeats: int) -> dict[str, float]:
+    """{label: median dense_kernel_seconds over `repeats` rounds} for the steps that were timed, one
+    call of each per round as in time_interleaved (a median, as one call can catch a load spike)."""
+    seconds: dict[str, list[float]] = {label: [] for label in times}
+    for _ in range(repeats):
+        for label in times:
+            seconds[label].append(dense_kernel_seconds(steps[label]))
+    return {label: statistics.median(values) for label, values in seconds.items()}
+
+
 def peak_tflops(gpu_name: str) -> float | None:
     """Dense bf16 peak TFLOP/s of a GPU by its name (first GPU_PEAK_TFLOPS key in it), None if unknown."""
     return next((peak for key, peak in GPU_PEAK_TFLOPS if key in gpu_name), None)
@@ -395,6 +406,8 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
     for mode, batch in (("infer", 1), ("train", args.batch)):
         steps = make_steps(args, name, variants, mode)
         times = time_interleaved(steps, args.repeats, args.warmup, device, notes)
+        # on CUDA an op returns at launch, so its time there is not the kernel's: CPU only
+        dense = dense_kernel_seconds_interleaved(steps, times, args.repeats) if device.type == "cpu" else {}
         flops = 2 * gflops * 1e9 * batch * (3 if mode == "train" else 1)
         for label, seconds in times.items():
             median = statistics.median(seconds)
@@ -408,9 +421,9 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
             if variant.label not in times:
                 continue
             row = rows[variant.label]
-            if device.type == "cpu":  # on CUDA an op returns at launch: its time is not the kernel's
-                row[f"{mode}_dense_s"] = dense_kernel_seconds(steps[variant.label])
-                row[f"{mode}_dense_share"] = row[f"{mode}_dense_s"] / row[f"{mode}_s"]
+            if variant.label in dense:
+                row[f"{mode}_dense_s"] = dense[variant.label]
+                row[f"{mode}_dense_share"] = dense[variant.label] / row[f"{mode}_s"]
             if device.type == "cuda":
                 row[f"{mode}_peak_mb"] = peak_memory_cuda(steps[variant.label], device)
             elif args.memory:
@@ -594,7 +607,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"  GFLOP/s: 2 x count_flops per image / time (training step = 3 forwards); MFU: GFLOP/s / "
           f"{1000 * args.peak_tflops:.0f} GFLOP/s ({info['mfu_reference']}).\n"
           f"  peak MB: {memory}.\n"
-          f"  dense %: share of the time in convolution and matmul kernels (one more call, timed op by op; CPU only).\n"
+          f"  dense %: share of the time in convolution and matmul kernels (timed op by op in {args.repeats} more"
+          f" calls, median; CPU only).\n"
           f"  ours always runs channels-last (backbones.py); 'HF channels_last': the port with model and input"
           f" converted.")
     print_speed_table(rows, results["ratios"])
