@@ -13,13 +13,13 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    achieved GFLOP/s and peak memory. Each time is the median of --repeats timed runs after
    --warmup untimed ones; the variants (ours, the HF port, ...) run interleaved, one of each per
    round, so a change of machine load hits all of them alike (the machine may be shared).
-3. The same for the Hugging Face port (`transformers.MaskFormerForInstanceSegmentation`, built
-   offline from a MaskFormerConfig equal to the named config, random weights, its own loss via
+3. The same for the Hugging Face port (`transformers.MaskFormerForInstanceSegmentation`, built by
+   tests/hf_reference.py offline from a MaskFormerConfig equal to the named config, random weights, its own loss via
    mask_labels / class_labels), and the ratios ours / HF. Skipped, with a note, without transformers.
 4. Model-FLOPs utilisation: achieved FLOP/s / the GPU's dense bf16 peak (datasheet table) on CUDA,
    / a 2048^3 matmul measured on the spot on CPU (how close to the machine's matmul speed the
    whole model runs); on CUDA also torch.compile on and off (--compile). On CPU, how much of each
-   step is spent in convolution and matmul kernels ("dense %", dense_kernel_seconds), and the floor
+   step is spent in convolution and matmul kernels ("dense %", dense_kernel_share), and the floor
    under the ratio ours / HF that those kernels set: ours' time in them / HF's whole time.
 5. The data pipeline's samples/s (data.benchmark) next to what a training step consumes (images/s).
 
@@ -321,7 +321,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 204
 
 # Convolution and matrix-multiply ops (forward and backward) as the dispatcher sees them below autograd:
 # the model's dense arithmetic. Fused attention (SDPA) is left out, as it also holds a softmax:
-# leaving an op out can only lower the floor it sets (dense_kernel_seconds), never raise it.
+# leaving an op out can only lower the floor it sets (dense_kernel_share), never raise it.
 DENSE_KERNELS = {torch.ops.aten.convolution, torch.ops.aten.convolution_backward, torch.ops.aten.mm,
                  torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm}
 
@@ -344,26 +344,29 @@ class DenseKernelTimer(TorchDispatchMode):
         return out
 
 
-def dense_kernel_seconds(step: Callable[[], None]) -> float:
-    """Seconds one call of `step` spends inside convolution and matmul kernels (CPU).
+def dense_kernel_share(step: Callable[[], None]) -> float:
+    """The fraction of one call of `step` spent inside convolution and matmul kernels (CPU).
 
-    A floor under the step's time that no change outside those kernels can go below:
-    ours_dense / HF_total is the best ratio ours could reach with the same convolution and matmul
-    kernels, had every other op (norms, activations, losses, optimizer, copies) taken no time."""
+    Numerator and denominator come from the same call, so a load spike on a shared machine moves
+    both. The per-op dispatch adds a little time outside the kernels, which can only lower the share.
+    share x the step's time is a floor under that time that no change outside those kernels can go
+    below: ours_share x ours_time / HF_time is the best ratio ours could reach with the same kernels,
+    had every other op (norms, activations, losses, optimizer, copies) taken no time."""
+    start = time.perf_counter()
     with DenseKernelTimer() as timer:
         step()
-    return timer.seconds
+    return timer.seconds / (time.perf_counter() - start)
 
 
-def dense_kernel_seconds_interleaved(steps: dict[str, Callable[[], None]], times: dict[str, list[float]],
-                                     repeats: int) -> dict[str, float]:
-    """{label: median dense_kernel_seconds over `repeats` rounds} for the steps that were timed, one
-    call of each per round as in time_interleaved (a median, as one call can catch a load spike)."""
-    seconds: dict[str, list[float]] = {label: [] for label in times}
+def dense_kernel_share_interleaved(steps: dict[str, Callable[[], None]], labels: list[str],
+                                   repeats: int) -> dict[str, float]:
+    """{label: median dense_kernel_share over `repeats` rounds}, one call of each step per round as
+    in time_interleaved."""
+    shares: dict[str, list[float]] = {label: [] for label in labels}
     for _ in range(repeats):
-        for label in times:
-            seconds[label].append(dense_kernel_seconds(steps[label]))
-    return {label: statistics.median(values) for label, values in seconds.items()}
+        for label in labels:
+            shares[label].append(dense_kernel_share(steps[label]))
+    return {label: statistics.median(values) for label, values in shares.items()}
 
 
 def peak_tflops(gpu_name: str) -> float | None:
@@ -407,7 +410,7 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
         steps = make_steps(args, name, variants, mode)
         times = time_interleaved(steps, args.repeats, args.warmup, device, notes)
         # on CUDA an op returns at launch, so its time there is not the kernel's: CPU only
-        dense = dense_kernel_seconds_interleaved(steps, times, args.repeats) if device.type == "cpu" else {}
+        dense = dense_kernel_share_interleaved(steps, list(times), args.repeats) if device.type == "cpu" else {}
         flops = 2 * gflops * 1e9 * batch * (3 if mode == "train" else 1)
         for label, seconds in times.items():
             median = statistics.median(seconds)
@@ -422,8 +425,8 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
                 continue
             row = rows[variant.label]
             if variant.label in dense:
-                row[f"{mode}_dense_s"] = dense[variant.label]
-                row[f"{mode}_dense_share"] = dense[variant.label] / row[f"{mode}_s"]
+                row[f"{mode}_dense_share"] = dense[variant.label]
+                row[f"{mode}_dense_s"] = dense[variant.label] * row[f"{mode}_s"]
             if device.type == "cuda":
                 row[f"{mode}_peak_mb"] = peak_memory_cuda(steps[variant.label], device)
             elif args.memory:
@@ -445,7 +448,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
             ours_row = same_config.get(ours_label + suffix, {})
             ours, theirs, ours_dense = ours_row.get(f"{mode}_s"), row.get(f"{mode}_s"), ours_row.get(f"{mode}_dense_s")
             ratio[mode] = ours / theirs if ours and theirs else None
-            # the floor: ours with only its convolution and matmul kernels left (dense_kernel_seconds)
+            # the floor: ours with only its convolution and matmul kernels left (dense_kernel_share)
             ratio[f"{mode}_floor"] = ours_dense / theirs if ours_dense and theirs else None
         ratios.append(ratio)
     return ratios
@@ -608,7 +611,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{1000 * args.peak_tflops:.0f} GFLOP/s ({info['mfu_reference']}).\n"
           f"  peak MB: {memory}.\n"
           f"  dense %: share of the time in convolution and matmul kernels (timed op by op in {args.repeats} more"
-          f" calls, median; CPU only).\n"
+          f" calls, median of the per-call shares; CPU only).\n"
           f"  ours always runs channels-last (backbones.py); 'HF channels_last': the port with model and input"
           f" converted.")
     print_speed_table(rows, results["ratios"])

@@ -358,7 +358,7 @@ def test_notebook_stub_matches_the_checker(name):
 def test_unsolved_notebook_runs_and_says_not_implemented(name):
     pytest.importorskip("nbclient", reason="nbclient is a dev requirement (requirements-dev.txt)")
     pytest.importorskip("ipykernel", reason="ipykernel is a dev requirement (requirements-dev.txt)")
-    from test_notebooks import execute_notebook
+    from tests.test_notebooks import execute_notebook
 
     nb = execute_notebook(EXERCISES_DIR / check.EXERCISES[name].notebook)
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 
 import train
+from tests.conftest import REPO
 
 # A few iterations of a very small model on small shapes images: seconds per run.
 FAST = ["--crop-size", "64", "--batch-size", "4", "--iters", "4", "--eval-period", "4",

@@ -1,0 +1,1 @@
+"""The test suite (a package, so that benchmark.py can import tests.hf_reference unambiguously)."""
