@@ -37,7 +37,7 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
     machine = results["machine"]
     assert machine["torch"] == torch.__version__ and machine["threads"] == torch.get_num_threads()
     assert machine["dtype"] == "float32" and machine["cpu"]
-    peak_tflops = machine["mfu_reference_tflops"]  # measured 2048^3 matmul: 1 GFLOP/s .. 100 TFLOP/s
+    peak_tflops = machine["mfu_reference_tflops"]  # measured matmul / conv: 1 GFLOP/s .. 100 TFLOP/s
     assert 1e-3 < peak_tflops < 100 and "measured" in machine["mfu_reference"]
 
     labels = [row["variant"] for row in results["speed"]]
