@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"machine": machine_info(args), "notes": []}
     info = results["machine"]
     # MFU reference: the datasheet's dense bf16 peak on CUDA (as usually quoted), else (CPU, or a
-    # GPU missing from GPU_PEAK_TFLOPS) a matmul measured here in the run's dtype
+    # GPU missing from GPU_PEAK_TFLOPS) the faster of a matmul and a convolution measured here in the run's dtype
     args.peak_tflops, info["mfu_reference"] = info.get("gpu_peak_bf16_tflops"), "datasheet dense bf16 peak"
     if args.peak_tflops is None:
         args.peak_tflops = measured_peak_tflops(torch.device(args.device), getattr(torch, args.dtype))
