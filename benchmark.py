@@ -488,8 +488,8 @@ def machine_info(args: argparse.Namespace) -> dict:
     info = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "dtype": args.dtype if args.dtype == "float32" else f"{args.dtype} autocast",
             "python": platform.python_version(), "cpu": cpu_model()}
-    if hf_reference.version():
-        info["transformers"] = hf_reference.version()
+    if transformers_version := hf_reference.version():
+        info["transformers"] = transformers_version
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
         info["gpu_peak_bf16_tflops"] = peak_tflops(info["gpu"])

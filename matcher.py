@@ -137,11 +137,12 @@ class HungarianMatcher(nn.Module):
         B, N, num_classes_plus_one = pred_logits.shape
         check_targets(targets, B, num_classes_plus_one - 1, "HungarianMatcher", self.mask_ignore)
         # C of Eq. (3.2c) for every image that has segments, computed where the outputs live ...
-        matched = [b for b in range(B) if len(targets[b]["labels"]) > 0]
-        costs = [self.cost_matrix(pred_logits[b], pred_masks[b], targets[b]) for b in matched]  # (N, n_b) each
+        with_segments = [b for b in range(B) if len(targets[b]["labels"]) > 0]
+        device_costs = [self.cost_matrix(pred_logits[b], pred_masks[b], targets[b]) for b in with_segments]
         # ... then one device→host copy for the whole batch (each copy waits for the GPU to finish)
-        flat = torch.cat([cost.flatten() for cost in costs]).cpu() if costs else torch.zeros(0)
-        costs = {b: cost.view(N, -1) for b, cost in zip(matched, flat.split([c.numel() for c in costs]))}
+        flat = torch.cat([cost.flatten() for cost in device_costs]).cpu() if device_costs else torch.zeros(0)
+        pieces = flat.split([cost.numel() for cost in device_costs])
+        costs = {b: piece.view(N, -1) for b, piece in zip(with_segments, pieces)}  # image -> (N, n_b) on CPU
         if not torch.isfinite(flat).all():
             bad = [b for b, cost in costs.items() if not torch.isfinite(cost).all()]
             raise FloatingPointError(f"HungarianMatcher: the cost matrices of images {bad} have NaN/inf "
