@@ -1,0 +1,279 @@
+"""weights.py: published checkpoints by name, downloaded once, checked, converted and cached.
+
+No test touches the network: small random checkpoints in the published formats (a Hugging Face
+folder written by transformers' own `save_pretrained`, a torchvision / Microsoft Swin ImageNet
+file in the layouts tests/test_convert.py writes out) are served from a local folder through a
+`file://` mirror, the same code path as a real download. The table entries are replaced by test
+entries pointing at those files (the real ones name files of hundreds of MB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import urllib.error
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import backbones
+import convert
+import infer
+import maskformer
+import weights
+from tests import hf_reference
+from tests.test_convert import MINI_SWIN, microsoft_swin_layout, randomise, torchvision_resnet_layout
+
+K = 5
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """A fresh torch hub cache per test, and no mirror from the environment."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
+    return tmp_path / "hub" / "checkpoints" / "maskformer"
+
+
+@pytest.fixture(scope="module")
+def hf_tiny():
+    """The Hugging Face port of our `tiny` config (K = 5), every tensor random and O(1)."""
+    why = hf_reference.why_unavailable()
+    if why:
+        pytest.skip(why)
+    return randomise(hf_reference.maskformer_port(replace(maskformer.CONFIGS["tiny"], num_classes=K)))
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def hf_entry(mirror: Path, hf, sha256: str | None = "from file") -> weights.Published:
+    """Write `hf` as a Hub folder (model.safetensors + config.json) under the mirror; its table entry."""
+    hf.save_pretrained(mirror / "test-tiny-ade", safe_serialization=True)
+    weights_file = mirror / "test-tiny-ade" / "model.safetensors"
+    digest = sha256_of(weights_file) if sha256 == "from file" else sha256
+    base = "https://huggingface.co/facebook/test-tiny-ade/resolve/main"
+    return weights.Published("test-tiny-ade", "tt-ade", "hf", "tiny", weights.ADE, "512", "mIoU 0.0", 1,
+                             (weights.Download(f"{base}/model.safetensors", sha256=digest),
+                              weights.Download(f"{base}/config.json")))
+
+
+def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path, cache, monkeypatch):
+    """name → file:// mirror → checked → converted → cached: our model computes the HF port's outputs."""
+    entry = hf_entry(tmp_path / "mirror", hf_tiny)
+    monkeypatch.setattr(weights, "MODELS", (entry,))
+    lines = []
+    path = weights.resolve("TT-ADE", mirror=(tmp_path / "mirror").as_uri(), log=lines.append)
+    assert Path(path) == cache / "test-tiny-ade" / "converted.pt"
+    assert (cache / "test-tiny-ade" / "model.safetensors").read_bytes() == \
+        (tmp_path / "mirror" / "test-tiny-ade" / "model.safetensors").read_bytes()
+    assert any(line.startswith("downloading file://") for line in lines)
+
+    state, extras = infer.load_weights(path)
+    model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**extras["config"])).eval()
+    model.load_state_dict(state, strict=True)
+    assert extras["class_names"] == [hf_tiny.config.id2label[i] for i in range(K)]
+    images = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model(images), hf_tiny(pixel_values=images)
+    assert ours["pred_masks"].std() > 0.1  # a non-flat function, so equality means something
+    torch.testing.assert_close(ours["pred_logits"], theirs.class_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours["pred_masks"], theirs.masks_queries_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_second_call_reads_the_converted_cache(hf_tiny, tmp_path, monkeypatch):
+    """The second resolve neither downloads (the mirror is gone) nor converts (convert_file fails)."""
+    monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
+    first = weights.resolve("test-tiny-ade", mirror=(tmp_path / "mirror").as_uri(), log=lambda _: None)
+    stamp = Path(first).stat().st_mtime_ns
+    for f in (tmp_path / "mirror" / "test-tiny-ade").iterdir():
+        f.unlink()
+
+    def no_second_conversion(*args):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(convert, "convert_file", no_second_conversion)
+    lines = []
+    assert weights.resolve("test-tiny-ade", log=lines.append) == first
+    assert lines == [] and Path(first).stat().st_mtime_ns == stamp
+
+
+def test_local_path_is_returned_unchanged(tmp_path):
+    checkpoint = tmp_path / "mine.pt"
+    checkpoint.write_bytes(b"x")
+    assert weights.resolve(str(checkpoint)) == str(checkpoint)
+
+
+def test_unknown_name_lists_the_aliases():
+    with pytest.raises(weights.WeightsError) as e:
+        weights.resolve("maskformer-swin-huge-ade")
+    message = str(e.value)
+    assert "\n" not in message and "swin-t-ade" in message and "r50-coco" in message
+
+
+def test_wrong_sha256_fails_in_one_line_and_keeps_nothing(hf_tiny, tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny, sha256="00" * 32),))
+    with pytest.raises(weights.WeightsError) as e:
+        weights.resolve("test-tiny-ade", mirror=(tmp_path / "mirror").as_uri(), log=lambda _: None)
+    message = str(e.value)
+    actual = sha256_of(tmp_path / "mirror" / "test-tiny-ade" / "model.safetensors")
+    assert "\n" not in message and "SHA-256" in message and actual[:16] in message
+    assert not (cache / "test-tiny-ade" / "model.safetensors").exists()  # moved aside to .bad
+    assert (cache / "test-tiny-ade" / "model.safetensors.bad").exists()
+    assert not (cache / "test-tiny-ade" / "converted.pt").exists()
+
+
+def test_md5_prefix_of_the_model_zoo_is_checked(tmp_path):
+    """The official zoo's file names end in their MD5's first 6 hex digits: a match passes, else not."""
+    path = tmp_path / "model_final_x.pkl"
+    path.write_bytes(b"MaskFormer")
+    md5 = hashlib.md5(b"MaskFormer").hexdigest()
+    weights.check_file(path, weights.Download("https://x/model_final_x.pkl", md5=md5[:6]))
+    assert path.exists()
+    with pytest.raises(weights.WeightsError, match="MD5"):
+        weights.check_file(path, weights.Download("https://x/model_final_x.pkl", md5="ffffff" if md5[0] != "f"
+                                                  else "000000"))
+
+
+def test_offline_names_the_url_and_the_cache_path(cache, monkeypatch):
+    """No network: one line with the publisher's URL and the exact path to put the file at."""
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    with pytest.raises(weights.WeightsError) as e:
+        weights.resolve("swin-t-ade", log=lambda _: None)
+    message = str(e.value)
+    expected_path = cache / "maskformer-swin-tiny-ade" / "model.safetensors"
+    assert "\n" not in message and "Network is unreachable" in message
+    assert "https://huggingface.co/facebook/maskformer-swin-tiny-ade/resolve/main/model.safetensors" in message
+    assert str(expected_path) in message and weights.MIRROR_ENV in message
+    assert not expected_path.exists() and not expected_path.with_name("model.safetensors.part").exists()
+
+
+def test_mirror_from_the_environment(tmp_path, monkeypatch):
+    """MASKFORMER_WEIGHTS_MIRROR replaces the publisher: <mirror>/<name>/<file>."""
+    monkeypatch.setenv(weights.MIRROR_ENV, "https://mirror.example/maskformer/")
+    file = weights.Download("https://huggingface.co/facebook/x/resolve/main/model.safetensors")
+    assert weights.source_url(file, "x/model.safetensors", None) == \
+        "https://mirror.example/maskformer/x/model.safetensors"
+    assert weights.source_url(file, "x/model.safetensors", "file:///w") == "file:///w/x/model.safetensors"
+    monkeypatch.delenv(weights.MIRROR_ENV)
+    assert weights.source_url(file, "x/model.safetensors", None) == file.url
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet backbones
+# ---------------------------------------------------------------------------------------------
+
+
+def imagenet_case(kind: str, mirror: Path, monkeypatch) -> tuple[str, dict[str, torch.Tensor]]:
+    """An official-format ImageNet file on the mirror and its table entry → (backbone, source tensors)."""
+    if kind == "torchvision":
+        backbone, source = "resnet18", torchvision_resnet_layout(False, [2, 2, 2, 2])
+        filename, keep = "resnet18-{}.pth", lambda k: not k.startswith("fc.") and "num_batches" not in k
+    else:
+        monkeypatch.setitem(backbones.SWINS, "swin_mini", MINI_SWIN)
+        sizes = {k: v for k, v in MINI_SWIN.items() if k != "window_size"}
+        backbone, source = "swin_mini", microsoft_swin_layout(window=7, **sizes)
+        filename, keep = "swin_mini_patch4_window7_224{}.pth", \
+            lambda k: k.startswith(("patch_embed", "layers")) and not k.endswith("attn_mask")
+    folder = mirror / f"imagenet-{backbone}"
+    folder.mkdir(parents=True)
+    torch.save(source, folder / "file.pth")
+    prefix = sha256_of(folder / "file.pth")[:8] if kind == "torchvision" else None
+    name = filename.format(f"-{prefix}" if prefix else "")
+    (folder / "file.pth").rename(folder / name)
+    entry = weights.ImageNet(backbone, kind, "IN-1k 224", weights.Download(f"https://example.org/{name}", prefix))
+    monkeypatch.setattr(weights, "IMAGENET", (entry,))
+    tensors = source.get("model", source)
+    return backbone, {f"backbone.{k}": v for k, v in tensors.items() if keep(k)}
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "swin"])
+def test_imagenet_backbone_equals_the_file(kind, tmp_path, monkeypatch):
+    """--weights imagenet: the loaded backbone tensors are the file's; the rest keeps its init; one line."""
+    backbone, expected = imagenet_case(kind, tmp_path / "mirror", monkeypatch)
+    config = "tiny" if backbone == "resnet18" else "swin_t"
+    overrides = {"backbone_kwargs": {"width": 64, "norm": "frozen_bn"}} if backbone == "resnet18" \
+        else {"backbone": backbone}
+    torch.manual_seed(0)
+    model = maskformer.build_model(config, num_classes=K, **overrides)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lines = []
+    weights.load_imagenet(model, mirror=(tmp_path / "mirror").as_uri(), log=lines.append)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    untouched = [k for k in state if k not in expected]
+    assert all(torch.equal(state[k], before[k]) for k in untouched)
+    summary = [line for line in lines if line.startswith("ImageNet weights")]
+    assert len(summary) == 1 and f"{len(expected)} tensors loaded" in summary[0]
+    assert f"{len(untouched)} left at their random initialisation" in summary[0]
+
+
+def test_imagenet_for_a_backbone_without_weights():
+    with pytest.raises(weights.WeightsError, match="no ImageNet weights are published for resnet18"):
+        weights.imagenet_checkpoint("resnet18")
+
+
+# ---------------------------------------------------------------------------------------------
+# .safetensors reader
+# ---------------------------------------------------------------------------------------------
+
+
+def test_safetensors_reader_equals_the_reference(tmp_path):
+    """Our reader against the `safetensors` package on every dtype, a scalar and an empty tensor."""
+    st = pytest.importorskip("safetensors.torch", reason="the safetensors package is the reference")
+    g = torch.Generator().manual_seed(0)
+    tensors = {"f32": torch.randn(3, 4, generator=g), "f16": torch.randn(5, generator=g).half(),
+               "bf16": torch.randn(2, 3, generator=g).bfloat16(), "f64": torch.randn(2, generator=g).double(),
+               "i64": torch.arange(-3, 3), "i32": torch.arange(6, dtype=torch.int32).reshape(2, 3),
+               "u8": torch.arange(250, 256, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
+    st.save_file(tensors, tmp_path / "t.safetensors", metadata={"format": "pt"})
+    ours, theirs = weights.read_safetensors(tmp_path / "t.safetensors"), st.load_file(tmp_path / "t.safetensors")
+    assert ours.keys() == theirs.keys() == tensors.keys()
+    for k in tensors:
+        assert ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape
+        assert torch.equal(ours[k], theirs[k])
+
+
+def test_safetensors_reader_rejects_a_torn_file(tmp_path):
+    """A hand-written file (8-byte length, JSON header, raw little-endian bytes), then cut short."""
+    values = np.array([1.0, -2.0, 3.5], dtype="<f4")
+    header = b'{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}'
+    blob = len(header).to_bytes(8, "little") + header + values.tobytes()
+    (tmp_path / "ok.safetensors").write_bytes(blob)
+    assert weights.read_safetensors(tmp_path / "ok.safetensors")["x"].tolist() == [1.0, -2.0, 3.5]
+    (tmp_path / "torn.safetensors").write_bytes(blob[:-4])
+    with pytest.raises(convert.ConversionError) as e:
+        weights.read_safetensors(tmp_path / "torn.safetensors")
+    assert "\n" not in str(e.value) and "[0, 12)" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+
+def test_table_lists_every_model_with_our_parameter_count(capsys):
+    """--list: one row per model; params are those of our model (the HF port's count for Swin-T / R50)."""
+    weights.print_table()
+    out = capsys.readouterr().out
+    for m in weights.MODELS:
+        assert m.name in out and m.alias in out and m.metric in out
+    rows = {r[0]: r for r in weights.table_rows()}
+    # REFERENCE counts of the HF port with 150 classes: Swin-T 41.76M, R50 41.31M (ours freezes BN: same)
+    assert rows["maskformer-swin-tiny-ade"][5] == "41.8M" and rows["maskformer_R50_bs16_160k"][5] == "41.3M"
+    aliases = [m.alias for m in weights.MODELS] + [m.name for m in weights.MODELS]
+    assert len({a.lower() for a in aliases}) == len(aliases)  # every name and alias is unique
+
+
+def test_parameter_count_equals_a_built_model():
+    built = maskformer.build_model("swin_t", num_classes=133)
+    assert math.isclose(weights.parameter_count("swin_t", 133, 0),
+                        sum(p.numel() for p in built.parameters()) / 1e6)

@@ -1,0 +1,463 @@
+"""Published weights by name: the MaskFormer checkpoints of the paper and the ImageNet backbones that
+start its training (Figure 2 "backbone", §4 "Training settings": every paper model starts from an
+ImageNet-pretrained backbone).
+
+    python infer.py --weights maskformer-swin-tiny-ade --input photo.jpg --output out/
+    python infer.py --list                     # the table below: names, aliases, paper numbers
+    python train.py --data ade20k --data-root D --config r50   # --weights imagenet is the default
+
+What happens to a name, once per name and machine:
+1. `download`: each file of the entry goes into the torch hub cache,
+   `<torch.hub.get_dir()>/checkpoints/maskformer/<name>/<file>` (TORCH_HOME moves it), with a
+   progress bar; it is written to `<file>.part` and renamed only once complete and checked.
+2. `check_file`: the file's SHA-256 (or MD5) must start with the hex digest the table records: a
+   full SHA-256 from the Hugging Face hub's LFS pointer, the SHA-256 prefix torchvision puts in its
+   file names (`resnet50-0676ba61.pth`), the MD5 prefix the official model zoo puts in its
+   (`model_final_d8dbeb.pkl`). Where the publisher gives no digest (the Swin release, the
+   `config.json` files, two Hugging Face `pytorch_model.bin`), nothing is checked and the table says so.
+3. conversion with convert.py's rules (`convert.convert_file`: the same tables and checks as
+   `python convert.py`), saved as `<name>/converted.pt` beside the download; every later call
+   loads that file and skips steps 1-3.
+
+Offline, or behind a firewall, a download fails in one line naming the URL and the exact path to
+put the file at. A mirror (a web server or a folder holding the files under the same relative
+paths as the cache, e.g. `maskformer-swin-tiny-ade/model.safetensors`) replaces every publisher's
+address: `MASKFORMER_WEIGHTS_MIRROR=https://host/dir` or `file:///shared/weights`, or the `mirror`
+argument (infer.py / train.py `--weights-mirror`). The tests serve small random checkpoints in
+the published formats from a local folder this way, through the same code path.
+
+Reading order: `Download` / `Published` / `ImageNet` (what a table row holds) → `MODELS` and
+`IMAGENET` (the tables) → `lookup` → `resolve` / `imagenet_checkpoint` (the two entry points) →
+`fetch` → `download` / `check_file` → `convert_entry` → `print_table`.
+
+Differences from the official code: the official configs read the ImageNet ResNets as detectron2
+pickles (`R-50.pkl`, `R-101.pkl`: torchvision's files renamed by tools/convert-torchvision-to-d2.py,
+same tensors) and the Swins as pickles made by tools/convert-pretrained-swin-model-to-d2.py (the
+Swin release's `.pth`, wrapped). We download torchvision's and the Swin release's own files, whose
+names the official tools give, and rename them with convert.py's TORCHVISION / SWIN_IMAGENET rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import convert
+import maskformer
+
+MIRROR_ENV = "MASKFORMER_WEIGHTS_MIRROR"
+HF = "https://huggingface.co"
+ZOO = "https://dl.fbaipublicfiles.com/maskformer"
+CHUNK = 1 << 20  # bytes read per step while downloading and hashing
+
+
+class WeightsError(RuntimeError):
+    """A name that is not in the table, a download that failed, a file whose digest is wrong."""
+
+
+@dataclass(frozen=True)
+class Download:
+    """One published file. `sha256` / `md5`: hex digest, or a prefix of it; None where unpublished."""
+
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+@dataclass(frozen=True)
+class Published:
+    """A trained MaskFormer checkpoint: where it is, how to convert it, what the paper reports for it."""
+
+    name: str
+    alias: str
+    source: str  # convert.py's --from: "hf" (a model folder) or "detectron2" (a model_final_*.pkl)
+    config: str  # maskformer.CONFIGS name
+    dataset: str  # "ADE20K-150" or "COCO panoptic"
+    crop: str  # training crop side ("none": COCO panoptic trains without a crop)
+    metric: str  # the paper's single-scale result for this checkpoint: "mIoU 46.7", "PQ 47.7"
+    size_mb: int  # download size (MB) as the publisher lists it; 0: not listed (the model zoo)
+    files: tuple[Download, ...]
+    enc_layers: int = 0  # pixel-decoder encoder layers (6 in the COCO-panoptic R50/R101 models)
+
+
+@dataclass(frozen=True)
+class ImageNet:
+    """An ImageNet classifier whose backbone starts a paper model's training (§4)."""
+
+    backbone: str  # backbones.py name
+    source: str  # convert.py's --from: "torchvision" or "swin"
+    pretraining: str  # "IN-1k 224", "IN-22k 384"
+    file: Download
+
+    @property
+    def name(self) -> str:
+        return f"imagenet-{self.backbone}"
+
+
+def _hf(repo: str, alias: str, config: str, dataset: str, crop: str, metric: str, size_mb: int,
+        weights_file: str, sha256: str | None) -> Published:
+    """A Hugging Face model folder (facebook/<repo>): its weights file and its config.json (sizes, names)."""
+    base = f"{HF}/facebook/{repo}/resolve/main"
+    files = (Download(f"{base}/{weights_file}", sha256=sha256), Download(f"{base}/config.json"))
+    return Published(repo, alias, "hf", config, dataset, crop, metric, size_mb, files)
+
+
+def _zoo(name: str, alias: str, config: str, dataset: str, crop: str, metric: str, md5: str,
+         enc_layers: int = 0) -> Published:
+    """An official model-zoo checkpoint; its file name ends in the first 6 hex digits of its MD5."""
+    folder = "semantic-ade20k" if dataset == ADE else "panoptic-coco"
+    url = f"{ZOO}/{folder}/{name}/model_final_{md5}.pkl"
+    return Published(name, alias, "detectron2", config, dataset, crop, metric, 0, (Download(url, md5=md5),),
+                     enc_layers)
+
+
+# The Hugging Face ports (facebook/…, converted from the official checkpoints by the transformers
+# team, so the paper's number is theirs too) and the official model zoo (MODEL_ZOO.md of
+# facebookresearch/MaskFormer). SHA-256: the LFS pointer of the file on the hub's main branch.
+ADE, COCO = "ADE20K-150", "COCO panoptic"
+SAFE, BIN = "model.safetensors", "pytorch_model.bin"
+MODELS: tuple[Published, ...] = (
+    *[_hf(repo, alias, config, dataset, crop, metric, size_mb, file, sha256)
+      for repo, alias, config, dataset, crop, metric, size_mb, file, sha256 in (
+        ("maskformer-swin-tiny-ade", "swin-t-ade", "swin_t", ADE, "512", "mIoU 46.7", 167, SAFE,
+         "d9a859b56efb9bf4804c124915461d6cde9b564cd720820db5ca710cd26fbc5e"),
+        ("maskformer-swin-small-ade", "swin-s-ade", "swin_s", ADE, "512", "mIoU 49.8", 253, BIN,
+         "f1ebe6c04b339a124e4ce5c8f5d2360f8397e9a59f1c6cc75dead67235d67c7e"),
+        ("maskformer-swin-base-ade", "swin-b-ade", "swin_b", ADE, "640", "mIoU 52.7", 412, BIN,
+         "03177538131eb2c906bbb9081b3ccc471cc52dc73db7332fb36b1698bcf6daca"),
+        ("maskformer-swin-large-ade", "swin-l-ade", "swin_l", ADE, "640", "mIoU 54.1", 851, BIN, None),
+        ("maskformer-swin-tiny-coco", "swin-t-coco", "swin_t", COCO, "none", "PQ 47.7", 167, SAFE,
+         "3167fd842c11d81441ec70ea57b18f03574fac83c74a405d3b545a278fc8c31e"),
+        ("maskformer-swin-small-coco", "swin-s-coco", "swin_s", COCO, "none", "PQ 49.7", 253, SAFE,
+         "e4a6ba783bce9ba2bbec0c39fbd9f65236c5938e71d2a9d55de203714102f935"),
+        ("maskformer-swin-base-coco", "swin-b-coco", "swin_b", COCO, "none", "PQ 51.8", 411, SAFE,
+         "d80418c3bcb17c6a847accbca3a0d66b7574c5c767419aad3cd5fa9fad0441a4"),
+        ("maskformer-swin-large-coco", "swin-l-coco", "swin_l", COCO, "none", "PQ 52.7", 850, SAFE,
+         "2cb9f2b6eec7db534e7c13d47ce47e2785c969f3b41abbd329600b6ac8c31746"),
+        ("maskformer-resnet50-ade", "r50-ade-hf", "r50", ADE, "512", "mIoU 44.5", 166, BIN, None))],
+    # official detectron2 checkpoints (semantic-ade20k / panoptic-coco of MODEL_ZOO.md)
+    *[_zoo(name, alias, config, ADE, crop, f"mIoU {miou}", md5) for name, alias, config, crop, miou, md5 in (
+        ("maskformer_R50_bs16_160k", "r50-ade", "r50", "512", 44.5, "d8dbeb"),
+        ("maskformer_R101_bs16_160k", "r101-ade", "r101", "512", 45.5, "1aeb94"),
+        ("maskformer_swin_tiny_bs16_160k", "swin-t-ade-d2", "swin_t", "512", 46.7, "8657a5"),
+        ("maskformer_swin_small_bs16_160k", "swin-s-ade-d2", "swin_s", "512", 49.8, "528157"),
+        ("maskformer_swin_base_IN21k_384_bs16_160k_res640", "swin-b-ade-d2", "swin_b", "640", 52.7, "45388b"),
+        ("maskformer_swin_large_IN21k_384_bs16_160k_res640", "swin-l-ade-d2", "swin_l", "640", 54.1, "aefa3b"))],
+    *[_zoo(name, alias, config, COCO, "none", f"PQ {pq}", md5, enc_layers=6) for name, alias, config, pq, md5 in (
+        ("maskformer_panoptic_R50_bs64_554k", "r50-coco", "r50", 46.5, "6f60dc"),
+        ("maskformer_panoptic_R101_bs64_554k", "r101-coco", "r101", 47.6, "57b049"))],
+)
+
+# The ImageNet weights the official configs name (REFERENCE: configs/*/Base-*.yaml, tools/README.md).
+SWIN_RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0"
+IMAGENET: tuple[ImageNet, ...] = (
+    ImageNet("resnet50", "torchvision", "IN-1k 224",
+             Download("https://download.pytorch.org/models/resnet50-0676ba61.pth", sha256="0676ba61")),
+    ImageNet("resnet101", "torchvision", "IN-1k 224",
+             Download("https://download.pytorch.org/models/resnet101-63fe2227.pth", sha256="63fe2227")),
+    ImageNet("swin_tiny", "swin", "IN-1k 224", Download(f"{SWIN_RELEASE}/swin_tiny_patch4_window7_224.pth")),
+    ImageNet("swin_small", "swin", "IN-1k 224", Download(f"{SWIN_RELEASE}/swin_small_patch4_window7_224.pth")),
+    ImageNet("swin_base", "swin", "IN-22k 384", Download(f"{SWIN_RELEASE}/swin_base_patch4_window12_384_22k.pth")),
+    ImageNet("swin_large", "swin", "IN-22k 384", Download(f"{SWIN_RELEASE}/swin_large_patch4_window12_384_22k.pth")),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def lookup(name: str) -> Published | None:
+    """The table row whose name or alias is `name` (case-insensitive), else None."""
+    key = name.lower()
+    return next((m for m in MODELS if key in (m.name.lower(), m.alias.lower())), None)
+
+
+def cache_root() -> Path:
+    """`<torch hub dir>/checkpoints/maskformer`: where downloads and converted checkpoints live."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / "maskformer"
+
+
+def resolve(spec: str, mirror: str | None = None, log=print) -> str:
+    """A `--weights` value → the path of a checkpoint infer.py / train.py read.
+
+    An existing file is returned as is; a name or alias of MODELS is downloaded, checked and
+    converted on first use and read from the cache afterwards. Anything else: WeightsError.
+    """
+    if Path(spec).exists():
+        return spec
+    entry = lookup(spec)
+    if entry is None:
+        names = ", ".join(m.alias for m in MODELS)
+        raise WeightsError(f"--weights {spec}: no such file, and not a published model name "
+                           f"(python infer.py --list shows them: {names})")
+    return str(cached_conversion(entry.name, entry.files, mirror, log, lambda folder: convert_model(entry, folder)))
+
+
+def imagenet_entry(backbone: str) -> ImageNet:
+    """The ImageNet row for a backbones.py name; WeightsError naming the ones there are."""
+    entry = next((e for e in IMAGENET if e.backbone == backbone), None)
+    if entry is None:
+        raise WeightsError(f"--weights imagenet: no ImageNet weights are published for {backbone} "
+                           f"(available: {', '.join(e.backbone for e in IMAGENET)}); use --weights none")
+    return entry
+
+
+def imagenet_checkpoint(backbone: str, mirror: str | None = None, log=print) -> str:
+    """Path of the converted ImageNet backbone ({"model": {"backbone.…": tensor}}) for `backbone`."""
+    entry = imagenet_entry(backbone)
+    return str(cached_conversion(entry.name, (entry.file,), mirror, log,
+                                 lambda folder: convert_imagenet(entry, folder)))
+
+
+def load_imagenet(model: torch.nn.Module, mirror: str | None = None, log=print) -> None:
+    """Load the ImageNet weights of `model.config.backbone` into `model.backbone` (§4: every paper
+    model starts so); everything else keeps its initialisation. One log line says what was loaded."""
+    path = imagenet_checkpoint(model.config.backbone, mirror, log)
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    missing, unexpected = convert.load_into(model, state)
+    if unexpected or any(k.startswith("backbone.") and not is_stage_norm(k) for k in missing):
+        raise WeightsError(f"{path} does not fit {model.config.backbone}: unexpected {unexpected[:3]}, "
+                           f"missing {[k for k in missing if k.startswith('backbone.')][:3]}")
+    ours = model.state_dict()
+    loaded = sum(k in ours for k in state)
+    fresh_norms = ", Swin stage-output norms" if any(map(is_stage_norm, missing)) else ""
+    log(f"ImageNet weights ({imagenet_entry(model.config.backbone).file.filename}, cached at {path}): "
+        f"{loaded} tensors loaded into the backbone, {len(ours) - loaded} left at their random initialisation "
+        f"(pixel decoder, transformer module, heads{fresh_norms})")
+
+
+def is_stage_norm(name: str) -> bool:
+    """A Swin stage-output LayerNorm (norm0..norm3): absent from ImageNet classifiers, fresh officially too."""
+    return re.fullmatch(r"backbone\.norm\d\.(weight|bias)", name) is not None
+
+
+def cached_conversion(name: str, files: tuple[Download, ...], mirror: str | None, log, convert_fn) -> Path:
+    """`<cache>/<name>/converted.pt`, made by `convert_fn(folder)` after fetching `files` if absent."""
+    folder = cache_root() / name
+    converted = folder / "converted.pt"
+    if converted.is_file():
+        return converted
+    for file in files:
+        fetch(file, folder / file.filename, mirror, log)
+    log(f"converting {name} with convert.py's rules (once; cached at {converted})")
+    checkpoint = convert_fn(folder)
+    partial = converted.with_suffix(".part")
+    torch.save(checkpoint, partial)
+    partial.replace(converted)
+    return converted
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloading and checking
+# ---------------------------------------------------------------------------------------------
+
+
+def source_url(file: Download, relative: str, mirror: str | None) -> str:
+    """The publisher's URL, or `<mirror>/<relative>` when a mirror is given (argument, then env var)."""
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    return f"{mirror.rstrip('/')}/{relative}" if mirror else file.url
+
+
+def fetch(file: Download, path: Path, mirror: str | None, log) -> None:
+    """Make sure `path` holds `file`, checked: download it if absent (a present file is re-checked)."""
+    if not path.is_file():
+        url = source_url(file, f"{path.parent.name}/{path.name}", mirror)
+        download(url, path, log)
+    check_file(path, file)
+
+
+def download(url: str, path: Path, log) -> None:
+    """`url` (http(s) or file://) → `path`, through `<path>.part`, with a progress bar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    log(f"downloading {url} to {path}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
+                      disable=None) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        partial.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise WeightsError(f"cannot download {url} ({reason}); download it elsewhere and put it at {path}, "
+                           f"or set {MIRROR_ENV} to a mirror holding {path.parent.name}/{path.name}") from None
+    partial.replace(path)
+
+
+def digests(path: Path) -> tuple[str, str]:
+    """(SHA-256, MD5) of a file, read once in CHUNK-sized pieces."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def check_file(path: Path, file: Download) -> None:
+    """WeightsError (and the file moved aside to `<path>.bad`) unless its digests start as recorded."""
+    if file.sha256 is None and file.md5 is None:
+        return  # the publisher gives no digest: nothing to check against
+    sha256, md5 = digests(path)
+    for kind, expected, actual in (("SHA-256", file.sha256, sha256), ("MD5", file.md5, md5)):
+        if expected is not None and not actual.startswith(expected):
+            bad = path.with_name(path.name + ".bad")
+            path.replace(bad)
+            raise WeightsError(f"{path}: {kind} {actual[:16]}… does not start with the published {expected[:16]} "
+                               f"(a torn or different file of {file.url}; moved to {bad}, run again to download anew)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading .safetensors without the `safetensors` package
+# ---------------------------------------------------------------------------------------------
+
+# Why our own reader rather than an optional dependency: the format is small and fully specified
+# (an 8-byte little-endian header length N, N bytes of JSON {name: {"dtype", "shape",
+# "data_offsets": [begin, end]}, "__metadata__": {...}}, then the raw little-endian tensor bytes,
+# offsets relative to the end of the header), so 30 lines read it exactly, with every offset and
+# size checked, and a fresh clone needs nothing beyond requirements.txt to load the published files.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """{name: tensor} of a `.safetensors` file; ConversionError (one line) on any malformed part."""
+    path = Path(path)
+    raw = bytearray(path.read_bytes())  # writable: torch.frombuffer shares it without a copy
+    if sys.byteorder != "little":
+        raise convert.ConversionError(f"{path}: reading .safetensors needs a little-endian machine")
+    if len(raw) < 8:
+        raise convert.ConversionError(f"{path}: too short for a .safetensors file ({len(raw)} bytes)")
+    header_size = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8:8 + header_size].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise convert.ConversionError(f"{path}: not a .safetensors file (header: {e})") from None
+    body = memoryview(raw)[8 + header_size:]
+    tensors, covered = {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        begin, end = info.get("data_offsets", (-1, -1))
+        shape = info.get("shape", [])
+        if dtype is None:
+            raise convert.ConversionError(f"{path}: {name} has dtype {info.get('dtype')!r}; "
+                                          f"supported: {', '.join(SAFETENSORS_DTYPES)}")
+        nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+        if not 0 <= begin <= end <= len(body) or end - begin != nbytes:
+            raise convert.ConversionError(f"{path}: {name} {info.get('dtype')} {shape} needs {nbytes} bytes, "
+                                          f"its offsets [{begin}, {end}) do not fit the {len(body)}-byte body")
+        data = body[begin:end]
+        tensors[name] = (torch.frombuffer(data, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)).reshape(shape)
+        covered.append((begin, end))
+    if sum(e - b for b, e in covered) != len(body) or any(
+            b1 < e0 for (_, e0), (b1, _) in zip(sorted(covered), sorted(covered)[1:])):
+        raise convert.ConversionError(f"{path}: the tensors' byte ranges overlap or leave gaps in the body")
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion (convert.py's rules) into the checkpoints infer.py / train.py read
+# ---------------------------------------------------------------------------------------------
+
+
+def convert_model(entry: Published, folder: Path) -> dict:
+    """A downloaded model → {"model", "config", "class_names", "source"} (infer.py's --weights format)."""
+    path = folder if entry.source == "hf" else folder / entry.files[0].filename
+    config = None if entry.source == "hf" else entry.config
+    model, state, class_names = convert.convert_file(entry.source, str(path), config)
+    return {"model": state, "config": asdict(model.config), "class_names": class_names, "source": entry.files[0].url}
+
+
+def convert_imagenet(entry: ImageNet, folder: Path) -> dict:
+    """A downloaded ImageNet classifier → {"model": {"backbone.…": tensor}, "backbone", "source"}."""
+    model, state, _ = convert.convert_file(entry.source, str(folder / entry.file.filename), None)
+    if model.config.backbone != entry.backbone:
+        raise WeightsError(f"{folder / entry.file.filename} holds a {model.config.backbone}, not a {entry.backbone}")
+    return {"model": state, "backbone": entry.backbone, "source": entry.file.url}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model table (infer.py --list, docs/weights.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def parameter_count(config: str, num_classes: int, enc_layers: int) -> float:
+    """Millions of parameters of our model for this config (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = maskformer.build_model(config, num_classes=num_classes, enc_layers=enc_layers)
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def table_rows() -> list[list[str]]:
+    """One row of strings per published model, under `TABLE_HEADER`."""
+    classes = {ADE: 150, COCO: 133}
+    rows = []
+    for m in MODELS:
+        size = f"{m.size_mb} MB" if m.size_mb else "not listed"
+        checked = "sha256" if m.files[0].sha256 else "md5" if m.files[0].md5 else "unchecked"
+        rows.append([m.name, m.alias, maskformer.CONFIGS[m.config].backbone, m.dataset, m.crop,
+                     f"{parameter_count(m.config, classes[m.dataset], m.enc_layers):.1f}M", m.metric, size, checked])
+    return rows
+
+
+TABLE_HEADER = ["name", "alias", "backbone", "dataset", "crop", "params", "paper (s.s.)", "download", "check"]
+
+
+def print_table(file=None) -> None:
+    """The published models as an aligned text table, then the ImageNet backbones (to `file` or stdout)."""
+    file = file or sys.stdout
+    rows = [TABLE_HEADER, *table_rows()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADER))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=file)
+    print(f"\nImageNet backbones (train.py --weights imagenet), cached in {cache_root()}:", file=file)
+    for e in IMAGENET:
+        print(f"  {e.backbone:<11} {e.pretraining:<11} {e.file.url}", file=file)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Download, check and convert published MaskFormer weights by name.")
+    p.add_argument("name", nargs="?", help="a model name or alias (see --list), or imagenet-BACKBONE")
+    p.add_argument("--list", action="store_true", help="print the table of published models")
+    p.add_argument("--mirror", help=f"base URL or file:// folder replacing the publishers' (or ${MIRROR_ENV})")
+    args = p.parse_args(argv)
+    if args.list or args.name is None:
+        print_table()
+        return
+    try:
+        if args.name.startswith("imagenet-"):
+            path = imagenet_checkpoint(args.name.removeprefix("imagenet-"), args.mirror)
+        else:
+            path = resolve(args.name, args.mirror)
+    except (WeightsError, convert.ConversionError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
