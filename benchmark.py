@@ -23,7 +23,7 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    torch.compile on and off (--compile). On CPU, how much of each step is spent in convolution
    and matmul kernels ("dense %", dense_kernel_share), and the floor under the ratio ours / HF
    that those kernels set: ours' time in them / HF's whole time.
-5. The data pipeline's samples/s (data.benchmark) next to what a training step consumes (images/s).
+5. The data pipeline's samples/s (`data_pipeline_speed`) next to what a training step consumes (images/s).
 
 Fairness: every variant gets the same images, targets, threads, dtype and optimizer (AdamW, lr 1e-4,
 weight decay 1e-4, PyTorch defaults otherwise). Our backbones run in channels-last memory (see
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import io
 import json
 import platform
@@ -56,15 +55,21 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import augment
+import data
 import maskformer
 from losses import MaskFormerLoss
 from tests import hf_reference  # the HF port, a test-only reference (transformers is optional)
@@ -155,7 +160,7 @@ def training_step(variant: Variant, images: Tensor, targets: list[dict],
         def loss_fn() -> Tensor:
             with autocast:
                 outputs = model(images)
-            terms = criterion(outputs, targets)  # computed in float32 (losses.py)
+            terms = criterion(outputs, {"targets": targets})  # computed in float32 (losses.py)
             return sum(criterion.weight_dict[k] * v for k, v in terms.items())
     else:
         mask_labels = [t["masks"].float() for t in targets]  # the port's target format
@@ -469,19 +474,89 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def data_pipeline(size: int, workers: tuple[int, ...]) -> dict | str:
-    """Samples/s of data.benchmark (ADE20K-like JPEG/PNG pairs, training augmentation, crop `size`),
-    or a note saying why there is none."""
-    try:
-        import data
-    except Exception as error:  # data.py may be absent or broken in a partial checkout
-        return f"data.py could not be imported ({type(error).__name__}: {error})"
-    if not hasattr(data, "benchmark"):
-        return "data.py has no benchmark() function"
-    wanted = {"workers": workers, "crop_size": size, "num_batches": 4, "batch_size": 4}
-    accepted = inspect.signature(data.benchmark).parameters
+def data_pipeline(size: int, workers: tuple[int, ...]) -> dict:
+    """Samples/s of `data_pipeline_speed` (ADE20K-like JPEG/PNG pairs, training augmentation, crop `size`)."""
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its own report
-        return data.benchmark(**{k: v for k, v in wanted.items() if k in accepted})
+        return data_pipeline_speed(workers=workers, crop_size=size, num_batches=4, batch_size=4)
+
+
+def write_ade_like_fixture(root: Path, num_images: int = 16, size: tuple[int, int] = (512, 683),
+                           seed: int = 0) -> Path:
+    """Write an ADE20K-layout folder of `num_images` training (and 2 validation) JPEG/PNG pairs of
+    ADE's typical size (H, W): smooth photo-like images, blocky label maps of 15 classes (0..150)
+    each. Returns the root."""
+    rng = np.random.default_rng(seed)
+    H, W = size
+    for split, folder in (("train", "training"), ("val", "validation")):
+        (root / "images" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(num_images if split == "train" else 2):
+            low = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+            image = np.asarray(Image.fromarray(low).resize((W, H), Image.BICUBIC), np.float32)
+            image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+            label = rng.choice(rng.choice(151, 15, replace=False), (8, 10)).astype(np.uint8)
+            name = f"ADE_{split}_{i:08d}"
+            Image.fromarray(image).save(root / "images" / folder / f"{name}.jpg", quality=90)
+            Image.fromarray(label).resize((W, H), Image.NEAREST).save(root / "annotations" / folder / f"{name}.png")
+    return root
+
+
+def data_pipeline_speed(root: str | Path | None = None, workers: tuple[int, ...] = (0, 2), num_batches: int = 8,
+              batch_size: int = 8, crop_size: int = 512) -> dict[str, float]:
+    """Speed of the ADE20K training pipeline (decode + augment + targets, crop `crop_size`).
+
+    Measures, in this process, the milliseconds per image of each stage, then the samples per
+    second through a DataLoader with `collate` for each worker count (start-up and the first batch
+    not timed), and the speed of the shapes generator. root: an ADE20K root; None writes
+    ADE-sized (683x512) JPEG/PNG fixtures to a temporary folder. Prints and returns the figures.
+    """
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if root is None:
+            root = write_ade_like_fixture(Path(tmp), num_images=16)
+        dataset = data.build_dataset("ade20k", root, split="train", train=True, crop_size=crop_size)
+        rng, n = np.random.default_rng(0), 2 * batch_size
+        clock = {"decode_ms": 0.0, "augment_ms": 0.0, "item_ms": 0.0}
+        for i in range(n):
+            t0 = time.perf_counter()
+            sample = dataset.load(i % len(dataset))
+            t1 = time.perf_counter()
+            augment.apply_augmentations(dataset.augmentations, sample.image, {"sem_seg": sample.sem_seg}, rng)
+            t2 = time.perf_counter()
+            dataset.get(i % len(dataset), rng)
+            t3 = time.perf_counter()
+            clock["decode_ms"] += (t1 - t0) * 1000 / n
+            clock["augment_ms"] += (t2 - t1) * 1000 / n
+            clock["item_ms"] += (t3 - t2) * 1000 / n
+        results.update(clock)
+        for workers_n in workers:
+            sampler = torch.utils.data.RandomSampler(dataset, replacement=True,
+                                                     num_samples=(num_batches + 1) * batch_size)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers_n,
+                                collate_fn=data.collate)
+            batches = iter(loader)
+            next(batches)  # worker start-up and the first batch are not timed
+            start = time.perf_counter()
+            seen = sum(len(batch["targets"]) for batch in batches)
+            results[f"ade20k_workers={workers_n}"] = seen / (time.perf_counter() - start)
+    shapes = data.ShapesDataset("train")
+    start = time.perf_counter()
+    for i in range(200):
+        shapes.scene(i)
+    results["shapes_generate"] = 200 / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(200):
+        shapes[i]
+    results["shapes_items"] = 200 / (time.perf_counter() - start)
+
+    threads = torch.get_num_threads()
+    print(f"data benchmark: ADE20K-sized images, {crop_size}x{crop_size} crops, torch threads {threads}")
+    units = {"_ms": "ms per image (this process)", "ade20k": "samples/s (DataLoader + collate)",
+             "shapes": "images/s (128x128)"}
+    for key, value in results.items():
+        unit = next(text for end, text in units.items() if key.endswith(end) or key.startswith(end))
+        print(f"  {key:18s} {value:8.1f}  {unit}")
+    return results
 
 
 def machine_info(args: argparse.Namespace) -> dict:
@@ -630,7 +705,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_workers:
         pipeline = data_pipeline(max(sizes), tuple(args.data_workers))
         results["data_pipeline"] = pipeline
-        print("\nData pipeline (data.benchmark, ADE20K-like images, training augmentation):")
+        print("\nData pipeline (data_pipeline_speed, ADE20K-like images, training augmentation):")
         if isinstance(pipeline, str):
             print(f"  {pipeline}")
         else:

@@ -66,8 +66,9 @@ import torch
 from torch import Tensor, nn
 
 import backbones
-import data
+import datasets
 import maskformer
+from checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 Rules = list[tuple[str, str]]  # (regex matching a whole source name, our name with \1-style groups)
 Ignored = list[tuple[str, str]]  # (regex matching a whole source name, why it is not needed)
@@ -448,14 +449,10 @@ def load_detectron2_pickle(path: str | Path) -> dict[str, np.ndarray]:
 
 def load_torch_weights(path: str | Path) -> dict[str, Tensor]:
     """A `.pth`/`.bin` state dict read with torch.load(weights_only=True): tensors and containers only."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ConversionError(f"{path}: cannot read it with torch.load(weights_only=True) "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        state = read_checkpoint(path)
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
     if not isinstance(state, dict):
         raise ConversionError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
@@ -631,7 +628,7 @@ def imagenet_backbone(state: dict[str, Tensor], source: Source) -> tuple[str, in
 
 def class_names_for(num_classes: int) -> list[str]:
     """Names for a checkpoint that carries none: ADE20K-150's for 150 classes, else "class k"."""
-    return list(data.ADE20K_CLASSES) if num_classes == len(data.ADE20K_CLASSES) else \
+    return list(datasets.ADE20K_CLASSES) if num_classes == len(datasets.ADE20K_CLASSES) else \
         [f"class {k}" for k in range(num_classes)]
 
 
@@ -715,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConversionError, UnsafePickleError) as e:
         raise SystemExit(f"error: {e}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state, "config": asdict(model.config), "class_names": class_names}, args.output)
+    save_checkpoint(Path(args.output), {"model": state, "config": asdict(model.config), "class_names": class_names})
     print(f"wrote {len(state)} tensors ({sum(v.numel() for v in state.values()) / 1e6:.2f}M values) of "
           f"{model.config.backbone} / {model.config.head} (K = {model.config.num_classes}) to {args.output}")
 

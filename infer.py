@@ -15,11 +15,15 @@ The model (maskformer.py) returns, per image, N class logits over K + 1 classes 
 Around these: `resize_to_original` (upsample to the padded input, crop the padding, resize to the
 original image, as detectron2's `sem_seg_postprocess`), `predict_semantic` / `predict_panoptic`
 (a batch of images → predictions at the original size, with optional multi-scale + flip test-time
-augmentation), `evaluate` (mIoU or PQ over a loader, used by train.py), drawing, and the CLI:
+augmentation), `evaluate` (mIoU or PQ over a loader, used by train.py), and the CLI (which
+draws its overlays with drawing.py):
 
     python infer.py --config tiny --random-init --input photo.jpg --output out/      # a demo
     python infer.py --weights run/best.pt --input photos/ --data ade20k --output out/
     python infer.py --eval --data ade20k --data-root datasets --weights run/best.pt --output out/
+
+Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
+resize_to_original → predict_semantic / predict_panoptic → evaluate → main (CLI).
 
 How this differs from the official code (facebookresearch/MaskFormer, mask_former_model.py):
 - Same order of operations: mask logits are upsampled to the padded input size before the
@@ -31,9 +35,6 @@ How this differs from the official code (facebookresearch/MaskFormer, mask_forme
   score of its first query) and its "area" in pixels.
 - Test-time augmentation rescales the already resized, normalised test image (bilinear) instead
   of re-reading and resizing the original file; the long-edge cap of the TTA sizes is not applied.
-
-Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
-resize_to_original → predict_semantic / predict_panoptic → evaluate → drawing → main (CLI).
 """
 
 from __future__ import annotations
@@ -48,12 +49,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import augment
 import data
+import datasets
+import drawing
 import maskformer
+from checkpoint import CheckpointError, read_checkpoint
 from metrics import PanopticMetrics, SemanticMetrics
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale ("m.s.") test, with flip
@@ -350,67 +355,6 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
 
 
 # ---------------------------------------------------------------------------------------------
-# Drawing (PIL only)
-# ---------------------------------------------------------------------------------------------
-
-
-def draw_overlay(image: np.ndarray, label_map: np.ndarray | Tensor, class_names: list[str], palette: np.ndarray,
-                 alpha: float = 0.5) -> Image.Image:
-    """The image (H, W, 3) uint8 with a semantic map (H, W) blended over it, plus a legend of the
-    classes present (largest first). Labels outside 0..K-1 are left undrawn."""
-    label_map = np.asarray(torch.as_tensor(label_map).cpu())
-    colours = data.colorize(label_map, palette)  # (H, W, 3)
-    known = (label_map >= 0) & (label_map < len(palette))
-    classes, counts = np.unique(label_map[known], return_counts=True)
-    entries = [(class_names[c], palette[c], n / label_map.size) for c, n in zip(classes, counts)]
-    return _blend_with_legend(image, colours, known, entries, alpha)
-
-
-def draw_panoptic_overlay(image: np.ndarray, pan_seg: np.ndarray | Tensor, segments_info: list[dict],
-                          class_names: list[str], palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The image with each panoptic segment blended over it: stuff in its class colour, each thing
-    instance in a shade of its class colour, white segment borders, and a legend of the classes."""
-    pan_seg = np.asarray(torch.as_tensor(pan_seg).cpu())
-    colours = np.zeros((*pan_seg.shape, 3), np.uint8)
-    area_of_class: dict[int, int] = {}
-    for k, segment in enumerate(segments_info):
-        c = segment["category_id"]
-        colour = palette[c].astype(np.int64)
-        if segment["isthing"]:  # a different shade per instance
-            colour = np.clip(colour + (k % 5 - 2) * 28, 0, 255)
-        where = pan_seg == segment["id"]
-        colours[where] = colour
-        area_of_class[c] = area_of_class.get(c, 0) + int(where.sum())
-    border = np.zeros(pan_seg.shape, bool)
-    border[:, 1:] |= pan_seg[:, 1:] != pan_seg[:, :-1]
-    border[1:, :] |= pan_seg[1:, :] != pan_seg[:-1, :]
-    colours[border] = 255
-    drawn = (pan_seg > 0) | border
-    entries = [(class_names[c], palette[c], n / pan_seg.size)
-               for c, n in sorted(area_of_class.items(), key=lambda kv: kv[0])]
-    return _blend_with_legend(image, colours, drawn, entries, alpha)
-
-
-def _blend_with_legend(image: np.ndarray, colours: np.ndarray, drawn: np.ndarray, entries: list,
-                       alpha: float, max_entries: int = 30) -> Image.Image:
-    """Blend `colours` over `image` where `drawn`; add a legend panel (swatch, name, % of pixels) on the right."""
-    blended = image.astype(np.float32)
-    blended[drawn] = (1 - alpha) * blended[drawn] + alpha * colours[drawn]
-    H, W = image.shape[:2]
-    entries = sorted(entries, key=lambda e: -e[2])[:max_entries]
-    font = ImageFont.load_default()
-    row, width = 16, 12 + max([len(name) for name, _, _ in entries] + [8]) * 7 + 60
-    canvas = Image.new("RGB", (W + width, max(H, row * len(entries) + 8)), "white")
-    canvas.paste(Image.fromarray(blended.round().astype(np.uint8)), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, (name, colour, fraction) in enumerate(entries):
-        y = 4 + k * row
-        draw.rectangle([W + 6, y + 2, W + 18, y + 12], fill=tuple(int(v) for v in colour), outline="black")
-        draw.text((W + 24, y), f"{name} {100 * fraction:.1f}%", fill="black", font=font)
-    return canvas
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
@@ -422,25 +366,17 @@ def class_metadata(name: str | None, root: str | None,
         K = num_classes if num_classes is not None else 150
         return [f"class {k}" for k in range(K)], data.make_palette(K), [False] * K
     if name == "ade20k" and root is None:  # the 150 names are part of data.py: no files needed
-        return list(data.ADE20K_CLASSES), data.make_palette(150), [False] * 150
+        return list(datasets.ADE20K_CLASSES), data.make_palette(150), [False] * 150
     dataset = data.build_dataset(name, root, split="val")
     return list(dataset.class_names), dataset.palette, list(dataset.is_thing)
 
 
 def load_weights(path: str) -> tuple[dict, dict]:
     """(state_dict, the rest) of a checkpoint {"model": state_dict, "config": dict, ...} or a bare state dict."""
-    if not Path(path).is_file():
-        raise SystemExit(f"error: --weights {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line, no traceback
-        # torch's weights-only refusal is long; the part after "WeightsUnpickler error:" names the culprit
-        text = str(e)
-        _, _, culprit = text.partition("WeightsUnpickler error:")
-        culprit = culprit.split("Check the documentation")[0].split("Please use")[0]
-        reason = " ".join(culprit.split()) or (text.splitlines() or [""])[0]
-        raise SystemExit(f"error: --weights {path}: cannot read it as a weights-only checkpoint "
-                         f"(tensors and plain containers only): {type(e).__name__}: {reason}") from None
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as e:
+        raise SystemExit(f"error: --weights {e}") from None
     if not isinstance(checkpoint, dict):
         raise SystemExit(f"error: --weights {path}: expected a dict, got {type(checkpoint).__name__}")
     state = checkpoint.get("model", checkpoint)
@@ -515,7 +451,7 @@ def write_semantic(out: Path, stem: str, image: np.ndarray, labels: Tensor, name
     labels = labels.cpu().numpy()
     raw = labels.astype(np.uint8) if len(names) <= 256 else labels.astype(np.uint16)
     Image.fromarray(raw).save(out / f"{stem}.png")
-    draw_overlay(image, labels, names, palette).save(out / f"{stem}_overlay.png")
+    drawing.draw_overlay(image, labels, names, palette).save(out / f"{stem}_overlay.png")
 
 
 def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, segments_info: list[dict],
@@ -527,7 +463,7 @@ def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, seg
     info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
     (out / f"{stem}_panoptic.json").write_text(json.dumps({"file_name": f"{stem}_panoptic.png",
                                                            "segments_info": info}, indent=1))
-    draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")
+    drawing.draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
@@ -597,7 +533,7 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
         names, palette, is_thing = class_metadata(None, None, K)
         names = saved_names or names
     # the test resize: --size / --max-size, else the --data recipe's (shapes: none), else 512 / 2048
-    recipe = data.RECIPES.get(args.data) if args.data else None
+    recipe = augment.RECIPES.get(args.data) if args.data else None
     keep_size = args.size is None and args.data is not None and recipe is None
     short_edge = args.size or (recipe.test_size if recipe else 512)
     long_edge = args.max_size or (recipe.test_max_size if recipe else 2048)
@@ -608,8 +544,8 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
             image = data.read_image(path)  # (H0, W0, 3) uint8
         except data.DatasetError as e:
             raise SystemExit(f"error: {e}") from None
-        size = image.shape[:2] if keep_size else data.shortest_edge_size(*image.shape[:2], short_edge, long_edge)
-        resized, _ = data.resize(image, {}, size)
+        size = image.shape[:2] if keep_size else augment.shortest_edge_size(*image.shape[:2], short_edge, long_edge)
+        resized, _ = augment.resize(image, {}, size)
         x = data.normalize(resized)[None].to(device)  # (1, 3, h, w)
         orig = [image.shape[:2]]  # predictions at the photo's own size
         if args.task == "semantic":

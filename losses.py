@@ -20,10 +20,14 @@ Follow one image from the dataset to the loss value:
    (Hp, Wp) and compared with its GT mask by the focal loss, Eq. (3.2f), and the dice loss,
    Eq. (3.2g): the second term of Eq. (3.2d), split as in Eq. (3.2e). Unmatched queries get no
    mask loss (the indicator 1{c ≠ ∅}).
-6. The terms come back unweighted ("loss_ce", "loss_mask", "loss_dice"); `weight_dict` holds
+6. The terms come back unweighted ("loss_ce", "loss_focal", "loss_dice"); `weight_dict` holds
    λ = 1, 20, 1 and the training loop sums Σ_k weight_dict[k] · losses[k]. With deep
    supervision, each decoder layer's output ("aux_outputs") is matched anew and gets the same
    three terms, keys suffixed "_0" (earliest layer) … "_4".
+
+Reading order: `MaskFormerLoss.forward` → `loss_labels` → `loss_masks` → `sigmoid_focal_loss`,
+`dice_loss`; then `PerPixelLoss` (Eq. (3.1b)) → `per_pixel_loss`. Both criteria are called the
+same way by train.py: `terms = criterion(outputs, batch)`, then Σ_k weight_dict[k] · terms[k].
 
 How this differs from the paper's formulas, following the official code (SetCriterion in
 `mask_former/modeling/criterion.py`, which follows DETR):
@@ -32,36 +36,30 @@ How this differs from the paper's formulas, following the official code (SetCrit
   and 0.1 for ∅; the focal and dice terms are summed over matched masks and divided by
   num_masks = the number of GT masks in the batch, averaged over processes, at least 1.
 - Focal loss per mask is a mean over pixels (Eq. (3.2f) says so; the dice of Eq. (3.2g) sums).
-- Ignore and padding pixels: by default they are background (0) in every GT mask, so the mask
-  losses push predictions towards 0 there, exactly as the official code does (it never uses
-  its `valid` map; official issue #57). `mask_ignore=True` is our option to leave them out:
-  each target then carries `valid`, a bool (H, W) map that is True where the pixel counts
-  (build it as `sem_seg != 255`, which is False on ignore labels and padding), and the focal
-  mean and the dice sums run over valid pixels only, in the matcher's cost as well as here.
+- Ignore and padding pixels are background (0) in every GT mask, so the mask losses push
+  predictions towards 0 there, exactly as the official code does (it never uses its `valid`
+  map; official issue #57).
 - Per-pixel baselines: Eq. (3.1b) sums over pixels; the official code (detectron2's semantic
   segmentation head) averages over labelled pixels.
 - Losses are computed in float32 even when the model runs in bf16/fp16 (autocast).
 
-Reading order: `MaskFormerLoss.forward` → `loss_labels` → `loss_masks` → `sigmoid_focal_loss`,
-`dice_loss`; `per_pixel_loss` stands alone.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distributed import sum_over_processes, world_size
 from matcher import HungarianMatcher, Indices, check_targets
 
 
 def sigmoid_focal_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tensor,
-                       valid: Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+                       alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Focal loss, Eq. (3.2f): per mask the mean over pixels, then summed over masks / num_masks.
 
-    mask_logits (M, P) logits; target_masks (M, P) in {0, 1}; valid (M, P) 0/1, or None when
-    every pixel counts.
+    mask_logits (M, P) logits; target_masks (M, P) in {0, 1}.
     """
     positive = target_masks > 0                                            # (M, P): GT pixel is 1
     # x_t, the logit of the GT label: x where the GT pixel is 1, −x where it is 0. Then
@@ -72,22 +70,16 @@ def sigmoid_focal_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: flo
     # autograd keeps each for the backward pass, and at (M, 512·512) per decoder layer they
     # dominate the memory and time of the loss (benchmark.py).
     focal = alpha_t * neg_x_t.sigmoid() ** gamma * F.softplus(neg_x_t)     # (M, P)
-    if valid is None:
-        per_mask = focal.mean(1)                                           # (M,)
-    else:
-        per_mask = (focal * valid).sum(1) / valid.sum(1).clamp(min=1)      # (M,)
+    per_mask = focal.mean(1)                                               # (M,)
     return per_mask.sum() / num_masks
 
 
-def dice_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tensor,
-              valid: Tensor | None = None) -> Tensor:
+def dice_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tensor) -> Tensor:
     """Dice loss, Eq. (3.2g), on the sigmoid probabilities, summed over masks / num_masks.
 
     Same arguments as `sigmoid_focal_loss`.
     """
     prob = mask_logits.sigmoid()                                           # (M, P)
-    if valid is not None:
-        prob, target_masks = prob * valid, target_masks * valid
     intersection = (prob * target_masks).sum(1)                            # (M,)
     # Eq. (3.2g): L_dice = 1 − (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)
     per_mask = 1 - (2 * intersection + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
@@ -97,10 +89,8 @@ def dice_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tens
 def count_masks(targets: list[dict], device: torch.device) -> Tensor:
     """num_masks: GT masks in the batch, averaged over processes when distributed, clamped ≥ 1."""
     num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_masks)  # sum over processes ...
-        num_masks = num_masks / dist.get_world_size()  # ... / their number: the mean
-    return num_masks.clamp(min=1)
+    # the mean over processes: their sum / their number
+    return (sum_over_processes(num_masks) / world_size()).clamp(min=1)
 
 
 class MaskFormerLoss(nn.Module):
@@ -108,35 +98,35 @@ class MaskFormerLoss(nn.Module):
 
     num_classes: K (without ∅). matcher: HungarianMatcher with the loss weights as its costs
     (the official setting) when None; FixedMatcher() for the fixed-matching ablation.
-    class_weight, mask_weight, dice_weight: λ of the CE, focal and dice terms (1, 20, 1),
+    class_weight, focal_weight, dice_weight: λ of the CE, focal and dice terms (1, 20, 1),
     only used in `weight_dict` and the default matcher. num_aux_layers: how many auxiliary
-    outputs `weight_dict` covers (decoder layers − 1 = 5 in the paper). mask_ignore: leave pixels
-    with targets[b]["valid"] False out of the mask losses (see the module docstring).
+    outputs `weight_dict` covers (decoder layers − 1 = 5 in the paper).
 
-    forward(outputs, targets) -> dict of unweighted scalar terms; the total is
-    sum(weight_dict[k] * v for k, v in losses.items()).
+    forward(outputs, batch) -> dict of unweighted scalar terms, reading batch["targets"] (one dict
+    {"labels", "masks"} per image, Eq. (3.2b)); the total is sum(weight_dict[k] * v for k, v in
+    terms.items()).
     """
 
     def __init__(self, num_classes: int, matcher: nn.Module | None = None, no_object_weight: float = 0.1,
-                 class_weight: float = 1.0, mask_weight: float = 20.0, dice_weight: float = 1.0,
-                 num_aux_layers: int = 5, mask_ignore: bool = False):
+                 class_weight: float = 1.0, focal_weight: float = 20.0, dice_weight: float = 1.0,
+                 num_aux_layers: int = 5):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher(
-            cost_class=class_weight, cost_mask=mask_weight, cost_dice=dice_weight, mask_ignore=mask_ignore)
-        self.mask_ignore = mask_ignore
+            cost_class=class_weight, cost_focal=focal_weight, cost_dice=dice_weight)
         self.num_aux_layers = num_aux_layers
         # per-class CE weights: 1 for the K classes, no_object_weight for ∅ (official `empty_weight`)
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = no_object_weight
         self.register_buffer("empty_weight", empty_weight, persistent=False)
 
-        layer_weights = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+        layer_weights = {"loss_ce": class_weight, "loss_focal": focal_weight, "loss_dice": dice_weight}
         self.weight_dict = dict(layer_weights)
         for i in range(num_aux_layers):
             self.weight_dict.update({f"{key}_{i}": weight for key, weight in layer_weights.items()})
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
+        targets = batch["targets"]
         B, N, num_classes_plus_one = outputs["pred_logits"].shape
         if num_classes_plus_one != self.num_classes + 1:
             raise ValueError(f"MaskFormerLoss: pred_logits has {num_classes_plus_one} classes per query, "
@@ -145,7 +135,8 @@ class MaskFormerLoss(nn.Module):
         if len(aux_outputs) > self.num_aux_layers:
             raise ValueError(f"MaskFormerLoss: outputs have {len(aux_outputs)} aux_outputs but weight_dict "
                              f"covers {self.num_aux_layers}; pass num_aux_layers=dec_layers - 1")
-        check_targets(targets, B, self.num_classes, "MaskFormerLoss", self.mask_ignore)
+        # checked once here; the matcher's `match` (once per decoder layer) does not check again
+        check_targets(targets, B, self.num_classes, "MaskFormerLoss")
         sizes = {tuple(t["masks"].shape[1:]) for t in targets}
         if len(sizes) > 1:
             raise ValueError(f"MaskFormerLoss: all targets' masks must share the padded batch size "
@@ -162,7 +153,7 @@ class MaskFormerLoss(nn.Module):
 
     def layer_losses(self, outputs: dict, targets: list[dict], num_masks: Tensor) -> dict[str, Tensor]:
         """The three terms of Eq. (3.2d)/(3.2e) for one decoder layer's predictions."""
-        indices = self.matcher(outputs, targets)
+        indices = self.matcher.match(outputs, targets)
         return {**self.loss_labels(outputs, targets, indices),
                 **self.loss_masks(outputs, targets, indices, num_masks)}
 
@@ -193,12 +184,8 @@ class MaskFormerLoss(nn.Module):
         pred_masks = F.interpolate(pred_masks[:, None], size=(H, W), mode="bilinear", align_corners=False)
         pred_masks = pred_masks.flatten(1)                                 # (M, H*W)
         target_masks = target_masks.flatten(1)                             # (M, H*W)
-        valid = None
-        if self.mask_ignore:  # each matched mask uses its own image's valid map
-            valid = torch.cat([t["valid"][None].expand(len(j), H, W) for t, (_, j) in zip(targets, indices)])
-            valid = valid.to(device=device, dtype=pred_masks.dtype).flatten(1)  # (M, H*W)
-        return {"loss_mask": sigmoid_focal_loss(pred_masks, target_masks, num_masks, valid),
-                "loss_dice": dice_loss(pred_masks, target_masks, num_masks, valid)}
+        return {"loss_focal": sigmoid_focal_loss(pred_masks, target_masks, num_masks),
+                "loss_dice": dice_loss(pred_masks, target_masks, num_masks)}
 
     @staticmethod
     def matched_queries(indices: Indices, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -229,3 +216,26 @@ def per_pixel_loss(sem_seg_logits: Tensor, sem_seg: Tensor, ignore_index: int = 
     # Eq. (3.1b): Σ_i −log p_i(y_i) over labelled pixels, then / their number
     total = F.cross_entropy(logits, sem_seg, ignore_index=ignore_index, reduction="sum")
     return total / labelled.sum().clamp(min=1)
+
+
+class PerPixelLoss(nn.Module):
+    """Eq. (3.1b) for PerPixelBaseline(+), with the same interface as `MaskFormerLoss`.
+
+    forward(outputs, batch) reads outputs["sem_seg_logits"] (B, K, h, w) and batch["sem_seg"]
+    (B, H, W) and returns {"loss_ce": ...}; with deep supervision (PerPixelBaseline+, as the
+    official head) also one term per auxiliary output, "loss_ce_0" (earliest layer) onwards.
+    weight_dict gives every term weight 1 (the official per-pixel head has no other weights).
+    """
+
+    def __init__(self, num_aux_layers: int = 0, ignore_index: int = 255):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.weight_dict = {"loss_ce": 1.0, **{f"loss_ce_{i}": 1.0 for i in range(num_aux_layers)}}
+
+    def forward(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
+        sem_seg = batch["sem_seg"]
+        terms = {"loss_ce": per_pixel_loss(outputs["sem_seg_logits"], sem_seg, self.ignore_index)}
+        # deep supervision: every decoder layer's per-pixel logits get the same loss
+        for i, layer_outputs in enumerate(outputs.get("aux_outputs", [])):
+            terms[f"loss_ce_{i}"] = per_pixel_loss(layer_outputs["sem_seg_logits"], sem_seg, self.ignore_index)
+        return terms

@@ -21,19 +21,18 @@ focal and dice terms, while a log-probability is unbounded (−log p → ∞ as 
 confidently wrong class would swamp the mask terms and the assignment would ignore mask
 quality. Constants (the "1 −" of 1 − p) do not change the argmin and are dropped.
 
-How this file differs from the official `mask_former/modeling/matcher.py`: it computes the same
-costs (focal cost ÷ H·W of the prediction, dice with +1 smoothing, GT masks nearest-resized to
-the prediction's stride-4 size) in float32, and it raises a clear error on NaN/inf costs
-(a diverged model) instead of letting scipy fail cryptically. `mask_ignore=True` is our
-addition (see losses.py): pixels a target marks as not `valid` are left out of the mask costs.
-
 More ground-truth segments than queries (N_gt > N): `linear_sum_assignment` on the rectangular
 N × N_gt matrix matches min(N, N_gt) pairs, so every query gets a segment and the extra segments
 are not matched and not supervised, exactly as in the official code (where N = 100 makes this
 rare). The loss still counts them in its normaliser num_masks, as the official code does.
 
-Reading order: `HungarianMatcher.forward` → `HungarianMatcher.cost_matrix` → `focal_cost`,
+Reading order: `HungarianMatcher.forward` → `match` → `cost_matrix` → `focal_cost`,
 `dice_cost`; then `FixedMatcher` (the paper's "fixed matching" ablation, §4).
+
+How this file differs from the official `mask_former/modeling/matcher.py`: it computes the same
+costs (focal cost ÷ H·W of the prediction, dice with +1 smoothing, GT masks nearest-resized to
+the prediction's stride-4 size) in float32, and it raises a clear error on NaN/inf costs
+(a diverged model) instead of letting scipy fail cryptically.
 """
 
 from __future__ import annotations
@@ -47,43 +46,38 @@ from torch import Tensor, nn
 Indices = list[tuple[Tensor, Tensor]]
 
 
-def focal_cost(mask_logits: Tensor, target_masks: Tensor, valid: Tensor | None = None,
-               alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def focal_cost(mask_logits: Tensor, target_masks: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Focal loss of Eq. (3.2f) between *every* predicted mask and *every* target mask.
 
-    mask_logits (N, P) logits, target_masks (M, P) in {0, 1}, valid (P,) 0/1 or None (all pixels
-    count). Returns (N, M): the mean over the counted pixels of the per-pixel focal loss.
+    mask_logits (N, P) logits, target_masks (M, P) in {0, 1}. Returns (N, M): the mean over the
+    P pixels of the per-pixel focal loss.
     """
     prob = mask_logits.sigmoid()                                           # (N, P)
     # the per-pixel focal loss if the target pixel is 1: −α (1 − p)^γ log p   (softplus(−x) = −log σ(x))
     focal_pos = alpha * (1 - prob) ** gamma * F.softplus(-mask_logits)     # (N, P)
     # ... and if it is 0: −(1 − α) p^γ log(1 − p)                          (softplus(x) = −log(1 − σ(x)))
     focal_neg = (1 - alpha) * prob ** gamma * F.softplus(mask_logits)      # (N, P)
-    if valid is not None:
-        focal_pos, focal_neg = focal_pos * valid, focal_neg * valid
-    num_pixels = mask_logits.shape[1] if valid is None else valid.sum().clamp(min=1)
+    num_pixels = mask_logits.shape[1]
     # Eq. (3.2f) for all pairs at once: Σ_p pos[i,p]·t[j,p] + neg[i,p]·(1 − t[j,p]), two matmuls
     cost = focal_pos @ target_masks.T + focal_neg @ (1 - target_masks).T  # (N, M)
     return cost / num_pixels
 
 
-def dice_cost(mask_logits: Tensor, target_masks: Tensor, valid: Tensor | None = None) -> Tensor:
+def dice_cost(mask_logits: Tensor, target_masks: Tensor) -> Tensor:
     """Dice loss of Eq. (3.2g) between every predicted mask and every target mask: (N, M).
 
     Same arguments as `focal_cost`; the masks' probabilities are sigmoid(logits).
     """
     prob = mask_logits.sigmoid()                                           # (N, P)
-    if valid is not None:
-        prob, target_masks = prob * valid, target_masks * valid
     intersection = prob @ target_masks.T                                   # (N, M)
     sizes = prob.sum(-1)[:, None] + target_masks.sum(-1)[None, :]          # (N, M)
     # Eq. (3.2g): L_dice = 1 − (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)
     return 1 - (2 * intersection + 1) / (sizes + 1)
 
 
-def check_targets(targets: list[dict], num_images: int, num_classes: int, where: str,
-                  mask_ignore: bool = False) -> None:
-    """Clear errors for targets that do not follow CONTRACT.md (one dict per image)."""
+def check_targets(targets: list[dict], num_images: int, num_classes: int, where: str) -> None:
+    """Clear errors for targets that are not one dict {"labels": long (n,), "masks": (n, H, W)}
+    per image, with labels in 0..K−1 (the set z_gt of Eq. (3.2b), as data.py builds it)."""
     if len(targets) != num_images:
         raise ValueError(f"{where}: got {len(targets)} target dicts for a batch of {num_images} images")
     for b, target in enumerate(targets):
@@ -94,12 +88,6 @@ def check_targets(targets: list[dict], num_images: int, num_classes: int, where:
         if masks.dim() != 3 or masks.shape[0] != labels.shape[0]:
             raise ValueError(f"{where}: targets[{b}]['masks'] must have shape (n, H, W) with n = "
                              f"len(labels) = {labels.shape[0]}, got {tuple(masks.shape)}")
-        valid = target.get("valid")
-        if mask_ignore and (valid is None or valid.dtype != torch.bool or valid.shape != masks.shape[1:]):
-            raise ValueError(f"{where}: mask_ignore=True needs targets[{b}]['valid'], a bool (H, W) = "
-                             f"{tuple(masks.shape[1:])} map, True where the pixel counts (e.g. "
-                             "sem_seg != 255); got " + ("nothing" if valid is None else
-                                                        f"{valid.dtype} of shape {tuple(valid.shape)}"))
     all_labels = torch.cat([t["labels"] for t in targets])
     if all_labels.numel() == 0:
         return
@@ -114,28 +102,31 @@ class HungarianMatcher(nn.Module):
 
     outputs: {"pred_logits": (B, N, K+1), "pred_masks": (B, N, h, w) logits, ...}
     targets: list of B dicts {"labels": long (n,), "masks": bool/float (n, H, W)}
-             (with mask_ignore=True also "valid": bool (H, W), True where the pixel counts).
     Returns, per image, (query_idx, target_idx): int64 CPU tensors of length min(N, n), sorted by
     query index: query query_idx[k] is assigned segment target_idx[k].
-    cost_class, cost_mask, cost_dice: the λ of Eq. (3.2c) (official 1, 20, 1, equal to the loss
-    weights). mask_ignore: leave pixels whose target "valid" is False out of the mask costs.
+    cost_class, cost_focal, cost_dice: the λ of Eq. (3.2c) (official 1, 20, 1, equal to the loss
+    weights). `forward` checks the targets, then calls `match`; MaskFormerLoss checks them once
+    and calls `match` for every decoder layer.
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
-                 mask_ignore: bool = False):
+    def __init__(self, cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0):
         super().__init__()
-        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
-            raise ValueError("HungarianMatcher: cost_class, cost_mask and cost_dice cannot all be 0")
+        if cost_class == 0 and cost_focal == 0 and cost_dice == 0:
+            raise ValueError("HungarianMatcher: cost_class, cost_focal and cost_dice cannot all be 0")
         self.cost_class = cost_class
-        self.cost_mask = cost_mask
+        self.cost_focal = cost_focal
         self.cost_dice = cost_dice
-        self.mask_ignore = mask_ignore
+
+    def forward(self, outputs: dict, targets: list[dict]) -> Indices:
+        B, N, num_classes_plus_one = outputs["pred_logits"].shape
+        check_targets(targets, B, num_classes_plus_one - 1, "HungarianMatcher")
+        return self.match(outputs, targets)
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> Indices:
+    def match(self, outputs: dict, targets: list[dict]) -> Indices:
+        """σ of Eq. (3.2c) per image, for targets already checked."""
         pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
-        B, N, num_classes_plus_one = pred_logits.shape
-        check_targets(targets, B, num_classes_plus_one - 1, "HungarianMatcher", self.mask_ignore)
+        B, N, _ = pred_logits.shape
         # C of Eq. (3.2c) for every image that has segments, computed where the outputs live ...
         with_segments = [b for b in range(B) if len(targets[b]["labels"]) > 0]
         device_costs = [self.cost_matrix(pred_logits[b], pred_masks[b], targets[b]) for b in with_segments]
@@ -171,15 +162,11 @@ class HungarianMatcher(nn.Module):
         target_masks = F.interpolate(target["masks"][:, None].float(), size=(h, w), mode="nearest")
         target_masks = target_masks.flatten(1)                             # (n, h*w)
         mask_logits = pred_masks.float().flatten(1)                        # (N, h*w)
-        valid = None
-        if self.mask_ignore:
-            valid = F.interpolate(target["valid"][None, None].float(), size=(h, w), mode="nearest")
-            valid = valid.flatten()                                        # (h*w,)
 
         # Eq. (3.2c): C = λ_cls·(−p) + λ_focal·L_focal + λ_dice·L_dice
         return (self.cost_class * cost_class
-                + self.cost_mask * focal_cost(mask_logits, target_masks, valid)
-                + self.cost_dice * dice_cost(mask_logits, target_masks, valid))  # (N, n)
+                + self.cost_focal * focal_cost(mask_logits, target_masks)
+                + self.cost_dice * dice_cost(mask_logits, target_masks))   # (N, n)
 
 
 class FixedMatcher(nn.Module):
@@ -190,14 +177,19 @@ class FixedMatcher(nn.Module):
     so a class appearing twice in one image is an error. Same call and return as HungarianMatcher.
     """
 
-    @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> Indices:
+        B, N, num_classes_plus_one = outputs["pred_logits"].shape
+        check_targets(targets, B, num_classes_plus_one - 1, "FixedMatcher")
+        return self.match(outputs, targets)
+
+    @torch.no_grad()
+    def match(self, outputs: dict, targets: list[dict]) -> Indices:
+        """Query c ↔ the segment of class c, for targets already checked."""
         B, N, num_classes_plus_one = outputs["pred_logits"].shape
         K = num_classes_plus_one - 1
         if N < K:
             raise ValueError(f"FixedMatcher: needs at least one query per class, got {N} queries "
                              f"for {K} classes (set num_queries = num_classes)")
-        check_targets(targets, B, K, "FixedMatcher")
         indices = []
         for b, target in enumerate(targets):
             labels = target["labels"].cpu()

@@ -32,24 +32,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
+
+from distributed import sum_over_processes
 
 # A segment id of the prediction must stay below this to be packed with the ground truth's id into
 # one int64 key (gt_id * OFFSET + pred_id), as panopticapi does with RGB-encoded ids (< 256³).
 OFFSET = 256**3
 VOID = 0  # segment id 0 = void / unlabelled, in predictions and ground truth alike
-
-
-def _summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` summed over all processes when torch.distributed is running, else itself.
-
-    NCCL reduces CUDA tensors only, so a CPU tensor makes a round trip through the GPU there.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return tensor
-    on_device = tensor.cuda() if dist.get_backend() == "nccl" else tensor
-    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
-    return on_device.to(tensor.device)
 
 
 class SemanticMetrics:
@@ -101,7 +90,7 @@ class SemanticMetrics:
         """All-reduce the confusion matrix over processes (DDP); every process must call it."""
         if self.confusion is None:
             raise RuntimeError("sync() before any update(): every process needs at least one batch")
-        self.confusion = _summed_over_processes(self.confusion)
+        self.confusion = sum_over_processes(self.confusion)
 
     def compute(self) -> dict:
         """Return {"mIoU", "mACC", "pixel_acc", "per_class_iou", "per_class_acc"} as plain floats in [0, 1]."""
@@ -218,7 +207,7 @@ class PanopticMetrics:
 
     def sync(self) -> None:
         """All-reduce the per-category sums over processes (DDP); every process must call it."""
-        self.stats = _summed_over_processes(self.stats)
+        self.stats = sum_over_processes(self.stats)
 
     def compute(self) -> dict:
         """Return PQ, SQ, RQ (and _th, _st) as floats in [0, 1] and "per_class" (nan where excluded)."""

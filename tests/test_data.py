@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
+import augment
+import benchmark
 import data
 from data import DatasetError
 
@@ -236,7 +238,7 @@ def test_label_out_of_range(tmp_path):
     root = make_folder(tmp_path / "f", images={"a": np.zeros((8, 8, 3), np.uint8)}, labels={"a": label})
     with pytest.raises(DatasetError, match=r"a\.png: label value 7 is out of range \(expected 0\.\.2 .*=255"):
         data.build_dataset("folder", root)[0]
-    ade = data.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(8, 8))
+    ade = benchmark.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(8, 8))
     save(np.full((8, 8), 151, np.uint8), ade / "annotations/training/ADE_train_00000000.png")
     with pytest.raises(DatasetError, match=r"ADE_train_00000000\.png: label value 151 is out of range"):
         data.build_dataset("ade20k", ade)[0]
@@ -328,28 +330,28 @@ def test_folder_ignore_index_and_palette_labels(tmp_path):
 
 
 def test_shortest_edge_size_hand_worked():
-    assert data.shortest_edge_size(512, 683, 256, 2048) == (256, 342)  # 683 * 0.5 = 341.5 -> 342
-    assert data.shortest_edge_size(683, 512, 1024, 2048) == (1366, 1024)
-    assert data.shortest_edge_size(100, 1000, 512, 2048) == (205, 2048)  # long edge capped: 204.8 -> 205
-    assert data.shortest_edge_size(300, 400, 512, 2048) == (512, 683)  # 682.67 -> 683
+    assert augment.shortest_edge_size(512, 683, 256, 2048) == (256, 342)  # 683 * 0.5 = 341.5 -> 342
+    assert augment.shortest_edge_size(683, 512, 1024, 2048) == (1366, 1024)
+    assert augment.shortest_edge_size(100, 1000, 512, 2048) == (205, 2048)  # long edge capped: 204.8 -> 205
+    assert augment.shortest_edge_size(300, 400, 512, 2048) == (512, 683)  # 682.67 -> 683
 
 
 def test_recipes_match_reference():
-    ade = data.RECIPES["ade20k"]
+    ade = augment.RECIPES["ade20k"]
     assert ade.crop_size == (512, 512) and ade.train_max_size == 2048
     assert ade.train_sizes == (256, 307, 358, 409, 460, 512, 563, 614, 665, 716, 768, 819, 870, 921, 972, 1024)
     assert (ade.test_size, ade.test_max_size, ade.color_jitter, ade.single_category_max_area) == (512, 2048, True, 1.0)
-    swin = data.recipe_for("ade20k", 640)  # Swin-B/L
+    swin = augment.recipe_for("ade20k", 640)  # Swin-B/L
     assert swin.train_sizes[0] == 320 and swin.train_sizes[2] == 448 and swin.train_sizes[-1] == 1280
     assert (swin.crop_size, swin.train_max_size, swin.test_size, swin.test_max_size) == ((640, 640), 2560, 640, 2560)
-    city = data.recipe_for("cityscapes", 512)
-    assert city == data.RECIPES["cityscapes"] and city.crop_size == (512, 1024) and city.train_max_size == 4096
+    city = augment.recipe_for("cityscapes", 512)
+    assert city == augment.RECIPES["cityscapes"] and city.crop_size == (512, 1024) and city.train_max_size == 4096
     assert city.train_sizes[0] == 512 and city.train_sizes[-1] == 2048
     assert (city.test_size, city.test_max_size) == (1024, 2048)
-    coco = data.RECIPES["coco_panoptic"]
+    coco = augment.RECIPES["coco_panoptic"]
     assert coco.crop_size is None and coco.train_sizes == tuple(range(480, 801, 32)) and not coco.color_jitter
-    with pytest.raises(DatasetError, match="crop_size=1024: coco_panoptic .* has no crop"):
-        data.recipe_for("coco_panoptic", 1024)
+    with pytest.raises(ValueError, match="crop_size=1024: coco_panoptic .* has no crop"):
+        augment.recipe_for("coco_panoptic", 1024)
 
 
 def marker_fixture(tmp_path: Path, size=(120, 180)) -> Path:
@@ -369,8 +371,8 @@ def marker_fixture(tmp_path: Path, size=(120, 180)) -> Path:
 def test_marker_stays_aligned_through_resize_crop_flip(tmp_path):
     root = marker_fixture(tmp_path)
     ds = data.build_dataset("ade20k", root, split="train", train=True)
-    ds.recipe = replace(data.recipe_for("ade20k", 96), color_jitter=False)  # short edge 48..192 (x0.4..1.6), crop 96
-    ds.augmentations = data.build_augmentations(ds.recipe, train=True)
+    ds.recipe = replace(augment.recipe_for("ade20k", 96), color_jitter=False)  # short edge 48..192 (x0.4..1.6), crop 96
+    ds.augmentations = augment.build_augmentations(ds.recipe, train=True)
     checked = flipped = 0
     for seed in range(40):
         torch.manual_seed(seed)
@@ -394,8 +396,8 @@ def test_marker_stays_aligned_through_resize_crop_flip(tmp_path):
 def test_padding_to_crop_is_ignore(tmp_path):
     root = marker_fixture(tmp_path)
     ds = data.build_dataset("ade20k", root, split="train", train=True)
-    small = replace(data.recipe_for("ade20k", 128), train_sizes=(40,))  # resized to 40x60, crop 128: pad
-    ds.recipe, ds.augmentations = small, data.build_augmentations(small, train=True)
+    small = replace(augment.recipe_for("ade20k", 128), train_sizes=(40,))  # resized to 40x60, crop 128: pad
+    ds.recipe, ds.augmentations = small, augment.build_augmentations(small, train=True)
     item = ds[0]
     assert item["image"].shape == (3, 128, 128)
     assert (item["sem_seg"][40:] == 255).all() and (item["sem_seg"][:, 60:] == 255).all()
@@ -405,7 +407,7 @@ def test_padding_to_crop_is_ignore(tmp_path):
 
 
 def test_augmentation_determinism(tmp_path):
-    root = data.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
+    root = benchmark.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
     ds = data.build_dataset("ade20k", root, split="train", train=True, crop_size=48)
     torch.manual_seed(3)
     first = [ds[0] for _ in range(4)]
@@ -417,7 +419,8 @@ def test_augmentation_determinism(tmp_path):
     # each augmentation is a function of its explicit rng
     image = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     maps = {"sem_seg": np.arange(1200, dtype=np.int32).reshape(30, 40)}
-    augs = (data.ResizeShortestEdge((20, 40), 100), data.RandomCrop((16, 16)), data.ColorAugSSD(), data.RandomFlip())
+    augs = (augment.ResizeShortestEdge((20, 40), 100), augment.RandomCrop((16, 16)), augment.ColorAugSSD(),
+            augment.RandomFlip())
     for aug in augs:
         outs = [aug(image, maps, np.random.default_rng(7)) for _ in range(2)]
         assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1]["sem_seg"], outs[1][1]["sem_seg"])
@@ -426,10 +429,10 @@ def test_augmentation_determinism(tmp_path):
 def test_crop_and_flip_move_labels_with_pixels():
     image = np.arange(30 * 40 * 3, dtype=np.int64).reshape(30, 40, 3).astype(np.uint8)
     ids = np.arange(30 * 40, dtype=np.int32).reshape(30, 40)  # every pixel its own label
-    out, maps = data.RandomCrop((10, 12))(image, {"sem_seg": ids}, np.random.default_rng(0))
+    out, maps = augment.RandomCrop((10, 12))(image, {"sem_seg": ids}, np.random.default_rng(0))
     y0, x0 = divmod(int(maps["sem_seg"][0, 0]), 40)
     assert np.array_equal(out, image[y0:y0 + 10, x0:x0 + 12]) and out.shape == (10, 12, 3)
-    out, maps = data.RandomFlip(prob=1.0)(image, {"sem_seg": ids}, np.random.default_rng(0))
+    out, maps = augment.RandomFlip(prob=1.0)(image, {"sem_seg": ids}, np.random.default_rng(0))
     assert maps["sem_seg"][4, 0] == ids[4, 39] and np.array_equal(out[4, 0], image[4, 39])
 
 
@@ -438,7 +441,7 @@ def test_resize_labels_nearest_image_bilinear():
     image[:, 2:] = 200
     labels = np.zeros((4, 4), np.int32)
     labels[:, 2:] = 7
-    out, maps = data.resize(image, {"sem_seg": labels}, (8, 8))
+    out, maps = augment.resize(image, {"sem_seg": labels}, (8, 8))
     assert set(np.unique(maps["sem_seg"]).tolist()) == {0, 7}  # nearest: no new label values
     assert 0 < out[0, 3, 0] < 200 or 0 < out[0, 4, 0] < 200  # bilinear: blended pixels at the edge
 
@@ -449,7 +452,7 @@ def test_category_area_constraint():
     image = np.zeros((40, 200, 3), np.uint8)
 
     def balanced(max_area, seed):
-        _, maps = data.RandomCrop((40, 40), max_area)(image, {"sem_seg": label}, np.random.default_rng(seed))
+        _, maps = augment.RandomCrop((40, 40), max_area)(image, {"sem_seg": label}, np.random.default_rng(seed))
         counts = np.bincount(maps["sem_seg"].ravel(), minlength=2)
         return counts.max() < 0.95 * counts.sum()
 
@@ -461,7 +464,7 @@ def test_category_area_constraint():
 
 
 def test_color_aug_ssd_hand_worked():
-    aug = data.ColorAugSSD()
+    aug = augment.ColorAugSSD()
     flat = np.full((2, 2, 3), 100, np.uint8)
     assert (aug.brightness(flat, FixedRng(p=0.0, u=10.7)) == 110).all()  # +10.7, truncated to uint8
     assert (aug.brightness(flat, FixedRng(p=0.9, u=10.7)) == 100).all()  # skipped with probability 1/2
@@ -596,7 +599,7 @@ def test_collate_pads_to_multiple_of_32():
 
 def test_dataloader_two_workers_and_distributed_sampler(tmp_path):
     # two identical images: with two workers, each worker draws its own crops
-    root = data.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
+    root = benchmark.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
     for split in ("training",):
         for kind, ext in (("images", "jpg"), ("annotations", "png")):
             src = root / kind / split / f"ADE_train_00000000.{ext}"

@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import augment
 import data
+import datasets
+import drawing
 import infer
 import maskformer
 from infer import general_inference, instance_inference, panoptic_inference, semantic_inference
@@ -319,7 +322,7 @@ def test_draw_overlay_blends_and_lists_present_classes():
     labels[:, 15:] = 2
     labels[0, 0] = 255  # unknown label: left as is
     palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
-    canvas = np.asarray(infer.draw_overlay(image, labels, ["a", "b", "c"], palette, alpha=0.5))
+    canvas = np.asarray(drawing.draw_overlay(image, labels, ["a", "b", "c"], palette, alpha=0.5))
     assert canvas.shape[0] >= 20 and canvas.shape[1] > 30  # a legend panel on the right
     assert canvas[5, 20].tolist() == [50, 178, 50]  # 0.5·100 + 0.5·(0, 255, 0), rounded
     assert canvas[0, 0].tolist() == [100, 100, 100]
@@ -363,7 +366,7 @@ def test_cli_panoptic_and_saved_checkpoint(shared_data, tmp_path):
     assert all(s["category_name"] for s in info) and all(s["area"] == (ids == s["id"]).sum() for s in info)
     # the checkpoint's weights were really used: the same model in-process predicts the same map
     image = data.read_image(photo)
-    resized, _ = data.resize(image, {}, data.shortest_edge_size(*image.shape[:2], 128, 2048))
+    resized, _ = augment.resize(image, {}, augment.shortest_edge_size(*image.shape[:2], 128, 2048))
     dataset = data.build_dataset("coco_panoptic", coco, split="val")
     expected, _ = infer.predict_panoptic(model, data.normalize(resized)[None], dataset.is_thing,
                                          orig_sizes=[image.shape[:2]], object_mask_threshold=0.0,
@@ -435,6 +438,6 @@ def test_cli_eval_on_real_ade20k_samples(shared_data, tmp_path, capsys):
     assert results["num_images"] == 2 and f"mIoU {100 * results['mIoU']:.2f}" in printed
     saved = json.loads((tmp_path / "eval_semantic.json").read_text())
     assert saved["mIoU"] == pytest.approx(results["mIoU"])
-    assert [row["class"] for row in saved["per_class"]] == list(data.ADE20K_CLASSES)
+    assert [row["class"] for row in saved["per_class"]] == list(datasets.ADE20K_CLASSES)
     csv_lines = (tmp_path / "eval_semantic_per_class.csv").read_text().splitlines()
     assert csv_lines[0] == "class,IoU,Acc" and len(csv_lines) == 151

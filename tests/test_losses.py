@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from losses import MaskFormerLoss, dice_loss, per_pixel_loss, sigmoid_focal_loss
+from losses import MaskFormerLoss, PerPixelLoss, dice_loss, per_pixel_loss, sigmoid_focal_loss
 from matcher import FixedMatcher, HungarianMatcher
 
 ALPHA, GAMMA = 0.25, 2.0
@@ -57,27 +57,12 @@ def test_dice_loss_hand_worked_2x2():
                                                                                      rel=1e-12)
 
 
-def test_valid_pixels_only():
-    # with a valid map the per-mask focal mean and dice sums run over the valid pixels only
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 20, generator=g, dtype=torch.float64)
-    targets = (torch.rand(3, 20, generator=g) > 0.5).double()
-    valid = torch.rand(3, 20, generator=g) > 0.3
-    focal = sum(sigmoid_focal_loss(logits[m][valid[m]][None], targets[m][valid[m]][None], 1) for m in range(3))
-    dice = sum(dice_loss(logits[m][valid[m]][None], targets[m][valid[m]][None], 1) for m in range(3))
-    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, 3, valid.double()), focal / 3)
-    torch.testing.assert_close(dice_loss(logits, targets, 3, valid.double()), dice / 3)
-
-
 def test_gradcheck_focal_and_dice():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
     targets = (torch.rand(3, 7, generator=g) > 0.5).double()
-    valid = (torch.rand(3, 7, generator=g) > 0.3).double()
     assert torch.autograd.gradcheck(lambda x: sigmoid_focal_loss(x, targets, 2.0), (logits,))
     assert torch.autograd.gradcheck(lambda x: dice_loss(x, targets, 2.0), (logits,))
-    assert torch.autograd.gradcheck(lambda x: sigmoid_focal_loss(x, targets, 2.0, valid), (logits,))
-    assert torch.autograd.gradcheck(lambda x: dice_loss(x, targets, 2.0, valid), (logits,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +127,7 @@ def loop_reference(outputs: dict, targets: list[dict], matcher, K: int) -> dict[
                 focal_sum += focal.mean().item()
                 dice_sum += 1 - (2 * (m * t).sum().item() + 1) / (m.sum().item() + t.sum().item() + 1)
         result["loss_ce" + suffix] = ce_sum / weight_sum
-        result["loss_mask" + suffix] = focal_sum / num_masks
+        result["loss_focal" + suffix] = focal_sum / num_masks
         result["loss_dice" + suffix] = dice_sum / num_masks
     return result
 
@@ -151,7 +136,7 @@ def loop_reference(outputs: dict, targets: list[dict], matcher, K: int) -> dict[
 def test_full_loss_equals_loop_reference(num_segments):
     outputs, targets = random_batch(0, num_segments, num_aux=2)
     K = 5
-    losses = MaskFormerLoss(K)(outputs, targets)
+    losses = MaskFormerLoss(K)(outputs, {"targets": targets})
     reference = loop_reference(outputs, targets, HungarianMatcher(), K)
     assert set(losses) == set(reference)
     for key, value in reference.items():
@@ -161,7 +146,7 @@ def test_full_loss_equals_loop_reference(num_segments):
 def test_full_loss_with_fixed_matcher_equals_loop_reference():
     K = 5
     outputs, targets = random_batch(1, [3, 5, 0], N=K, K=K, unique_labels=True)
-    losses = MaskFormerLoss(K, matcher=FixedMatcher())(outputs, targets)
+    losses = MaskFormerLoss(K, matcher=FixedMatcher())(outputs, {"targets": targets})
     reference = loop_reference(outputs, targets, FixedMatcher(), K)
     for key, value in reference.items():
         assert losses[key].item() == pytest.approx(value, rel=1e-5, abs=1e-7), key
@@ -170,16 +155,16 @@ def test_full_loss_with_fixed_matcher_equals_loop_reference():
 def test_weight_dict_covers_every_returned_key():
     criterion = MaskFormerLoss(5)
     outputs, targets = random_batch(2, [2, 1], num_aux=5)
-    losses = criterion(outputs, targets)
+    losses = criterion(outputs, {"targets": targets})
     assert len(losses) == 18 and set(losses) <= set(criterion.weight_dict)
-    paper_weights = {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
+    paper_weights = {"loss_ce": 1.0, "loss_focal": 20.0, "loss_dice": 1.0}
     assert set(criterion.weight_dict) == {f"{key}{suffix}" for key in paper_weights
                                           for suffix in ["", "_0", "_1", "_2", "_3", "_4"]}
     for key, value in criterion.weight_dict.items():
         assert value == paper_weights[key if key in paper_weights else key.rsplit("_", 1)[0]]
     outputs, targets = random_batch(3, [2], num_aux=6)
     with pytest.raises(ValueError, match="num_aux_layers"):
-        criterion(outputs, targets)
+        criterion(outputs, {"targets": targets})
 
 
 def test_image_without_segments():
@@ -187,49 +172,29 @@ def test_image_without_segments():
     outputs, targets = random_batch(4, [0, 0])
     for key in ("pred_logits", "pred_masks"):
         outputs[key].requires_grad_(True)
-    losses = MaskFormerLoss(5)(outputs, targets)
+    losses = MaskFormerLoss(5)(outputs, {"targets": targets})
     # all queries have weight 0.1, so the weighted mean is the plain mean of −log p(∅)
     expected_ce = -outputs["pred_logits"].log_softmax(-1)[..., -1].mean()
     torch.testing.assert_close(losses["loss_ce"], expected_ce)
-    assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
-    assert losses["loss_mask"].requires_grad and losses["loss_dice"].requires_grad
+    assert losses["loss_focal"].item() == 0 and losses["loss_dice"].item() == 0
+    assert losses["loss_focal"].requires_grad and losses["loss_dice"].requires_grad
     sum(losses.values()).backward()
     assert torch.isfinite(outputs["pred_logits"].grad).all()
     assert torch.count_nonzero(outputs["pred_masks"].grad) == 0
-
-
-def test_mask_ignore():
-    # predictions at the targets' size (stride 1, no upsampling); only the top-left 10 x 6 counts
-    outputs, targets = random_batch(5, [3, 2], h=12, w=9, stride=1)
-    valid = torch.zeros(12, 9, dtype=torch.bool)
-    valid[:10, :6] = True
-    with pytest.raises(ValueError, match="valid"):
-        MaskFormerLoss(5, mask_ignore=True)(outputs, targets)
-    ignoring = MaskFormerLoss(5, mask_ignore=True)(outputs, [{**t, "valid": valid} for t in targets])
-    cropped_outputs = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"][..., :10, :6]}
-    cropped_targets = [{"labels": t["labels"], "masks": t["masks"][:, :10, :6]} for t in targets]
-    on_crop = MaskFormerLoss(5)(cropped_outputs, cropped_targets)
-    for key in on_crop:
-        torch.testing.assert_close(ignoring[key], on_crop[key])
-    # all pixels valid: the same as the official behaviour
-    all_valid = [{**t, "valid": torch.ones(12, 9, dtype=torch.bool)} for t in targets]
-    default = MaskFormerLoss(5)(outputs, targets)
-    for key, value in MaskFormerLoss(5, mask_ignore=True)(outputs, all_valid).items():
-        torch.testing.assert_close(value, default[key])
 
 
 def test_bad_targets_raise_clear_errors():
     outputs, targets = random_batch(6, [2, 1])
     targets[1]["masks"] = targets[1]["masks"][:, :-4]
     with pytest.raises(ValueError, match="padded batch size"):
-        MaskFormerLoss(5)(outputs, targets)
+        MaskFormerLoss(5)(outputs, {"targets": targets})
     outputs, targets = random_batch(7, [2])
     targets[0]["labels"] = targets[0]["labels"].int()
     with pytest.raises(ValueError, match="long"):
-        MaskFormerLoss(5)(outputs, targets)
+        MaskFormerLoss(5)(outputs, {"targets": targets})
     outputs, targets = random_batch(8, [2])
     with pytest.raises(ValueError, match="num_classes \\+ 1 = 8"):
-        MaskFormerLoss(7)(outputs, targets)
+        MaskFormerLoss(7)(outputs, {"targets": targets})
 
 
 def _num_masks_worker(rank: int, init_file: str) -> None:
@@ -239,10 +204,10 @@ def _num_masks_worker(rank: int, init_file: str) -> None:
         # rank 0 holds 3 GT masks, rank 1 holds 1: num_masks = (3 + 1) / 2 = 2 on both, so the
         # mask terms are the single-process ones (divided by the local count) x local count / 2
         outputs, targets = random_batch(10 + rank, [[3], [1]][rank])
-        losses = MaskFormerLoss(5)(outputs, targets)
+        losses = MaskFormerLoss(5)(outputs, {"targets": targets})
         reference = loop_reference(outputs, targets, HungarianMatcher(), 5)
         local_masks = len(targets[0]["labels"])
-        for key in ("loss_mask", "loss_dice"):
+        for key in ("loss_focal", "loss_dice"):
             assert losses[key].item() == pytest.approx(reference[key] * local_masks / 2, rel=1e-5), key
     finally:
         dist.destroy_process_group()
@@ -264,9 +229,10 @@ def test_num_masks_uses_the_all_reduced_mean(monkeypatch):
     reference = loop_reference(outputs, targets, HungarianMatcher(), 5)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(dist, "all_reduce", lambda tensor: tensor.add_(1))  # sum: 3 + 1
-    losses = MaskFormerLoss(5)(outputs, targets)
-    for key in ("loss_mask", "loss_dice"):  # num_masks = (3 + 1) / 2 = 2 instead of 3
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: tensor.add_(1))  # sum: 3 + 1
+    losses = MaskFormerLoss(5)(outputs, {"targets": targets})
+    for key in ("loss_focal", "loss_dice"):  # num_masks = (3 + 1) / 2 = 2 instead of 3
         assert losses[key].item() == pytest.approx(reference[key] * 3 / 2, rel=1e-5), key
 
 
@@ -289,6 +255,24 @@ def test_per_pixel_loss_equals_loop_reference():
     assert per_pixel_loss(logits, labels).item() == pytest.approx(total / count, rel=1e-5)
 
 
+def test_per_pixel_criterion_supervises_every_layer():
+    # PerPixelLoss = Eq. (3.1b) on the final and on every auxiliary output, each with weight 1
+    g = torch.Generator().manual_seed(9)
+    layers = [torch.randn(2, 4, 3, 5, generator=g) for _ in range(3)]
+    labels = torch.randint(0, 4, (2, 12, 20), generator=g)
+    labels[1, :, :7] = 255
+    outputs = {"sem_seg_logits": layers[-1], "aux_outputs": [{"sem_seg_logits": x} for x in layers[:-1]]}
+    criterion = PerPixelLoss(num_aux_layers=2)
+    terms = criterion(outputs, {"sem_seg": labels})
+    assert set(terms) == set(criterion.weight_dict) == {"loss_ce", "loss_ce_0", "loss_ce_1"}
+    labelled = labels != 255
+    for key, logits in (("loss_ce", layers[2]), ("loss_ce_0", layers[0]), ("loss_ce_1", layers[1])):
+        up = F.interpolate(logits, size=(12, 20), mode="bilinear", align_corners=False)
+        log_p = up.log_softmax(1).gather(1, labels.clamp(max=3)[:, None])[:, 0]   # (B, H, W)
+        assert terms[key].item() == pytest.approx(-log_p[labelled].mean().item(), rel=1e-5), key
+    assert set(PerPixelLoss()(outputs | {"aux_outputs": []}, {"sem_seg": labels})) == {"loss_ce"}
+
+
 def test_per_pixel_loss_all_ignored_and_bad_labels():
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     loss = per_pixel_loss(logits, torch.full((1, 8, 8), 255))
@@ -307,8 +291,8 @@ def test_cuda_matches_cpu():
     to_cuda = {"pred_logits": outputs["pred_logits"].cuda(), "pred_masks": outputs["pred_masks"].cuda(),
                "aux_outputs": [{k: v.cuda() for k, v in outputs["aux_outputs"][0].items()}]}
     cuda_targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
-    cpu_losses = MaskFormerLoss(5)(outputs, targets)
-    for key, value in MaskFormerLoss(5).cuda()(to_cuda, cuda_targets).items():
+    cpu_losses = MaskFormerLoss(5)(outputs, {"targets": targets})
+    for key, value in MaskFormerLoss(5).cuda()(to_cuda, {"targets": cuda_targets}).items():
         torch.testing.assert_close(value.cpu(), cpu_losses[key], rtol=1e-4, atol=1e-5)
 
 
@@ -343,11 +327,12 @@ def test_equals_hugging_face_loss():
     for (q1, t1), (q2, t2) in zip(criterion.matcher(outputs, targets), hf_indices):
         assert torch.equal(q1, q2) and torch.equal(t1, t2)
 
-    ours = criterion(outputs, targets)
+    ours = criterion(outputs, {"targets": targets})
     hf = hf_criterion(outputs["pred_masks"], outputs["pred_logits"], mask_labels, class_labels)
-    hf["loss_ce"] = hf.pop("loss_cross_entropy")
-    for key in ("loss_ce", "loss_mask", "loss_dice"):
+    hf["loss_ce"], hf["loss_focal"] = hf.pop("loss_cross_entropy"), hf.pop("loss_mask")  # its "mask" is the focal term
+    for key in ("loss_ce", "loss_focal", "loss_dice"):
         torch.testing.assert_close(ours[key], hf[key], rtol=0, atol=1e-5)
     total = sum(criterion.weight_dict[k] * v for k, v in ours.items())
-    hf_total = sum(hf_weights["loss_cross_entropy" if k == "loss_ce" else k] * v for k, v in hf.items())
+    hf_names = {"loss_ce": "loss_cross_entropy", "loss_focal": "loss_mask", "loss_dice": "loss_dice"}
+    hf_total = sum(hf_weights[hf_names[k]] * v for k, v in hf.items())
     torch.testing.assert_close(total, hf_total, rtol=0, atol=1e-5)

@@ -38,7 +38,7 @@ def random_case(seed: int, num_segments: list[int], N: int = 5, K: int = 4, h: i
 
 
 def naive_cost(pred_logits: torch.Tensor, pred_masks: torch.Tensor, target: dict, stride: int = STRIDE,
-               cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0) -> torch.Tensor:
+               cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0) -> torch.Tensor:
     """C(i, j) of Eq. (3.2c) for one image, one pair at a time, in float64."""
     N = pred_logits.shape[0]
     M = len(target["labels"])
@@ -53,7 +53,7 @@ def naive_cost(pred_logits: torch.Tensor, pred_masks: torch.Tensor, target: dict
             focal = torch.where(t == 1, -ALPHA * (1 - m) ** GAMMA * torch.log(m),
                                 -(1 - ALPHA) * m ** GAMMA * torch.log(1 - m)).mean()
             dice = 1 - (2 * (m * t).sum() + 1) / (m.sum() + t.sum() + 1)
-            cost[i, j] = -cost_class * probs[target["labels"][j]] + cost_mask * focal + cost_dice * dice
+            cost[i, j] = -cost_class * probs[target["labels"][j]] + cost_focal * focal + cost_dice * dice
     return cost
 
 
@@ -88,8 +88,8 @@ def test_cost_matrix_equals_naive_per_pair_loop():
 def test_cost_weights_scale_each_term():
     outputs, targets = random_case(1, [3])
     args = (outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0])
-    reference = naive_cost(*args, cost_class=2.0, cost_mask=0.5, cost_dice=3.0)
-    cost = HungarianMatcher(cost_class=2.0, cost_mask=0.5, cost_dice=3.0).cost_matrix(*args)
+    reference = naive_cost(*args, cost_class=2.0, cost_focal=0.5, cost_dice=3.0)
+    cost = HungarianMatcher(cost_class=2.0, cost_focal=0.5, cost_dice=3.0).cost_matrix(*args)
     torch.testing.assert_close(cost.double(), reference, rtol=1e-5, atol=1e-5)
 
 
@@ -152,21 +152,6 @@ def test_bool_and_float_masks_give_the_same_matching():
         assert torch.equal(q1, q2) and torch.equal(t1, t2)
 
 
-def test_mask_ignore_cost_equals_cost_on_the_valid_crop():
-    # prediction and targets at the same size (no resizing); only the top-left 5 x 4 is valid
-    outputs, targets = random_case(13, [3], h=8, w=7, stride=1)
-    valid = torch.zeros(8, 7, dtype=torch.bool)
-    valid[:5, :4] = True
-    logits, masks = outputs["pred_logits"][0], outputs["pred_masks"][0]
-    ignoring = HungarianMatcher(mask_ignore=True).cost_matrix(logits, masks, {**targets[0], "valid": valid})
-    cropped_target = {"labels": targets[0]["labels"], "masks": targets[0]["masks"][:, :5, :4]}
-    on_crop = HungarianMatcher().cost_matrix(logits, masks[:, :5, :4], cropped_target)
-    torch.testing.assert_close(ignoring, on_crop)
-    all_valid = {**targets[0], "valid": torch.ones(8, 7, dtype=torch.bool)}
-    torch.testing.assert_close(HungarianMatcher(mask_ignore=True).cost_matrix(logits, masks, all_valid),
-                               HungarianMatcher().cost_matrix(logits, masks, targets[0]))
-
-
 def test_non_finite_cost_raises_and_names_the_image():
     outputs, targets = random_case(14, [2, 0, 3])
     outputs["pred_masks"][2, 1, 0, 0] = float("nan")
@@ -205,8 +190,6 @@ def test_bad_targets_raise_clear_errors():
         HungarianMatcher()(outputs, [{"labels": targets[0]["labels"], "masks": targets[0]["masks"][:1]}])
     with pytest.raises(ValueError, match="2 target dicts for a batch of 1"):
         HungarianMatcher()(outputs, targets * 2)
-    with pytest.raises(ValueError, match="valid"):
-        HungarianMatcher(mask_ignore=True)(outputs, targets)
     with pytest.raises(ValueError, match="cannot all be 0"):
         HungarianMatcher(0, 0, 0)
 

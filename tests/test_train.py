@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
+import data
 import train
 from tests.conftest import REPO
 
@@ -75,8 +77,8 @@ def test_param_groups_no_decay_on_norms_embeddings_and_bias_tables():
 
 
 def test_sampler_shards_and_resumes():
-    one = train.TrainBatchSampler(10, 4, rank=0, world_size=1, seed=3)
-    two = [train.TrainBatchSampler(10, 4, rank=r, world_size=2, seed=3) for r in range(2)]
+    one = data.TrainBatchSampler(10, 4, rank=0, world_size=1, seed=3)
+    two = [data.TrainBatchSampler(10, 4, rank=r, world_size=2, seed=3) for r in range(2)]
     it1, it2 = iter(one), [iter(s) for s in two]
     first = [next(it1) for _ in range(6)]  # 24 items: crosses two epoch boundaries
     for batch in first:
@@ -85,7 +87,7 @@ def test_sampler_shards_and_resumes():
     epoch0 = [i for b in first for i, _ in b][:10]
     assert sorted(epoch0) == list(range(10))
     # restarting at step 4 gives what the uninterrupted sampler gave at step 4
-    resumed = iter(train.TrainBatchSampler(10, 4, rank=0, world_size=1, seed=3, start_step=4))
+    resumed = iter(data.TrainBatchSampler(10, 4, rank=0, world_size=1, seed=3, start_step=4))
     assert next(resumed) == first[4] and next(resumed) == first[5]
 
 
@@ -93,15 +95,13 @@ def test_sampler_shards_and_resumes():
 # End-to-end runs
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags", [
-    ["--model", "maskformer"],
-    ["--model", "maskformer", "--matcher", "fixed"],  # N = K queries
-    ["--model", "per_pixel"],
-    ["--model", "per_pixel_plus"],
+    ["--head", "mask_classification"],
+    ["--head", "mask_classification", "--matcher", "fixed"],  # N = K queries
+    ["--head", "per_pixel"],
+    ["--head", "per_pixel_plus"],
 ])
 def test_every_model_and_matcher_trains(tmp_path, flags):
     if "fixed" in flags:
-        import data
-
         flags = flags + ["--num-queries", str(data.build_dataset("shapes", split="val").num_classes)]
     metrics = train.train(train.parse_args(FAST + flags + ["--output", str(tmp_path)]))
     log = train_losses(tmp_path)
@@ -140,15 +140,17 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    real = train.compute_loss
+    import losses
+
+    real = losses.MaskFormerLoss.forward
     calls = {"n": 0}
 
-    def poisoned(outputs, batch, criterion):
+    def poisoned(self, outputs, batch):
         calls["n"] += 1
-        loss, terms = real(outputs, batch, criterion)
-        return (loss * float("nan"), terms) if calls["n"] == 3 else (loss, terms)
+        terms = real(self, outputs, batch)
+        return {k: v * float("nan") for k, v in terms.items()} if calls["n"] == 3 else terms
 
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    monkeypatch.setattr(losses.MaskFormerLoss, "forward", poisoned)
     with pytest.raises(SystemExit, match=r"the loss became nan at step 2.*last good checkpoint"):
         train.main(FAST + ["--output", str(tmp_path)])
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -183,13 +185,13 @@ WRITER = """
 import sys, torch
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-import train
+import checkpoint
 path = Path({path!r})
 big = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB: a write takes long enough to interrupt
 step = 0
 while True:
     step += 1
-    train.save_checkpoint(path, {{"step": step, "model": {{"w": big + step}}}})
+    checkpoint.save_checkpoint(path, {{"step": step, "model": {{"w": big + step}}}})
 """
 
 
@@ -227,7 +229,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         pytest.skip("torch.distributed.run unavailable")
     # Per-pixel baseline with frozen BatchNorm: per-image computations, so the two set-ups must
     # agree to float rounding. (Trainable BN would see 2 images per process instead of 4.)
-    flags = FAST + ["--iters", "3", "--eval-period", "100", "--model", "per_pixel",
+    flags = FAST + ["--iters", "3", "--eval-period", "100", "--head", "per_pixel",
                     "--set", "backbone_kwargs={'norm': 'frozen_bn', 'width': 32}"]
     run_torchrun(1, tmp_path / "one", flags)
     run_torchrun(2, tmp_path / "two", flags)
@@ -253,6 +255,25 @@ def test_two_process_ddp_mask_classification_matches_one_process(tmp_path):
     run_torchrun(2, tmp_path / "two", flags)
     one = [r for r in read_log(tmp_path / "one") if "loss" in r][0]
     two = [r for r in read_log(tmp_path / "two") if "loss" in r][0]
-    for key in ("loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):
+    for key in ("loss_focal", "loss_dice", "loss_focal_0", "loss_dice_0"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert two["loss_ce"] == pytest.approx(one["loss_ce"], rel=0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Old names: files written when the focal term was called "mask" still read
+# ---------------------------------------------------------------------------------------------
+def test_old_key_names_are_renamed_when_read(tmp_path):
+    old = {"step": 3, "loss": 2.5, "loss_ce": 1.0, "loss_mask": 0.1, "loss_mask_4": 0.2, "loss_dice": 0.3,
+           "loss_mask_extra": 7.0, "mask_weight": 20.0, "cost_mask": 20.0}
+    assert checkpoint.rename_old_keys(old) == {
+        "step": 3, "loss": 2.5, "loss_ce": 1.0, "loss_focal": 0.1, "loss_focal_4": 0.2, "loss_dice": 0.3,
+        "loss_mask_extra": 7.0, "focal_weight": 20.0, "cost_focal": 20.0}
+    torch.save({"step": 3, "args": {"mask_weight": 5.0, "lr": 0.1}}, tmp_path / "old.pt")
+    assert checkpoint.load_checkpoint(tmp_path / "old.pt")["args"] == {"focal_weight": 5.0, "lr": 0.1}
+    # a resumed run reads an old metrics.jsonl under today's names (records after the step dropped)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss_mask": 0.5}) + "\n"
+                                            + json.dumps({"step": 5, "loss_mask": 0.4}) + "\n")
+    metrics_log = train.MetricsLog(tmp_path / "metrics.jsonl", start_step=3, is_main=True)
+    assert metrics_log.history == [{"step": 2, "loss_focal": 0.5}]
+    assert read_log(tmp_path) == [{"step": 2, "loss_focal": 0.5}]

@@ -1,0 +1,144 @@
+"""Checkpoints: atomic writes, exact resume, and loading weights into a model.
+
+Not a part of the paper: the file format shared by train.py (writes `last.pt`/`best.pt`, reads
+them back for `--resume` and `--weights`), infer.py and convert.py (read/write
+`{"model": state_dict, "config": dict, ...}`).
+
+Reading order: `save_checkpoint` (atomic) -> `read_checkpoint` (`weights_only=True`, used by train.py,
+infer.py and convert.py) -> `load_checkpoint` ->
+`rng_states` / `set_rng_states` (exact resume) -> `load_pretrained` (`train.py --weights`) ->
+`rename_old_keys` (names used by checkpoints and metrics files written before the focal term
+was called `focal`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+# Names written by earlier versions -> today's names. The focal term of Eq. (3.2f) used to be
+# called "mask" (loss_mask, cost_mask, mask_weight) although the paper's L_mask is focal + dice.
+OLD_TO_NEW_NAMES = {"loss_mask": "loss_focal", "cost_mask": "cost_focal", "mask_weight": "focal_weight"}
+
+
+def rename_old_keys(record: dict) -> dict:
+    """A metrics record or recipe/args dict with old key names (loss_mask, loss_mask_0, cost_mask,
+    mask_weight) renamed as in OLD_TO_NEW_NAMES; other keys unchanged, order kept."""
+    renamed = {}
+    for key, value in record.items():
+        for old, new in OLD_TO_NEW_NAMES.items():
+            if key == old or key.startswith(old + "_") and key[len(old) + 1:].isdigit():
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write `state` atomically: a temp file in the same folder, fsync, then rename over `path`.
+
+    A crash (even SIGKILL) at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing or cannot be read weights-only; the message names the file."""
+
+
+def read_checkpoint(path: str | Path) -> object:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only, never code.
+
+    A dict's "args"/"recipe" entries written under old key names (OLD_TO_NEW_NAMES) are renamed.
+    Raises CheckpointError "<path>: no such file" or "<path>: cannot read it as a weights-only
+    checkpoint ...: <reason>".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line, no traceback
+        # torch's weights-only refusal is long; the part after "WeightsUnpickler error:" names the culprit
+        text = str(e)
+        _, _, culprit = text.partition("WeightsUnpickler error:")
+        culprit = culprit.split("Check the documentation")[0].split("Please use")[0]
+        reason = " ".join(culprit.split()) or (text.splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot read it as a weights-only checkpoint "
+                              f"(tensors and plain containers only): {type(e).__name__}: {reason}") from None
+    if isinstance(ckpt, dict):
+        for key in ("args", "recipe"):
+            if isinstance(ckpt.get(key), dict):
+                ckpt[key] = rename_old_keys(ckpt[key])
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """`read_checkpoint` for train.py: a missing or unreadable file stops the run with one line."""
+    if not Path(path).is_file():
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+    try:
+        return read_checkpoint(path)
+    except CheckpointError as e:
+        raise SystemExit(f"error: checkpoint {e}") from None
+
+
+def rng_states() -> dict:
+    """Every random generator the run draws from, as tensors and plain numbers (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restores what `rng_states` saved."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+    """`train.py --weights`: a whole model or a backbone-only state dict (from convert.py or train.py).
+
+    Tensors whose shapes differ from ours (a class head trained for another K) are re-initialised
+    and reported; keys absent from the file keep their fresh initialisation and are reported.
+    """
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise SystemExit(f"error: {path} holds no state dict")
+    ours = model.state_dict()
+    unknown = sorted(k for k in state if k not in ours)
+    if len(unknown) == len(state):
+        raise SystemExit(f"error: {path} matches none of this model's parameters "
+                         f"(first keys: {list(state)[:3]}); convert it with convert.py first")
+    reshaped = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
+    usable = {k: v for k, v in state.items() if k in ours and k not in reshaped}
+    model.load_state_dict(usable, strict=False)
+    missing = sorted(k for k in ours if k not in usable)
+    log(f"loaded {len(usable)} tensors from {path}")
+    if reshaped:
+        log(f"re-initialised (shape differs, e.g. another class count): {', '.join(reshaped)}")
+    if missing:
+        log(f"{len(missing)} tensors not in {path} keep their initialisation (e.g. {missing[0]})")
+    if unknown:
+        log(f"ignored {len(unknown)} tensors of {path} this model lacks (e.g. {unknown[0]})")

@@ -1,0 +1,280 @@
+"""The on-disk datasets of §4: ADE20K-150, Cityscapes, COCO panoptic, and a user's own folder.
+
+Paper: §4 "Datasets". Each class here reads one dataset's files into a `data.Sample` (image, label
+map, and for panoptic data the segment map and its segments); `data.SegmentationDataset` does the
+rest (augmentation, tensors, the ground-truth set z_gt of Eq. (3.2b)). `data.build_dataset` picks
+the class by name; a new dataset is one more class here and one more name there.
+
+Reading order: `SemanticFolderDataset` (image/label folders) -> `ADE20KDataset` ->
+`CityscapesDataset` -> `FolderDataset` -> `CocoPanopticDataset` (panoptic PNGs + JSON).
+Differences from the official dataset mappers are listed in data.py's docstring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from data import (
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    Sample,
+    SegmentationDataset,
+    check_same_size,
+    check_values,
+    make_palette,
+    read_image,
+    read_label,
+    read_panoptic_png,
+    split_folder,
+)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _pair_labels(images: list[Path], label_dir: Path, label_name) -> list[tuple[Path, Path]]:
+    """Pair each image with its label file (label_name(image) -> file name); error if one is missing."""
+    present = {p.name for p in label_dir.iterdir()} if label_dir.is_dir() else set()
+    pairs = []
+    for image in images:
+        name = label_name(image)
+        if name not in present:
+            raise DatasetError(f"{image}: no label file {label_dir / name} (each image needs a label map)")
+        pairs.append((image, label_dir / name))
+    return pairs
+
+
+def _missing_root(name: str, root: Path, layout: str, url: str) -> DatasetError:
+    return DatasetError(f"{name}: dataset not found under root={str(root)!r}; expected the layout {layout} "
+                        f"(download: {url})")
+
+
+class SemanticFolderDataset(SegmentationDataset):
+    """Image/label-map pairs on disk; a subclass says how to decode the label file."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], where: str, **kwargs):
+        super().__init__(**kwargs)
+        if not pairs:
+            raise DatasetError(f"{where}: no images found")
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Sample:
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        label = read_label(label_path)
+        check_same_size(image, label, image_path, label_path)
+        return Sample(image, self.decode_label(label, label_path), str(image_path), image_path.stem)
+
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
+    "clock", "flag",
+)  # fmt: skip
+
+
+class ADE20KDataset(SemanticFolderDataset):
+    """ADE20K SceneParsing-150: ADEChallengeData2016/{images,annotations}/{training,validation}/.
+
+    Label PNG value 0 ("other") -> ignore 255; 1..150 -> class 0..149. root may be the folder
+    ADEChallengeData2016 itself or its parent.
+    """
+
+    URL = "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
+
+    def __init__(self, root: Path, split: str = "train", **kwargs):
+        folder = {"train": "training", "val": "validation"}[split_folder(split)]
+        base = next((r for r in (root / "ADEChallengeData2016", root) if (r / "images" / folder).is_dir()), None)
+        if base is None:
+            raise _missing_root("ade20k", root, f"ADEChallengeData2016/images/{folder}/*.jpg and "
+                                f"ADEChallengeData2016/annotations/{folder}/*.png", self.URL)
+        images = _list_images(base / "images" / folder)
+        pairs = _pair_labels(images, base / "annotations" / folder, lambda p: p.stem + ".png")
+        self.lookup = np.full(256, IGNORE_INDEX, np.int32)  # PNG value -> class id
+        self.lookup[1:151] = np.arange(150)
+        super().__init__(pairs, str(base / "images" / folder), class_names=list(ADE20K_CLASSES),
+                         is_thing=[False] * 150, palette=make_palette(150), **kwargs)
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        check_values(label, np.ones(151, bool), path, "0 = other, 1..150 = classes")
+        return self.lookup[label]
+
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)  # train id order
+CITYSCAPES_PALETTE = np.array([
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+], np.uint8)  # fmt: skip
+
+
+class CityscapesDataset(SemanticFolderDataset):
+    """Cityscapes fine: leftImg8bit/{split}/{city}/*_leftImg8bit.png with
+    gtFine/{split}/{city}/*_gtFine_labelIds.png; label ids 0..33 -> the 19 train ids, others 255
+    (255, i.e. the license plate's id -1 stored as uint8, is also ignore)."""
+
+    URL = "https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip)"
+
+    def __init__(self, root: Path, split: str = "train", **kwargs):
+        split = split_folder(split)
+        image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+        if not image_dir.is_dir():
+            raise _missing_root("cityscapes", root, f"leftImg8bit/{split}/<city>/*_leftImg8bit.png and "
+                                f"gtFine/{split}/<city>/*_gtFine_labelIds.png", self.URL)
+        pairs = []
+        for city in sorted(p for p in image_dir.iterdir() if p.is_dir()):
+            images = [p for p in _list_images(city) if p.name.endswith("_leftImg8bit.png")]
+            name = lambda p: p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")  # noqa: E731
+            pairs += _pair_labels(images, label_dir / city.name, name)
+        self.lookup = np.full(256, IGNORE_INDEX, np.int32)  # label id -> train id
+        self.lookup[list(CITYSCAPES_LABEL_IDS)] = np.arange(19)
+        self.allowed = np.zeros(256, bool)
+        self.allowed[:34] = self.allowed[255] = True
+        things = {"person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"}
+        super().__init__(pairs, str(image_dir), class_names=list(CITYSCAPES_CLASSES),
+                         is_thing=[c in things for c in CITYSCAPES_CLASSES], palette=CITYSCAPES_PALETTE, **kwargs)
+
+    def load(self, index: int) -> Sample:
+        sample = super().load(index)
+        sample.image_id = sample.image_id.replace("_leftImg8bit", "")
+        return sample
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        check_values(label, self.allowed, path, "Cityscapes label ids 0..33")
+        return self.lookup[label]
+
+
+class FolderDataset(SemanticFolderDataset):
+    """Your own data: root/images/{train,val}/<name>.<jpg|png|...>, root/labels/{train,val}/<name>.png
+    (single-channel class ids 0..K-1, `ignore_index` for unlabelled pixels) and root/classes.txt
+    (one class name per line, line k = class k). The file's ignore value becomes 255 in items."""
+
+    def __init__(self, root: Path, split: str = "train", ignore_index: int = IGNORE_INDEX, **kwargs):
+        split = split_folder(split)
+        names_file = root / "classes.txt"
+        if not (root / "images" / split).is_dir() or not names_file.is_file():
+            raise _missing_root("folder", root, f"classes.txt, images/{split}/*.jpg|png and labels/{split}/*.png",
+                                "your own data; see the README section 'Datasets'")
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if not names:
+            raise DatasetError(f"{names_file}: no class names (expected one name per line)")
+        if len(names) >= IGNORE_INDEX:
+            raise DatasetError(f"{names_file}: {len(names)} classes; at most {IGNORE_INDEX - 1} are supported "
+                               f"(label {IGNORE_INDEX} marks ignored pixels)")
+        images = _list_images(root / "images" / split)
+        pairs = _pair_labels(images, root / "labels" / split, lambda p: p.stem + ".png")
+        self.file_ignore_index = ignore_index
+        super().__init__(pairs, str(root / "images" / split), class_names=names, is_thing=[False] * len(names),
+                         palette=make_palette(len(names)), **kwargs)
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        K = self.num_classes
+        bad = (label < 0) | (label >= K)
+        bad &= label != self.file_ignore_index
+        if bad.any():
+            value = int(label[bad][0])
+            raise DatasetError(f"{path}: label value {value} is out of range (expected 0..{K - 1} for the "
+                               f"{K} classes of classes.txt, or ignore_index={self.file_ignore_index})")
+        return np.where(label == self.file_ignore_index, IGNORE_INDEX, label).astype(np.int32)
+
+
+class CocoPanopticDataset(SegmentationDataset):
+    """COCO panoptic 2017: annotations/panoptic_{split}2017.json, PNGs in
+    annotations/panoptic_{split}2017/ (or panoptic_{split}2017/ at the root, detectron2's layout),
+    images in {split}2017/. The 133 categories (80 things + 53 stuff) get contiguous ids in
+    category-id order. Crowd regions: ignore (255) in sem_seg, kept in pan_seg/segments_info
+    (panoptic evaluation needs them), never a target. segments_info "area" is the JSON's
+    (original resolution)."""
+
+    panoptic = True
+    URL = "https://cocodataset.org/#download (2017 images, panoptic_annotations_trainval2017.zip)"
+
+    def __init__(self, root: Path, split: str = "train", task: str = "panoptic", **kwargs):
+        split = split_folder(split)
+        json_path = root / "annotations" / f"panoptic_{split}2017.json"
+        if not json_path.is_file():
+            raise _missing_root("coco_panoptic", root, f"annotations/panoptic_{split}2017.json, "
+                                f"annotations/panoptic_{split}2017/*.png and {split}2017/*.jpg", self.URL)
+        try:
+            meta = json.loads(json_path.read_text())
+            categories = sorted(meta["categories"], key=lambda c: c["id"])
+            images = {im["id"]: im["file_name"] for im in meta["images"]}
+            annotations = meta["annotations"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise DatasetError(f"{json_path}: not a COCO panoptic JSON ({type(error).__name__}: {error})") from None
+        self.json_path = json_path
+        self.contiguous = {c["id"]: k for k, c in enumerate(categories)}
+        png_dir = root / "annotations" / f"panoptic_{split}2017"
+        png_dir = png_dir if png_dir.is_dir() else root / f"panoptic_{split}2017"
+        image_dir = root / f"{split}2017"
+        have_png = {p.name for p in png_dir.iterdir()} if png_dir.is_dir() else set()
+        have_image = {p.name for p in image_dir.iterdir()} if image_dir.is_dir() else set()
+        self.records = []
+        for ann in annotations:
+            image_name = images.get(ann["image_id"])
+            if image_name is None or image_name not in have_image:
+                raise DatasetError(f"{json_path}: image of image_id {ann['image_id']} not found in {image_dir}")
+            if ann["file_name"] not in have_png:
+                raise DatasetError(f"{image_dir / image_name}: no panoptic label {png_dir / ann['file_name']}")
+            self.records.append((image_dir / image_name, png_dir / ann["file_name"], ann["image_id"],
+                                 ann["segments_info"]))
+        if not self.records:
+            raise DatasetError(f"{json_path}: no annotations")
+        palette = np.array([c.get("color", (0, 0, 0)) for c in categories], np.uint8).reshape(-1, 3)
+        super().__init__(class_names=[c["name"] for c in categories],
+                         is_thing=[bool(c["isthing"]) for c in categories], palette=palette, task=task, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> Sample:
+        image_path, png_path, image_id, raw_segments = self.records[index]
+        image = read_image(image_path)
+        pan_seg = read_panoptic_png(png_path)
+        check_same_size(image, pan_seg, image_path, png_path)
+        segments_info = []
+        for s in raw_segments:
+            if s["category_id"] not in self.contiguous:
+                raise DatasetError(f"{self.json_path}: segment {s['id']} of {png_path.name} has unknown "
+                                   f"category_id {s['category_id']}")
+            category = self.contiguous[s["category_id"]]
+            segments_info.append({"id": s["id"], "category_id": category, "isthing": self.is_thing[category],
+                                  "iscrowd": int(s.get("iscrowd", 0)), "area": s.get("area")})
+        # sem_seg: the category of each pixel's segment; void (id 0) and crowd -> ignore
+        ids, inverse = np.unique(pan_seg, return_inverse=True)
+        category_of = {s["id"]: (IGNORE_INDEX if s["iscrowd"] else s["category_id"]) for s in segments_info}
+        unknown = [int(i) for i in ids if i != 0 and i not in category_of]
+        if unknown:
+            raise DatasetError(f"{png_path}: segment id {unknown[0]} is in the PNG but not in its segments_info "
+                               f"in {self.json_path}")
+        lookup = np.array([category_of.get(int(i), IGNORE_INDEX) for i in ids], np.int32)
+        sem_seg = lookup[inverse.reshape(pan_seg.shape)]
+        return Sample(image, sem_seg, str(image_path), image_id, pan_seg, segments_info)

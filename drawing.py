@@ -1,0 +1,135 @@
+"""Pictures: predictions drawn over images, the training-loss curve, and a grid of dataset items.
+
+Not a part of the paper's method; these are the figures a reader looks at: infer.py's overlays
+(Figure 2's output, the semantic map of Eq. (3.4b) or the panoptic segments), train.py's end-of-run
+figures, and `python data.py --preview` (the ground truth z_gt of Eq. (3.2b) as colours).
+
+Reading order: `draw_overlay` (a semantic map over an image, with a legend) ->
+`draw_panoptic_overlay` -> `draw_loss_curve` -> `save_overlays` -> `preview`.
+All drawing is PIL + numpy (matplotlib is not a runtime dependency).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from data import colorize, denormalize, make_palette
+
+
+def draw_overlay(image: np.ndarray, label_map: np.ndarray | Tensor, class_names: list[str], palette: np.ndarray,
+                 alpha: float = 0.5) -> Image.Image:
+    """The image (H, W, 3) uint8 with a semantic map (H, W) blended over it, plus a legend of the
+    classes present (largest first). Labels outside 0..K-1 are left undrawn."""
+    label_map = np.asarray(torch.as_tensor(label_map).cpu())
+    colours = colorize(label_map, palette)  # (H, W, 3)
+    known = (label_map >= 0) & (label_map < len(palette))
+    classes, counts = np.unique(label_map[known], return_counts=True)
+    entries = [(class_names[c], palette[c], n / label_map.size) for c, n in zip(classes, counts)]
+    return _blend_with_legend(image, colours, known, entries, alpha)
+
+
+def draw_panoptic_overlay(image: np.ndarray, pan_seg: np.ndarray | Tensor, segments_info: list[dict],
+                          class_names: list[str], palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The image with each panoptic segment blended over it: stuff in its class colour, each thing
+    instance in a shade of its class colour, white segment borders, and a legend of the classes."""
+    pan_seg = np.asarray(torch.as_tensor(pan_seg).cpu())
+    colours = np.zeros((*pan_seg.shape, 3), np.uint8)
+    area_of_class: dict[int, int] = {}
+    for k, segment in enumerate(segments_info):
+        c = segment["category_id"]
+        colour = palette[c].astype(np.int64)
+        if segment["isthing"]:  # a different shade per instance
+            colour = np.clip(colour + (k % 5 - 2) * 28, 0, 255)
+        where = pan_seg == segment["id"]
+        colours[where] = colour
+        area_of_class[c] = area_of_class.get(c, 0) + int(where.sum())
+    border = np.zeros(pan_seg.shape, bool)
+    border[:, 1:] |= pan_seg[:, 1:] != pan_seg[:, :-1]
+    border[1:, :] |= pan_seg[1:, :] != pan_seg[:-1, :]
+    colours[border] = 255
+    drawn = (pan_seg > 0) | border
+    entries = [(class_names[c], palette[c], n / pan_seg.size)
+               for c, n in sorted(area_of_class.items(), key=lambda kv: kv[0])]
+    return _blend_with_legend(image, colours, drawn, entries, alpha)
+
+
+def _blend_with_legend(image: np.ndarray, colours: np.ndarray, drawn: np.ndarray, entries: list,
+                       alpha: float, max_entries: int = 30) -> Image.Image:
+    """Blend `colours` over `image` where `drawn`; add a legend panel (swatch, name, % of pixels) on the right."""
+    blended = image.astype(np.float32)
+    blended[drawn] = (1 - alpha) * blended[drawn] + alpha * colours[drawn]
+    H, W = image.shape[:2]
+    entries = sorted(entries, key=lambda e: -e[2])[:max_entries]
+    font = ImageFont.load_default()
+    row, width = 16, 12 + max([len(name) for name, _, _ in entries] + [8]) * 7 + 60
+    canvas = Image.new("RGB", (W + width, max(H, row * len(entries) + 8)), "white")
+    canvas.paste(Image.fromarray(blended.round().astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (name, colour, fraction) in enumerate(entries):
+        y = 4 + k * row
+        draw.rectangle([W + 6, y + 2, W + 18, y + 12], fill=tuple(int(v) for v in colour), outline="black")
+        draw.text((W + 24, y), f"{name} {100 * fraction:.1f}%", fill="black", font=font)
+    return canvas
+
+
+def draw_loss_curve(history: list[dict], path: Path, size: tuple[int, int] = (640, 360)) -> None:
+    """Total training loss against step (log-scale y) with the validation metric marked."""
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and h["loss"] > 0]
+    if len(points) < 2:
+        return
+    W, H, pad = size[0], size[1], 40
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    x0, x1 = points[0][0], points[-1][0]
+    ys = [math.log10(v) for _, v in points]
+    y0, y1 = min(ys), max(ys) + 1e-9
+
+    def xy(step: float, logv: float) -> tuple[float, float]:
+        return (pad + (W - 2 * pad) * (step - x0) / max(x1 - x0, 1), H - pad - (H - 2 * pad) * (logv - y0) / (y1 - y0))
+
+    draw.rectangle([pad, pad, W - pad, H - pad], outline="black")
+    draw.line([xy(s, y) for (s, _), y in zip(points, ys)], fill=(31, 119, 180), width=2)
+    draw.text((pad, 10), f"training loss (log scale): {points[0][1]:.3g} -> {points[-1][1]:.3g}", fill="black")
+    draw.text((pad, H - pad + 8), f"step {x0}", fill="black")
+    draw.text((W - pad - 60, H - pad + 8), f"step {x1}", fill="black")
+    evals = [h for h in history if any(k.startswith("val_") for k in h)]
+    if evals:
+        last = evals[-1]
+        name = next(k for k in last if k.startswith("val_"))
+        draw.text((W - 260, 10), f"{name[4:]} at step {last['step']}: {100 * last[name]:.1f}", fill=(200, 0, 0))
+    img.save(path)
+
+
+def save_overlays(images: list[Tensor], label_maps: list[Tensor], class_names: list[str], palette: np.ndarray,
+                  out: Path) -> None:
+    """`prediction_{i}.png` in `out` for each normalised image (3, H, W) and its predicted map (H, W)."""
+    for i, (image, label_map) in enumerate(zip(images, label_maps)):
+        draw_overlay(denormalize(image), label_map.numpy(), class_names, palette).save(out / f"prediction_{i}.png")
+
+
+def preview(dataset, path: str | Path, num_items: int = 6, columns: int = 2,
+            zoom: int = 1) -> None:
+    """Save a PNG grid of items: each cell is the image, its colourised sem_seg and, for panoptic
+    sets, its segments (pan_seg) in arbitrary colours; `zoom` enlarges small images (nearest)."""
+    cells = []
+    for i in range(min(num_items, len(dataset))):
+        item = dataset[i]
+        panels = [denormalize(item["image"]), colorize(item["sem_seg"], dataset.palette)]
+        if "pan_seg" in item:
+            _, segment_index = torch.unique(item["pan_seg"], return_inverse=True)  # ids -> 0, 1, 2, ...
+            panels.append(colorize(segment_index, make_palette(int(segment_index.max()) + 1)[::-1]))
+        cell = np.concatenate([np.pad(p, ((0, 0), (0, 2), (0, 0)), constant_values=255) for p in panels], 1)
+        cells.append(cell.repeat(zoom, 0).repeat(zoom, 1))
+    h, w = max(c.shape[0] for c in cells), max(c.shape[1] for c in cells)
+    rows = math.ceil(len(cells) / columns)
+    grid = np.full((rows * (h + 6), columns * (w + 6), 3), 255, np.uint8)
+    for k, cell in enumerate(cells):
+        y, x = (k // columns) * (h + 6), (k % columns) * (w + 6)
+        grid[y:y + cell.shape[0], x:x + cell.shape[1]] = cell
+    Image.fromarray(grid).save(path)
