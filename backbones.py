@@ -13,6 +13,9 @@ paper's F. Two families are written by hand (no torchvision / timm):
   ReLU, 3x3/2 max-pool) and bottlenecks with the stride on the 3x3 conv (detectron2's
   ``STRIDE_IN_1X1 False``). Parameter names follow torchvision (conv1, bn1, layer1..layer4,
   downsample.0/.1), so an ImageNet ``.pth`` loads 1:1 once its ``fc.*`` keys are dropped.
+  "resnet101c" (the paper's R101c, official ``build_resnet_deeplab_backbone``): the DeepLab
+  stem (three 3x3 convs, 64 -> 64 -> 128 channels, named conv1..conv3 / bn1..bn3) and res5
+  blocks whose 3x3 convs are dilated 1, 2, 4 (the official RES5_MULTI_GRID; stride still 32).
 * Swin-T/S/B/L (Liu et al. 2021, "Swin Transformer: Hierarchical Vision Transformer using
   Shifted Windows"), as adapted for dense prediction in the official MaskFormer repository
   (mask_former/modeling/backbone/swin.py): any input size (padding to multiples of the patch
@@ -32,7 +35,7 @@ Differences from the official code (all deliberate, none changes the computation
   biases, LayerNorm 1/0). Irrelevant once ImageNet weights are loaded.
 * ``FrozenBatchNorm2d`` also accepts (and ignores) the ``num_batches_tracked`` entries of a
   torchvision state dict, so ``load_state_dict(..., strict=True)`` works without renaming.
-* No "deeplab" stem / dilated res5 (R101c), no frozen stages, no gradient checkpointing.
+* No frozen stages, no gradient checkpointing (the official configs freeze none: FREEZE_AT 0).
 * Not a difference, but often assumed: the official dense-prediction Swin does NOT shrink the
   window to the feature size when a feature map is smaller than the window (that rule lives
   only in the fixed-resolution *classification* Swin). It pads the map up to one window and
@@ -179,16 +182,19 @@ class Bottleneck(nn.Module):
 
     Stride on the 3x3 conv = torchvision "ResNet v1.5" = detectron2 ``STRIDE_IN_1X1 False``,
     the setting the official MaskFormer uses. (B, C_in, H, W) -> (B, 4*planes, ceil(H/s), ceil(W/s)).
+    `dilation` spreads the 3x3 conv's taps (detectron2's BottleneckBlock ``dilation``).
     """
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, norm: str):
+    def __init__(self, in_channels: int, planes: int, stride: int, norm: str, dilation: int = 1):
         super().__init__()
         out_channels = planes * self.expansion
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = make_norm(norm, planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        # dilation > 1 (R101c's res5 "multi-grid"): the 3x3 taps spread `dilation` pixels apart,
+        # padded by as much, so the output size is that of the undilated conv
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = make_norm(norm, planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels)
@@ -215,27 +221,46 @@ class ResNet(nn.Module):
         layers: blocks per stage, e.g. [3, 4, 6, 3] for R50.
         norm: "frozen_bn" (official default) or "bn" (trainable; from-scratch training).
         width: stem width and base width of the stages (64 in every standard ResNet).
+        stem: "basic" (7x7/2 conv) or "deeplab" (three 3x3 convs to 2 * width channels: R101c,
+            the official ``build_resnet_deeplab_backbone`` with STEM_TYPE "deeplab").
+        res5_dilations: the 3x3 dilation of each res5 block (R101c: [1, 2, 4], the official
+            RES5_MULTI_GRID with RES5_DILATION 1; the stride stays 2, so res5 is still stride 32).
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
-                 norm: str = "frozen_bn", width: int = 64):
+                 norm: str = "frozen_bn", width: int = 64, stem: str = "basic",
+                 res5_dilations: list[int] | None = None):
         super().__init__()
         if width < 1:
             raise ValueError(f"ResNet width: expected a positive integer, got {width}")
+        if stem not in ("basic", "deeplab"):
+            raise ValueError(f"ResNet stem: expected 'basic' or 'deeplab', got {stem!r}")
+        if res5_dilations is not None and (block is not Bottleneck or len(res5_dilations) != layers[-1]):
+            raise ValueError(f"ResNet res5_dilations: expected one dilation per res5 bottleneck "
+                             f"({layers[-1]}), got {res5_dilations}")
         make_norm(norm, 1)  # validate the name early
-        # "basic" stem: 7x7/2 conv + norm + ReLU, then 3x3/2 max-pool -> stride 4
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = make_norm(norm, width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        if stem == "basic":  # 7x7/2 conv + norm + ReLU
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = make_norm(norm, width)
+            stem_channels = width
+        else:  # deeplab: 3x3/2 conv (3 -> width), 3x3 (width -> width), 3x3 (width -> 2 width), each + norm + ReLU
+            stem_channels = 2 * width
+            for k, (c_in, c_out, stride) in enumerate([(3, width, 2), (width, width, 1), (width, stem_channels, 1)]):
+                self.add_module(f"conv{k + 1}", nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False))
+                self.add_module(f"bn{k + 1}", make_norm(norm, c_out))
+        self.stem_convs = 1 if stem == "basic" else 3
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # then 3x3/2 max-pool -> stride 4
         # res2..res5: stage i has planes = width * 2^(i-2); the first block of res3..res5 halves H, W
-        in_channels = width
+        in_channels = stem_channels
         self.out_channels: dict[str, int] = {}
         for i, num_blocks in enumerate(layers):
             planes, stride = width * 2**i, (1 if i == 0 else 2)
+            dilations = res5_dilations if (i == 3 and res5_dilations) else [1] * num_blocks
             blocks = []
             for j in range(num_blocks):
-                blocks.append(block(in_channels, planes, stride if j == 0 else 1, norm))
+                extra = {"dilation": dilations[j]} if dilations[j] != 1 else {}
+                blocks.append(block(in_channels, planes, stride if j == 0 else 1, norm, **extra))
                 in_channels = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels[f"res{i + 2}"] = in_channels
@@ -256,7 +281,9 @@ class ResNet(nn.Module):
         # channels-last (NHWC) memory, the layout oneDNN (CPU) and cuDNN (tensor cores) convolve
         # fastest; same values and shapes, and every feature map below inherits it
         x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # (B, width, ceil(H/4), ceil(W/4))
+        for k in range(1, self.stem_convs + 1):  # basic: conv1 only; deeplab: conv1, conv2, conv3
+            x = self.relu(conv_norm(getattr(self, f"conv{k}"), getattr(self, f"bn{k}"), x))  # (B, C, ceil(H/2), ...)
+        x = self.maxpool(x)  # (B, stem channels, ceil(H/4), ceil(W/4))
         features = {}
         for i in range(4):
             x = getattr(self, f"layer{i + 1}")(x)  # (B, C_i, ceil(H/2^(i+2)), ceil(W/2^(i+2)))
@@ -615,6 +642,8 @@ RESNETS = {
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
     "resnet101": (Bottleneck, [3, 4, 23, 3]),
 }
+# R101c (official R101c configs): ResNet-101 with the DeepLab stem and a res5 multi-grid (1, 2, 4)
+RESNET_VARIANTS = {"resnet101c": ("resnet101", {"stem": "deeplab", "res5_dilations": [1, 2, 4]})}
 SWINS = {  # MaskFormer's Swin configs (Swin-B/L: the ImageNet-22k, 384-pretrained window-12 models)
     "swin_tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
     "swin_small": dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24], window_size=7),
@@ -626,21 +655,23 @@ SWINS = {  # MaskFormer's Swin configs (Swin-B/L: the ImageNet-22k, 384-pretrain
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Build a backbone by name (Section 3.3, Figure 2 "backbone").
 
-    name: "resnet18", "resnet34", "resnet50", "resnet101" (kwargs: norm="frozen_bn" | "bn",
-    width=64) or "swin_tiny", "swin_small", "swin_base", "swin_large" (kwargs: drop_path_rate=0.3).
+    name: "resnet18", "resnet34", "resnet50", "resnet101", "resnet101c" (kwargs: norm="frozen_bn" |
+    "bn", width=64) or "swin_tiny", "swin_small", "swin_base", "swin_large" (kwargs: drop_path_rate=0.3).
     The module maps (B, 3, H, W) to {"res2".."res5"} and has ``out_channels`` / ``out_strides``.
     """
-    if name in RESNETS:
+    if name in RESNETS or name in RESNET_VARIANTS:
         family, allowed = "ResNet", {"norm", "width"}
     elif name in SWINS:
         family, allowed = "Swin", {"drop_path_rate"}
     else:
-        raise ValueError(f"build_backbone: unknown name {name!r}; expected one of {[*RESNETS, *SWINS]}")
+        raise ValueError(f"build_backbone: unknown name {name!r}; expected one of "
+                         f"{[*RESNETS, *RESNET_VARIANTS, *SWINS]}")
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"build_backbone({name!r}): unexpected {family} option(s) {sorted(unknown)}; "
                         f"allowed: {sorted(allowed)}")
     if family == "ResNet":
-        block, layers = RESNETS[name]
-        return ResNet(block, layers, **kwargs)
+        base, variant = RESNET_VARIANTS.get(name, (name, {}))
+        block, layers = RESNETS[base]
+        return ResNet(block, layers, **variant, **kwargs)
     return SwinTransformer(**SWINS[name], **kwargs)

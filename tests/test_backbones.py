@@ -484,3 +484,80 @@ def test_bad_arguments_give_clear_errors():
         build_backbone("resnet18")(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         on_meta("swin_tiny")(torch.randn(1, 1, 32, 32, device="meta"))
+
+
+# ---------------------------------------------------------------------------------------------
+# R101c: DeepLab stem + res5 multi-grid (official build_resnet_deeplab_backbone)
+# ---------------------------------------------------------------------------------------------
+
+
+def deeplab_resnet_reference(state: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """R101c written out from detectron2's DeepLabStem + BottleneckBlock (eval-mode BatchNorm),
+    reading the tensors by name: stem 3x3/2, 3x3, 3x3, max-pool; res5 block j dilated (1, 2, 4)[j]."""
+    def conv_bn(conv: str, bn: str, x: torch.Tensor, stride: int = 1, dilation: int = 1, relu: bool = True):
+        w = state[f"{conv}.weight"]
+        y = nn.functional.conv2d(x, w, stride=stride, padding=dilation * (w.shape[-1] // 2), dilation=dilation)
+        y = nn.functional.batch_norm(y, state[f"{bn}.running_mean"], state[f"{bn}.running_var"],
+                                     state[f"{bn}.weight"], state[f"{bn}.bias"], training=False, eps=1e-5)
+        return nn.functional.relu(y) if relu else y
+
+    x = conv_bn("conv1", "bn1", x, stride=2)
+    x = conv_bn("conv2", "bn2", x)
+    x = conv_bn("conv3", "bn3", x)
+    x = nn.functional.max_pool2d(x, 3, 2, 1)
+    features = {}
+    for i, blocks in enumerate([3, 4, 23, 3]):
+        for j in range(blocks):
+            p, stride = f"layer{i + 1}.{j}", (2 if j == 0 and i > 0 else 1)
+            dilation = (1, 2, 4)[j] if i == 3 else 1
+            y = conv_bn(f"{p}.conv1", f"{p}.bn1", x)
+            y = conv_bn(f"{p}.conv2", f"{p}.bn2", y, stride=stride, dilation=dilation)
+            y = conv_bn(f"{p}.conv3", f"{p}.bn3", y, relu=False)
+            shortcut = conv_bn(f"{p}.downsample.0", f"{p}.downsample.1", x, stride, relu=False) if j == 0 else x
+            x = nn.functional.relu(y + shortcut)
+        features[f"res{i + 2}"] = x
+    return features
+
+
+@pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
+def test_resnet101c_equals_the_deeplab_reference(norm):
+    """Random weights and BatchNorm statistics; 129 x 97 input (res5 5 x 4, so dilation 2 and 4 matter)."""
+    torch.manual_seed(0)
+    model = build_backbone("resnet101c", norm=norm).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif name.endswith("weight") and t.dim() == 1:
+                t.copy_(1 + 0.1 * torch.randn(t.shape, generator=g))
+    x = torch.randn(1, 3, 129, 97, generator=g)
+    with torch.no_grad():
+        ours, expected = model(x), deeplab_resnet_reference(model.state_dict(), x)
+    for k in ("res2", "res3", "res4", "res5"):
+        assert ours[k].shape == expected[k].shape
+        torch.testing.assert_close(ours[k], expected[k], rtol=1e-4, atol=1e-4 * expected[k].abs().max().item())
+    assert ours["res5"].shape[-2:] == (math.ceil(129 / 32), math.ceil(97 / 32))
+
+
+def test_resnet101c_param_count_by_hand():
+    """R101 (torchvision, no fc) minus the 7x7 stem, plus three 3x3 convs (3->64->64->128) and their
+    norms, plus the wider input (128 instead of 64) of res2's first 1x1 conv and projection."""
+    basic_stem = 3 * 64 * 7 * 7 + 2 * 64
+    deeplab_stem = 9 * (3 * 64 + 64 * 64 + 64 * 128) + 2 * (64 + 64 + 128)
+    wider_res2 = 64 * 64 + 64 * 256  # conv1 (64 x 128 instead of 64 x 64), downsample (256 x 128 vs 256 x 64)
+    expected = TORCHVISION_NO_FC["resnet101"] - basic_stem + deeplab_stem + wider_res2
+    assert n_params(on_meta("resnet101c", norm="bn")) == expected
+    model = build_backbone("resnet101c")
+    assert [model.layer4[j].conv2.dilation for j in range(3)] == [(1, 1), (2, 2), (4, 4)]
+    assert all(b.conv2.dilation == (1, 1) for stage in (model.layer1, model.layer2, model.layer3) for b in stage)
+    assert model.out_channels == build_backbone("resnet101").out_channels
+
+
+def test_resnet_variant_arguments_are_checked():
+    with pytest.raises(ValueError, match="stem"):
+        backbones.ResNet(backbones.Bottleneck, [3, 4, 6, 3], stem="deep")
+    with pytest.raises(ValueError, match="one dilation per res5"):
+        backbones.ResNet(backbones.Bottleneck, [3, 4, 6, 3], res5_dilations=[1, 2])
