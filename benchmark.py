@@ -41,7 +41,8 @@ Peak memory: on CPU the RSS high-water mark of a fresh process that builds one v
 (Python, torch and, for HF, transformers); on CUDA torch.cuda.max_memory_allocated.
 
 Reading order: main → measure_config → build_variant (our model; the port from tests/hf_reference.py) →
-step functions → time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline.
+step functions → time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline →
+data_pipeline_speed (with write_ade_like_fixture, the ADE-sized images it and tests/test_data.py use).
 """
 
 from __future__ import annotations

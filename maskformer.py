@@ -1,7 +1,7 @@
 """MaskFormer: the model of Figure 2 (§3.3), plus the two per-pixel baselines of §4.
 
 Paper: Cheng, Schwing, Kirillov, "Per-Pixel Classification is Not All You Need for Semantic
-Segmentation" (NeurIPS 2021). Equation labels (3.1a)…(3.4b) are those of ../shared/PAPER.md.
+Segmentation" (NeurIPS 2021). Equation labels (3.1a)…(3.4b) are those of docs/paper.md.
 
 What this file implements, box by box of Figure 2:
 
@@ -12,8 +12,8 @@ What this file implements, box by box of Figure 2:
 2. Transformer module: `TransformerModule`, a DETR decoder: N learned query positions attend to
    the lowest-resolution feature F (res5, or the pixel decoder's encoder output when
    enc_layers > 0) and give N per-segment embeddings Q.
-3. Segmentation module (inside `MaskFormer`): a linear classifier gives p_i, Eq. (3.3a); an MLP
-   gives mask embeddings whose dot products with E_pixel are the mask logits, Eq. (3.3b).
+3. Segmentation module (inside `MaskFormer`): a linear classifier gives p_i, Eq. (3.3a); the
+   `MaskEmbeddingMLP` gives mask embeddings whose dot products with E_pixel are the mask logits, Eq. (3.3b).
 
 `head` picks the formulation, the rest stays identical (as in the paper's comparison):
 "mask_classification" (MaskFormer), "per_pixel" (PerPixelBaseline, Eq. (3.1a)) and
@@ -21,6 +21,15 @@ What this file implements, box by box of Figure 2:
 
 Outputs are *logits*: the softmax of Eq. (3.3a) and the sigmoid of Eq. (3.3b) are applied by the
 loss (losses.py) and inference (infer.py), which also upsample the stride-4 masks.
+
+Reading order: MaskFormerConfig and CONFIGS → MaskFormer (forward shows the whole model) →
+PixelDecoder → sine_position_encoding → MultiHeadAttention → FeedForward → TransformerEncoderLayer (used by the
+PixelDecoder when enc_layers > 0) → TransformerDecoderLayer → TransformerModule → MaskEmbeddingMLP →
+build_model → count_flops. `python maskformer.py` prints params and FLOPs of every named config
+beside the paper's Table 1.
+
+Names: Q, the decoder's per-segment embeddings, is `segment_embeddings` (DETR: `tgt`); the
+flattened image feature F is `image_tokens` (DETR: `memory` in the decoder, `src` in the encoder).
 
 How this differs from the official code (facebookresearch/MaskFormer), computations unchanged:
 - `mask_features`, the last pixel-decoder conv, is 3x3 as in the official code; the paper says 1x1.
@@ -38,12 +47,6 @@ How this differs from the official code (facebookresearch/MaskFormer), computati
   config sets NUM_OBJECT_QUERIES to K for it).
 The Hugging Face port (transformers.MaskFormerForInstanceSegmentation, use_auxiliary_loss=False)
 computes the same function; convert.py (a later step) maps its weights onto the names used here.
-
-Reading order: MaskFormerConfig and CONFIGS → MaskFormer (forward shows the whole model) →
-PixelDecoder → sine_position_encoding → MultiHeadAttention → TransformerEncoderLayer (used by the
-PixelDecoder when enc_layers > 0) → TransformerDecoderLayer → TransformerModule → MLP →
-build_model → count_flops. `python maskformer.py` prints params and FLOPs of every named config
-beside the paper's Table 1.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ HEADS = ("mask_classification", "per_pixel", "per_pixel_plus")
 
 @dataclass
 class MaskFormerConfig:
-    """Every size of the model. Defaults are the paper's ADE20K-150 recipe (REFERENCE.md)."""
+    """Every size of the model. Defaults are the paper's ADE20K-150 recipe (docs/recipe.md)."""
 
     backbone: str  # a backbones.build_backbone name: "resnet50", "swin_tiny", …
     backbone_kwargs: dict = field(default_factory=dict)  # e.g. {"drop_path_rate": 0.3} for Swin
@@ -166,7 +169,7 @@ class MaskFormer(nn.Module):
         # 3. Segmentation module: class head (Eq. 3.3a) and mask-embedding MLP (Eq. 3.3b).
         if config.head == "mask_classification":
             self.class_head = nn.Linear(config.hidden_dim, config.num_classes + 1)  # +1: "no object" ∅
-        self.mask_embed = MLP(config.hidden_dim, config.hidden_dim, config.mask_dim, num_layers=3)
+        self.mask_embed = MaskEmbeddingMLP(config.hidden_dim, config.hidden_dim, config.mask_dim, num_layers=3)
 
     def forward(self, images: Tensor) -> dict:
         """images (B, 3, H, W), normalised → dict of logits at stride 4 (h, w = ceil(H/4), ceil(W/4)).
@@ -187,27 +190,26 @@ class MaskFormer(nn.Module):
             return {"sem_seg_logits": self.pixel_classifier(pixel_embeddings)}  # (B, K, H/4, W/4)
 
         # Transformer module: one (B, N, C_Q) set of segment embeddings per decoder layer
-        queries = self.transformer(image_features)  # (L, B, N, C_Q)
+        segment_embeddings = self.transformer(image_features)  # (L, B, N, C_Q): Q of every layer
         deep_supervision = self.training and self.config.deep_supervision
         if not deep_supervision:
-            queries = queries[-1:]  # (1, B, N, C_Q): only the last layer predicts
+            segment_embeddings = segment_embeddings[-1:]  # (1, B, N, C_Q): only the last layer predicts
         # Segmentation module, shared by all layers (deep supervision, §3.3)
-        predictions = [self.segment(layer_queries, pixel_embeddings) for layer_queries in queries]
+        predictions = [self.segment(layer_q, pixel_embeddings) for layer_q in segment_embeddings]
         outputs = predictions[-1]
         if deep_supervision:
             outputs["aux_outputs"] = predictions[:-1]  # earliest layer first
         return outputs
 
-    def segment(self, queries: Tensor, pixel_embeddings: Tensor) -> dict[str, Tensor]:
-        """Segmentation module: queries (B, N, C_Q), E_pixel (B, C_E, h, w) → class and mask logits."""
-        B, N, C = queries.shape
-        mask_embeddings = self.mask_embed(queries)  # (B, N, C_E)
+    def segment(self, segment_embeddings: Tensor, pixel_embeddings: Tensor) -> dict[str, Tensor]:
+        """Segmentation module: Q (B, N, C_Q), E_pixel (B, C_E, h, w) → class and mask logits."""
+        mask_embeddings = self.mask_embed(segment_embeddings)  # (B, N, C_E)
         # Eq. (3.3b), before the sigmoid: m_i[h, w] = E_mask[:, i]ᵀ · E_pixel[:, h, w]
         masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, pixel_embeddings)  # (B, N, h, w)
         if self.config.head == "per_pixel_plus":
             return {"sem_seg_logits": masks}  # N = K: query k's mask is class k's per-pixel logit
         # Eq. (3.3a), before the softmax over K + 1 classes
-        class_logits = self.class_head(queries)  # (B, N, K + 1)
+        class_logits = self.class_head(segment_embeddings)  # (B, N, K + 1)
         return {"pred_logits": class_logits, "pred_masks": masks}
 
 
@@ -384,22 +386,17 @@ class MultiHeadAttention(nn.Module):
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.zeros_(proj.bias)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        """query (B, Lq, C), key/value (B, Lk, C) → (B, Lq, C).
-
-        attn_mask (optional, broadcastable to (B, heads, Lq, Lk)): bool with True = "may attend"
-        (the scaled_dot_product_attention convention, the opposite of nn.MultiheadAttention's), or
-        float, added to the scores. MaskFormer itself passes none.
-        """
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """query (B, Lq, C), key/value (B, Lk, C) → (B, Lq, C). No attention mask: MaskFormer uses none."""
         B, Lq, C = query.shape
         Lk = key.shape[1]
-        h = self.num_heads
-        q = self.q_proj(query).view(B, Lq, h, C // h).transpose(1, 2)  # (B, h, Lq, C/h)
-        k = self.k_proj(key).view(B, Lk, h, C // h).transpose(1, 2)  # (B, h, Lk, C/h)
-        v = self.v_proj(value).view(B, Lk, h, C // h).transpose(1, 2)  # (B, h, Lk, C/h)
-        # softmax(Q Kᵀ / sqrt(C/h)) V, each head on its own
+        heads, d = self.num_heads, C // self.num_heads
+        q = self.q_proj(query).view(B, Lq, heads, d).transpose(1, 2)  # (B, heads, Lq, C/heads)
+        k = self.k_proj(key).view(B, Lk, heads, d).transpose(1, 2)  # (B, heads, Lk, C/heads)
+        v = self.v_proj(value).view(B, Lk, heads, d).transpose(1, 2)  # (B, heads, Lk, C/heads)
+        # softmax(Q Kᵀ / sqrt(C/heads)) V, each head on its own
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)  # (B, h, Lq, C/h)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, Lq, C/heads)
         out = out.transpose(1, 2).reshape(B, Lq, C)  # (B, Lq, C): heads side by side
         return self.out_proj(out)
 
@@ -433,12 +430,12 @@ class TransformerEncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src: Tensor, pos: Tensor) -> Tensor:
-        """src (B, HW, C) image tokens, pos (HW, C) sine encoding → (B, HW, C)."""
-        B, HW, C = src.shape
-        q = k = src + pos  # position on queries and keys, not on values
-        src = self.self_attn_norm(src + self.dropout(self.self_attn(q, k, src)))  # (B, HW, C)
-        return self.ffn_norm(src + self.dropout(self.ffn(src)))  # (B, HW, C)
+    def forward(self, image_tokens: Tensor, pos: Tensor) -> Tensor:
+        """image_tokens (B, HW, C), pos (HW, C) sine encoding → (B, HW, C)."""
+        x = image_tokens
+        q = k = x + pos  # position on queries and keys, not on values
+        x = self.self_attn_norm(x + self.dropout(self.self_attn(q, k, x)))  # (B, HW, C)
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))  # (B, HW, C)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -455,16 +452,17 @@ class TransformerDecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, query_pos: Tensor, pos: Tensor) -> Tensor:
-        """tgt (B, N, C) queries, memory (B, HW, C) image tokens, query_pos (N, C), pos (HW, C)."""
-        B, N, C = tgt.shape
+    def forward(self, segment_embeddings: Tensor, image_tokens: Tensor, query_pos: Tensor, pos: Tensor) -> Tensor:
+        """segment_embeddings (B, N, C), the running Q; image_tokens (B, HW, C), F flattened;
+        query_pos (N, C), the learned queries; pos (HW, C), the sine encoding → the next Q (B, N, C)."""
+        x = segment_embeddings
         # Self-attention: the query position goes on queries and keys (not values)
-        q = k = tgt + query_pos
-        tgt = self.self_attn_norm(tgt + self.dropout(self.self_attn(q, k, tgt)))  # (B, N, C)
+        q = k = x + query_pos
+        x = self.self_attn_norm(x + self.dropout(self.self_attn(q, k, x)))  # (B, N, C)
         # Cross-attention: query position on the queries, sine position on the image keys
-        attended = self.cross_attn(tgt + query_pos, memory + pos, memory)  # (B, N, C)
-        tgt = self.cross_attn_norm(tgt + self.dropout(attended))  # (B, N, C)
-        return self.ffn_norm(tgt + self.dropout(self.ffn(tgt)))  # (B, N, C)
+        attended = self.cross_attn(x + query_pos, image_tokens + pos, image_tokens)  # (B, N, C)
+        x = self.cross_attn_norm(x + self.dropout(attended))  # (B, N, C)
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))  # (B, N, C)
 
 
 class TransformerModule(nn.Module):
@@ -498,14 +496,15 @@ class TransformerModule(nn.Module):
         """image_features F (B, C_F, h, w) → Q of every decoder layer, (L, B, N, C), after the final LayerNorm."""
         x = self.input_proj(image_features)  # (B, C, h, w)
         B, C, h, w = x.shape
-        memory = x.flatten(2).transpose(1, 2)  # (B, hw, C): one token per pixel of F
+        image_tokens = x.flatten(2).transpose(1, 2)  # (B, hw, C): one token per pixel of F
         pos = sine_position_tokens(h, w, C, x)  # (hw, C), the same for every image
         query_pos = self.query_pos.weight  # (N, C)
-        tgt = memory.new_zeros(B, *query_pos.shape)  # (B, N, C)
+        segment_embeddings = image_tokens.new_zeros(B, *query_pos.shape)  # (B, N, C): Q starts at zero
         outputs = []
         for layer in self.decoder_layers:
-            tgt = layer(tgt, memory, query_pos, pos)  # (B, N, C)
-            outputs.append(self.decoder_norm(tgt))  # the next layer gets tgt, not the normalised copy
+            segment_embeddings = layer(segment_embeddings, image_tokens, query_pos, pos)  # (B, N, C)
+            # the next layer gets the un-normalised Q, not the normalised copy
+            outputs.append(self.decoder_norm(segment_embeddings))
         return torch.stack(outputs)  # (L, B, N, C)
 
 
@@ -514,7 +513,7 @@ class TransformerModule(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class MLP(nn.Module):
+class MaskEmbeddingMLP(nn.Module):
     """§3.3 mask-embedding MLP for Eq. (3.3b), "2 hidden layers": Linear → ReLU → Linear → ReLU → Linear."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 3):
@@ -556,9 +555,9 @@ def build_model(name: str, num_classes: int = 150, **overrides) -> MaskFormer:
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of the CPU attention kernel (the counter knows the CUDA kernels only): Q Kᵀ, then · V."""
-    B, h, Lq, d = query_shape
+    B, heads, Lq, d = query_shape
     Lk, dv = key_shape[2], value_shape[3]
-    return 2 * B * h * Lq * Lk * d + 2 * B * h * Lq * Lk * dv
+    return 2 * B * heads * Lq * Lk * d + 2 * B * heads * Lq * Lk * dv
 
 
 def count_flops(model: nn.Module, size: int | tuple[int, int]) -> float:
@@ -583,7 +582,7 @@ def count_flops(model: nn.Module, size: int | tuple[int, int]) -> float:
 
 
 # Table 1 of the paper (ADE20K-150): crop size, params (M), FLOPs (G multiply-adds); the exact
-# parameter counts of the Hugging Face port with 150 classes (REFERENCE.md) beside them.
+# parameter counts of the Hugging Face port with 150 classes (docs/recipe.md) beside them.
 PAPER_TABLE1 = {
     "r50": (512, 41, 53, 41.31), "r101": (512, 60, 73, 60.30), "swin_t": (512, 42, 55, 41.76),
     "swin_s": (512, 63, 79, 63.08), "swin_b": (640, 102, 195, 101.83), "swin_l": (640, 212, 375, 211.58),

@@ -15,16 +15,16 @@ metrics are written here by hand so that a student can read exactly what is coun
   positive; crowd ground-truth segments are never matched and never false negatives; categories
   with no TP, FP or FN are left out of the averages.
 
+Reading order: `SemanticMetrics.update` → `SemanticMetrics.compute`, then
+`PanopticMetrics.update` (the matching of one image) → `PanopticMetrics.compute` (the averages).
+
 Differences from the official pipeline (all deliberate, none changes a number on real data):
 - panopticapi reads the ground-truth segment area from the annotation JSON; we count it from the
   ground-truth id map itself. For COCO both are the same pixel count.
 - panopticapi raises ZeroDivisionError when a category group (e.g. "things") has no category
   with TP + FP + FN > 0; we return nan for that group.
 - Both classes keep their sums as tensors so that `sync()` can add them across processes
-  (torch.distributed all-reduce) instead of gathering every prediction on one process.
-
-Reading order: `SemanticMetrics.update` → `SemanticMetrics.compute`, then
-`PanopticMetrics.update` (the matching of one image) → `PanopticMetrics.compute` (the averages).
+  (distributed.sum_over_processes, an all-reduce) instead of gathering every prediction on one process.
 """
 
 from __future__ import annotations

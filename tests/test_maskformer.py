@@ -106,38 +106,27 @@ def test_odd_image_size(head):
 # ---------------------------------------------------------------------------------------------
 
 
-def explicit_attention(attn: MultiHeadAttention, query, key, value, mask=None):
-    """softmax(Q Kᵀ / sqrt(d) [+ mask]) V per head, with the module's own projections."""
+def explicit_attention(attn: MultiHeadAttention, query, key, value):
+    """softmax(Q Kᵀ / sqrt(d)) V per head, with the module's own projections."""
     B, Lq, C = query.shape
-    h = attn.num_heads
-    d = C // h
+    num_heads = attn.num_heads
+    d = C // num_heads
     q = query @ attn.q_proj.weight.T + attn.q_proj.bias
     k = key @ attn.k_proj.weight.T + attn.k_proj.bias
     v = value @ attn.v_proj.weight.T + attn.v_proj.bias
     heads = []
-    for i in range(h):
+    for i in range(num_heads):
         channels = slice(i * d, (i + 1) * d)
         scores = q[..., channels] @ k[..., channels].transpose(1, 2) / math.sqrt(d)  # (B, Lq, Lk)
-        if mask is not None and mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask[:, 0], float("-inf"))
-        elif mask is not None:
-            scores = scores + mask[:, 0]
         heads.append(scores.softmax(-1) @ v[..., channels])
     return torch.cat(heads, dim=-1) @ attn.out_proj.weight.T + attn.out_proj.bias
 
 
-@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
-def test_attention_equals_explicit_formula(mask_kind):
+def test_attention_equals_explicit_formula():
     attn = randomize(MultiHeadAttention(dim=16, num_heads=4)).eval()
     query, key, value = torch.randn(2, 5, 16), torch.randn(2, 7, 16), torch.randn(2, 7, 16)
-    mask = None
-    if mask_kind == "bool":
-        mask = torch.rand(2, 1, 5, 7) > 0.5
-        mask[..., 0] = True  # every query may attend somewhere
-    elif mask_kind == "float":
-        mask = torch.randn(2, 1, 5, 7)
-    expected = explicit_attention(attn, query, key, value, mask)
-    torch.testing.assert_close(attn(query, key, value, mask), expected, atol=1e-5, rtol=1e-5)
+    expected = explicit_attention(attn, query, key, value)
+    torch.testing.assert_close(attn(query, key, value), expected, atol=1e-5, rtol=1e-5)
 
 
 def torch_attention(ours: MultiHeadAttention, batch_first: bool = False) -> nn.MultiheadAttention:
@@ -164,12 +153,9 @@ def randomize(module: nn.Module) -> nn.Module:
 def test_attention_equals_torch_multihead_attention():
     ours = randomize(MultiHeadAttention(dim=16, num_heads=4)).eval()
     ref = torch_attention(ours, batch_first=True)
-    query, memory = torch.randn(3, 4, 16), torch.randn(3, 9, 16)
-    padding = torch.zeros(3, 9, dtype=torch.bool)
-    padding[1, 6:] = True  # nn.MultiheadAttention: True = ignore this key
-    expected = ref(query, memory, memory, key_padding_mask=padding, need_weights=False)[0]
-    ours_mask = ~padding[:, None, None, :]  # ours: True = may attend
-    torch.testing.assert_close(ours(query, memory, memory, ours_mask), expected, atol=1e-5, rtol=1e-5)
+    query, image_tokens = torch.randn(3, 4, 16), torch.randn(3, 9, 16)
+    expected = ref(query, image_tokens, image_tokens, need_weights=False)[0]
+    torch.testing.assert_close(ours(query, image_tokens, image_tokens), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_decoder_layer_equals_detr_post_norm_layer():
