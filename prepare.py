@@ -1,0 +1,528 @@
+"""Prepare the paper's other datasets from the files their publishers ship.
+
+    python prepare.py coco_stuff_10k  /data/coco_stuff_10k        # or: python data.py prepare NAME ROOT
+    python prepare.py ade20k_full     /data/ADE20K_2021_17_01
+    python prepare.py mapillary       /data/mapillary_vistas
+    python prepare.py ade20k_panoptic /data/ADEChallengeData2016
+
+Paper part: §4, "Datasets". Besides ADE20K-150, Cityscapes and COCO panoptic (read as shipped),
+the paper evaluates on COCO-Stuff-10K (171 classes), ADE20K-Full (847 classes), Mapillary Vistas
+(65 classes) and ADE20K-Panoptic (100 things + 50 stuff). Their publishers ship formats that a
+training loop should not decode on every step (MATLAB files, RGB-packed class ids, two half
+annotations), so the official repository converts them once with its `datasets/prepare_*.py`
+scripts. This module re-implements those conversions. Every preparer:
+  * writes next to the data, in the official scripts' output layout (so a folder prepared by the
+    official scripts is also accepted), and never modifies or deletes a file it did not write;
+  * writes each output file under a temporary name and renames it when complete, so a file that
+    exists is whole: an interrupted run resumes where it stopped, and a finished run is a no-op
+    (idempotent);
+  * shows a tqdm progress bar, and stops with a one-line error naming the file for a wrong root,
+    a missing input or a class id outside the format's range;
+  * writes its marker file (`prepared_<name>.json`, or the panoptic JSON) last: the dataset
+    classes refuse a folder without it as half-prepared.
+Class lists are the official ones, kept as data in `meta/*.json` (each names its source file in
+the official repository).
+
+Reading order: `prepare` (dispatch) -> `prepare_coco_stuff_10k`, `prepare_ade20k_full`,
+`check_mapillary`, `prepare_ade20k_panoptic` -> the helpers at the bottom (`find_base`, atomic
+writes, markers) that the dataset classes also use to check a prepared folder.
+
+Differences from the official scripts, and format details that public documentation does not settle:
+  * COCO-Stuff-10K: the official script copies every image into `images_detectron2/`; here the
+    images are read where they are (only label PNGs are written). The v1.0 annotation files are
+    read with scipy (MATLAB v5/v7 files). The official script opens them with h5py, i.e. as
+    MATLAB v7.3 (HDF5) files; for those, h5py is used if installed (it is not a dependency), else a
+    one-line error says so. Which of the two containers the download holds could not be checked
+    here; the label values are documented by the publisher (1 = unlabeled, 2-81 things, 82-172
+    stuff), and v1.1 files, which use other ids, are refused.
+  * ADE20K-Full: the official script lists images through `index_ade20k.pkl`; here the same
+    `ADE_*.jpg` files (each with its `_seg.png`) are found by walking `images/`, so no pickle from
+    the download is ever unpickled. Resizing uses PIL (bilinear with antialiasing, nearest for
+    labels) instead of OpenCV; images that need no resize are copied byte for byte instead of
+    being re-encoded.
+  * Mapillary Vistas v1.2 needs no conversion (as in the official repository): `check_mapillary`
+    only verifies config.json, the image/label pairs and every label value.
+  * ADE20K-Panoptic: segment ids are 1, 2, 3, ... in writing order (stuff by class, then things by
+    instance id) instead of panopticapi's random colour-based ids, so no panopticapi is needed;
+    segment areas and boxes are measured after things are pasted over stuff (the official script
+    measures stuff before), and a stuff segment that things cover entirely is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from data import DatasetError, read_image, read_label
+
+META_DIR = Path(__file__).resolve().parent / "meta"
+ADE20K_FULL_IGNORE = 65535  # ignore value of the prepared ADE20K-Full label files (16-bit TIFF)
+STUFF10K_UNLABELED = 1  # label of unlabelled pixels in the COCO-Stuff-10K v1.0 .mat files
+
+
+def load_meta(file_name: str) -> dict:
+    """One of the official class lists in meta/ (see each file's "source")."""
+    return json.loads((META_DIR / file_name).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO-Stuff-10K v1.0: annotations/<name>.mat (field S) + imageLists/{train,test}.txt
+# ----------------------------------------------------------------------------------------------
+
+STUFF10K_URL = "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/cocostuff-10k-v1.0.zip"
+STUFF10K_LAYOUT = "imageLists/{train,test}.txt, images/<name>.jpg and annotations/<name>.mat"
+
+
+def stuff10k_base(root: Path) -> Path:
+    return find_base("coco_stuff_10k", root, ("", "coco_stuff_10k", "coco/coco_stuff_10k"),
+                     "imageLists/train.txt", STUFF10K_LAYOUT, STUFF10K_URL)
+
+
+def read_stuff10k_mat(path: Path) -> np.ndarray:
+    """The label map S (H, W) of a COCO-Stuff-10K v1.0 annotation file, converted to class ids:
+    .mat value v (1 = unlabeled, 2..172 = the 171 classes) -> v - 2, unlabeled -> 255."""
+    S = _read_mat_field(path, "S").astype(np.int64)
+    bad = (S < STUFF10K_UNLABELED) | (S > 172)
+    if bad.any():
+        raise DatasetError(f"{path}: label value {int(S[bad][0])} is out of range (expected COCO-Stuff-10K v1.0 "
+                           "labels: 1 = unlabeled, 2..172 = classes; v1.1 files number classes otherwise)")
+    return np.where(S == STUFF10K_UNLABELED, 255, S - 2).astype(np.uint8)
+
+
+def _read_mat_field(path: Path, field: str) -> np.ndarray:
+    """Field `field` of a MATLAB file: v5/v7 with scipy, v7.3 (HDF5) with h5py if installed."""
+    import scipy.io
+
+    try:
+        with open(path, "rb") as f:
+            header = f.read(128)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    if b"MATLAB 7.3" in header:
+        try:
+            import h5py
+        except ImportError:
+            raise DatasetError(f"{path}: a MATLAB v7.3 (HDF5) file; reading it needs h5py (pip install h5py)") from None
+        with h5py.File(path, "r") as f:
+            if field not in f:
+                raise DatasetError(f"{path}: no field {field!r} in this .mat file")
+            return np.asarray(f[field]).T  # HDF5 stores MATLAB's column-major arrays transposed
+    try:
+        content = scipy.io.loadmat(path, variable_names=[field])
+    except (ValueError, OSError, TypeError, NotImplementedError) as error:
+        raise DatasetError(f"{path}: not a readable .mat file ({type(error).__name__}: {error})") from None
+    if field not in content:
+        raise DatasetError(f"{path}: no field {field!r} in this .mat file")
+    return np.asarray(content[field])
+
+
+def prepare_coco_stuff_10k(root: Path) -> Path:
+    """annotations/<name>.mat -> annotations_detectron2/{train,test}/<name>.png (class ids 0..170, 255 =
+    unlabeled), for the names in imageLists/{train,test}.txt. Returns the dataset folder."""
+    base = stuff10k_base(root)
+    counts = {}
+    for split in ("train", "test"):
+        names = read_name_list(base / "imageLists" / f"{split}.txt")
+        out_dir = base / "annotations_detectron2" / split
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in tqdm(names, desc=f"coco_stuff_10k {split}"):
+            out = out_dir / f"{name}.png"
+            if out.exists():
+                continue
+            label = read_stuff10k_mat(base / "annotations" / f"{name}.mat")
+            check_size(base / "images" / f"{name}.jpg", label.shape, base / "annotations" / f"{name}.mat")
+            save_atomic(out, lambda tmp, label=label: Image.fromarray(label).save(tmp, format="PNG"))
+        counts[split] = len(names)
+    write_marker(base, "coco_stuff_10k", counts)
+    return base
+
+
+def read_name_list(path: Path) -> list[str]:
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found (expected one image name per line)") from None
+    if not names:
+        raise DatasetError(f"{path}: no image names (expected one per line)")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# ADE20K-Full (ADE20K_2021_17_01): images/ADE/{training,validation}/**/ADE_*.jpg + *_seg.png
+# ----------------------------------------------------------------------------------------------
+
+ADE_FULL_URL = "https://ade20k.csail.mit.edu/ (ADE20K_2021_17_01.zip, registration required)"
+ADE_FULL_LAYOUT = "images/ADE/{training,validation}/<scene>/.../ADE_*.jpg, each with its ADE_*_seg.png"
+ADE_FULL_SHORT_EDGE = 512  # the official script shrinks images whose short edge is longer than this
+
+
+def ade_full_base(root: Path) -> Path:
+    return find_base("ade20k_full", root, ("", "ADE20K_2021_17_01"), "images/ADE", ADE_FULL_LAYOUT, ADE_FULL_URL)
+
+
+def ade_full_lookup() -> np.ndarray:
+    """class value of a `_seg.png` (R // 10 * 256 + G) -> class id 0..846, others -> 65535 (ignore)."""
+    ade_ids = [c["ade_id"] for c in load_meta("ade20k_full_847.json")["classes"]]
+    lookup = np.full(26 * 256, ADE20K_FULL_IGNORE, np.uint16)  # R // 10 <= 25
+    lookup[ade_ids] = np.arange(len(ade_ids))
+    return lookup
+
+
+def decode_ade_seg(rgb: np.ndarray) -> np.ndarray:
+    """The ADE20K object class map of a `_seg.png`: R / 10 * 256 + G (integer division), int32 (H, W)."""
+    r, g = rgb[..., 0].astype(np.int32), rgb[..., 1].astype(np.int32)
+    return r // 10 * 256 + g
+
+
+def shrunk_size(h: int, w: int, short_edge: int = ADE_FULL_SHORT_EDGE) -> tuple[int, int] | None:
+    """(h, w) with the short edge at `short_edge` when it is longer (official rounding), else None."""
+    if min(h, w) <= short_edge:
+        return None
+    if w >= h:
+        return short_edge, round(w / h * short_edge)
+    return round(h / w * short_edge), short_edge
+
+
+def list_ade_full_images(base: Path) -> list[Path]:
+    images = []
+    for folder, _, files in os.walk(base / "images" / "ADE"):
+        images += [Path(folder) / f for f in files if f.startswith("ADE_") and f.endswith(".jpg")]
+    if not images:
+        raise DatasetError(f"{base / 'images' / 'ADE'}: no ADE_*.jpg images found (expected {ADE_FULL_LAYOUT})")
+    return sorted(images, key=lambda p: p.name)
+
+
+def ade_full_split(image: Path) -> str:
+    """The official rule: names ADE_val_* are validation, every other image is training."""
+    return "validation" if image.name.split("_")[1] == "val" else "training"
+
+
+def prepare_ade20k_full(root: Path) -> Path:
+    """Each ADE_*.jpg and its _seg.png -> images_detectron2/<split>/<name>.jpg (short edge <= 512) and
+    annotations_detectron2/<split>/<name>.tif (uint16 class ids 0..846, 65535 = ignore)."""
+    base = ade_full_base(root)
+    lookup = ade_full_lookup()
+    images = list_ade_full_images(base)
+    for split in ("training", "validation"):
+        (base / "images_detectron2" / split).mkdir(parents=True, exist_ok=True)
+        (base / "annotations_detectron2" / split).mkdir(parents=True, exist_ok=True)
+    counts = {"training": 0, "validation": 0}
+    for image_path in tqdm(images, desc="ade20k_full"):
+        split = ade_full_split(image_path)
+        counts[split] += 1
+        out_image = base / "images_detectron2" / split / image_path.name
+        out_label = base / "annotations_detectron2" / split / (image_path.stem + ".tif")
+        if out_image.exists() and out_label.exists():
+            continue
+        seg_path = image_path.with_name(image_path.stem + "_seg.png")
+        seg = read_image(seg_path)  # (H, W, 3) RGB
+        classes = decode_ade_seg(seg)  # (H, W) ADE object class values
+        with Image.open(image_path) as img:
+            w, h = img.size
+        if (h, w) != classes.shape:
+            raise DatasetError(f"{seg_path}: size {classes.shape[1]}x{classes.shape[0]} (WxH) differs from its "
+                               f"image {image_path} ({w}x{h})")
+        size = shrunk_size(h, w)
+        if size is None:
+            save_atomic(out_image, lambda tmp, source=image_path: shutil.copyfile(source, tmp))
+        else:
+            resized = Image.fromarray(read_image(image_path)).resize(size[::-1], Image.BILINEAR)
+            save_atomic(out_image, lambda tmp, resized=resized: resized.save(tmp, format="JPEG"))
+            classes = np.asarray(Image.fromarray(classes).resize(size[::-1], Image.NEAREST))
+        label = lookup[classes]  # (H', W') uint16
+        save_atomic(out_label, lambda tmp, label=label: Image.fromarray(label).save(tmp, format="TIFF"))
+    write_marker(base, "ade20k_full", counts)
+    return base
+
+
+# ----------------------------------------------------------------------------------------------
+# Mapillary Vistas v1.2: {training,validation}/images/*.jpg + labels/*.png, config.json
+# ----------------------------------------------------------------------------------------------
+
+MAPILLARY_URL = "https://www.mapillary.com/dataset/vistas (research edition; v1.2 labels)"
+MAPILLARY_LAYOUT = ("config.json (v1.2), {training,validation}/images/<name>.jpg and "
+                    "{training,validation}/labels/<name>.png (v1.2 labels; or v1.2/labels/ of the v2.0 download)")
+
+
+def mapillary_base(root: Path) -> Path:
+    return find_base("mapillary", root, ("", "mapillary_vistas"), "training/images", MAPILLARY_LAYOUT, MAPILLARY_URL)
+
+
+def mapillary_paths(base: Path, split: str) -> tuple[Path, Path]:
+    """(images folder, v1.2 labels folder) of a split ("training" or "validation")."""
+    labels = next((d for d in (base / split / "labels", base / split / "v1.2" / "labels") if d.is_dir()), None)
+    if labels is None or not (base / split / "images").is_dir():
+        raise DatasetError(f"mapillary: {base / split}: expected images/ and labels/ (or v1.2/labels/) "
+                           f"folders ({MAPILLARY_LAYOUT}; download: {MAPILLARY_URL})")
+    return base / split / "images", labels
+
+
+def check_mapillary_config(base: Path) -> list[dict]:
+    """The 66 labels of config.json (or config_v1.2.json), checked against the official v1.2 list."""
+    official = load_meta("mapillary_vistas_v1.2.json")["labels"]
+    path = next((p for p in (base / "config.json", base / "config_v1.2.json") if p.is_file()), None)
+    if path is None:
+        raise DatasetError(f"mapillary: no config.json under {base} (expected the v1.2 config.json of the download)")
+    try:
+        names = [label["name"] for label in json.loads(path.read_text())["labels"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(f"{path}: not a Mapillary Vistas config ({type(error).__name__}: {error})") from None
+    if names != [label["name"] for label in official]:
+        raise DatasetError(f"{path}: {len(names)} labels that are not the 66 of Mapillary Vistas v1.2 "
+                           f"(v2.0 has 124; the paper uses v1.2)")
+    return official
+
+
+def check_mapillary(root: Path) -> Path:
+    """Mapillary Vistas needs no conversion: verify config.json, that every image has a label PNG
+    and that every label value is 0..65 (65 = unlabeled)."""
+    base = mapillary_base(root)
+    num_labels = len(check_mapillary_config(base))
+    for split in ("training", "validation"):
+        image_dir, label_dir = mapillary_paths(base, split)
+        for image in tqdm(sorted(image_dir.glob("*.jpg")), desc=f"mapillary {split}"):
+            label = read_label(label_dir / (image.stem + ".png"))
+            if label.max(initial=0) >= num_labels:
+                raise DatasetError(f"{label_dir / (image.stem + '.png')}: label value {int(label.max())} is out of "
+                                   f"range (expected 0..{num_labels - 1}, {num_labels - 1} = unlabeled)")
+    print(f"mapillary: {base} is usable as shipped (no files written)")
+    return base
+
+
+# ----------------------------------------------------------------------------------------------
+# ADE20K-Panoptic: ADEChallengeData2016 + annotations_instance -> COCO panoptic PNGs and JSON
+# ----------------------------------------------------------------------------------------------
+
+ADE_PAN_URL = ("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip and "
+               "http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar")
+ADE_PAN_LAYOUT = ("images/{training,validation}/*.jpg, annotations/{training,validation}/*.png and "
+                  "annotations_instance/{training,validation}/*.png")
+ADE_PAN_SPLITS = {"train": "training", "val": "validation"}
+
+
+def ade_panoptic_base(root: Path) -> Path:
+    base = find_base("ade20k_panoptic", root, ("", "ADEChallengeData2016"), "images/training", ADE_PAN_LAYOUT,
+                     ADE_PAN_URL)
+    if not (base / "annotations_instance").is_dir():
+        raise DatasetError(f"ade20k_panoptic: {base / 'annotations_instance'} not found (download "
+                           "annotations_instance.tar from http://sceneparsing.csail.mit.edu/ and unpack it there)")
+    return base
+
+
+def ade_panoptic_paths(base: Path, split: str) -> tuple[Path, Path]:
+    """(PNG folder, JSON file) of the prepared panoptic annotations of split "train" or "val"."""
+    return base / f"ade20k_panoptic_{split}", base / f"ade20k_panoptic_{split}.json"
+
+
+def ade_panoptic_categories() -> list[dict]:
+    """COCO-style categories: id 0..149 = semantic PNG value - 1, name, isthing, color."""
+    return [{"id": k, "name": c["name"], "isthing": int(c["isthing"]), "color": c["color"]}
+            for k, c in enumerate(load_meta("ade20k_panoptic_150.json")["categories"])]
+
+
+def ade_panoptic_segments(semantic: np.ndarray, instance: np.ndarray, is_thing: list[bool],
+                          instance_to_semantic: list[int], where: Path) -> tuple[np.ndarray, list[dict]]:
+    """Combine one image's two ADE20K annotations into a panoptic segment-id map and segments_info.
+
+    semantic: (H, W) 0 = other, 1..150 = class + 1. instance: (H, W, 3) R = instance category 1..100
+    (0 = none), G = instance id (0 = none). Stuff segments come from the semantic map (one per
+    stuff class present), thing segments from the instance map (one per instance id, its class
+    from R through `instance_to_semantic`), pasted over the stuff. Pixels of thing classes in the
+    semantic map that no instance covers stay void (0). Returns pan_seg int32 (H, W) and
+    segments_info with ids 1, 2, ..., contiguous category_id, area, bbox [x, y, w, h], iscrowd 0.
+    """
+    pan_seg = np.zeros(semantic.shape, np.int32)
+    categories = []
+    for value in np.unique(semantic):
+        if value > len(is_thing):
+            raise DatasetError(f"{where}: semantic label {int(value)} is out of range (expected 0..{len(is_thing)})")
+        if value == 0 or is_thing[value - 1]:
+            continue
+        categories.append(int(value) - 1)
+        pan_seg[semantic == value] = len(categories)
+    category_ids, instance_ids = instance[..., 0], instance[..., 1]
+    for instance_id in np.unique(instance_ids):
+        if instance_id == 0:
+            continue
+        mask = instance_ids == instance_id
+        found = np.unique(category_ids[mask])
+        if len(found) != 1 or not 1 <= found[0] <= len(instance_to_semantic):
+            raise DatasetError(f"{where}: instance {int(instance_id)} has category {found.tolist()} (expected one "
+                               f"category 1..{len(instance_to_semantic)} in the R channel)")
+        categories.append(instance_to_semantic[found[0] - 1] - 1)
+        pan_seg[mask] = len(categories)
+    segments_info = []
+    for segment_id, category in enumerate(categories, start=1):
+        ys, xs = np.nonzero(pan_seg == segment_id)
+        if len(ys) == 0:
+            continue  # a stuff region that things cover entirely
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        segments_info.append({"id": segment_id, "category_id": category, "area": len(ys), "bbox": bbox,
+                              "iscrowd": 0})
+    return pan_seg, segments_info
+
+
+def encode_panoptic_png(pan_seg: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colours of a segment-id map: id = R + 256 G + 256² B -> uint8 (H, W, 3)."""
+    return np.stack([pan_seg % 256, pan_seg // 256 % 256, pan_seg // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def prepare_ade20k_panoptic(root: Path) -> Path:
+    """For each split: ade20k_panoptic_<split>/<name>.png (COCO panoptic PNG) and
+    ade20k_panoptic_<split>.json (images, annotations with segments_info, the 150 categories).
+
+    Resumable: each image's annotation is appended to a hidden .partial.jsonl file once its PNG
+    is written; the JSON is written last, from those lines, and the .partial.jsonl is removed."""
+    base = ade_panoptic_base(root)
+    meta = load_meta("ade20k_panoptic_150.json")
+    is_thing = [c["isthing"] for c in meta["categories"]]
+    for split, folder in ADE_PAN_SPLITS.items():
+        png_dir, json_path = ade_panoptic_paths(base, split)
+        if json_path.exists():
+            continue
+        png_dir.mkdir(exist_ok=True)
+        partial = base / f".ade20k_panoptic_{split}.partial.jsonl"
+        done = {}
+        if partial.exists():
+            for line in partial.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    done[record["image"]["id"]] = record
+        images = sorted((base / "images" / folder).glob("*.jpg"))
+        if not images:
+            raise DatasetError(f"{base / 'images' / folder}: no images found (expected {ADE_PAN_LAYOUT})")
+        records = []
+        with open(partial, "a") as log:
+            for image_path in tqdm(images, desc=f"ade20k_panoptic {split}"):
+                stem = image_path.stem
+                if stem in done and (png_dir / f"{stem}.png").exists():
+                    records.append(done[stem])
+                    continue
+                semantic_path = base / "annotations" / folder / f"{stem}.png"
+                instance_path = base / "annotations_instance" / folder / f"{stem}.png"
+                semantic = read_label(semantic_path)
+                instance = read_image(instance_path)
+                with Image.open(image_path) as img:
+                    w, h = img.size
+                for path, shape in ((semantic_path, semantic.shape), (instance_path, instance.shape[:2])):
+                    if shape != (h, w):
+                        raise DatasetError(f"{path}: size {shape[1]}x{shape[0]} (WxH) differs from its image "
+                                           f"{image_path} ({w}x{h})")
+                pan_seg, segments_info = ade_panoptic_segments(semantic, instance, is_thing,
+                                                               meta["instance_to_semantic"], instance_path)
+                rgb = encode_panoptic_png(pan_seg)
+                save_atomic(png_dir / f"{stem}.png", lambda tmp, rgb=rgb: Image.fromarray(rgb).save(tmp, format="PNG"))
+                record = {"image": {"id": stem, "file_name": image_path.name, "width": w, "height": h},
+                          "annotation": {"image_id": stem, "file_name": f"{stem}.png", "segments_info": segments_info}}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                records.append(record)
+        content = {"images": [r["image"] for r in records], "annotations": [r["annotation"] for r in records],
+                   "categories": ade_panoptic_categories()}
+        save_atomic(json_path, lambda tmp, content=content: Path(tmp).write_text(json.dumps(content)))
+        partial.unlink()
+    return base
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared with the dataset classes
+# ----------------------------------------------------------------------------------------------
+
+
+def find_base(name: str, root: Path | str, candidates: tuple[str, ...], landmark: str, layout: str,
+              url: str) -> Path:
+    """The dataset folder: the first root/candidate holding `landmark`; else a one-line error."""
+    root = Path(root)
+    for candidate in candidates:
+        if (root / candidate / landmark).exists():
+            return root / candidate
+    raise DatasetError(f"{name}: dataset not found under root={str(root)!r}; expected the layout {layout} "
+                       f"(download: {url})")
+
+
+def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) to a temporary file next to `path`, then rename it to `path` (all or nothing)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def marker_path(base: Path, name: str) -> Path:
+    return base / f"prepared_{name}.json"
+
+
+def write_marker(base: Path, name: str, counts: dict[str, int]) -> None:
+    """Written last by a preparer: the number of prepared items per split."""
+    text = json.dumps({"dataset": name, "items": counts}, indent=1)
+    path = marker_path(base, name)
+    if not (path.is_file() and path.read_text() == text):  # a finished folder is left untouched
+        save_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def check_prepared(base: Path, name: str, split: str, label_dir: Path, pattern: str) -> list[Path]:
+    """The sorted label files of a prepared split; a one-line error if the folder is not (fully) prepared."""
+    command = f"python prepare.py {name} {base}"
+    marker = marker_path(base, name)
+    if not marker.is_file():
+        state = "half-prepared (preparation did not finish)" if label_dir.is_dir() else "not prepared"
+        raise DatasetError(f"{name}: {base} is {state}: no {marker.name}; run `{command}`")
+    expected = json.loads(marker.read_text())["items"][split]
+    labels = sorted(label_dir.glob(pattern)) if label_dir.is_dir() else []
+    if len(labels) != expected:
+        raise DatasetError(f"{name}: {label_dir} holds {len(labels)} label files, {marker.name} says {expected}; "
+                           f"run `{command}` again")
+    return labels
+
+
+def check_size(image_path: Path, shape: tuple[int, int], label_path: Path) -> None:
+    """The image (header only) must have the label's (H, W)."""
+    try:
+        with Image.open(image_path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise DatasetError(f"{image_path}: file not found (the image of {label_path})") from None
+    if (h, w) != tuple(shape):
+        raise DatasetError(f"{label_path}: label size {shape[1]}x{shape[0]} (WxH) differs from its image "
+                           f"{image_path} ({w}x{h})")
+
+
+PREPARERS: dict[str, Callable[[Path], Path]] = {
+    "coco_stuff_10k": prepare_coco_stuff_10k,
+    "ade20k_full": prepare_ade20k_full,
+    "mapillary": check_mapillary,
+    "ade20k_panoptic": prepare_ade20k_panoptic,
+}
+
+
+def prepare(name: str, root: str | Path) -> Path:
+    """Prepare dataset `name` under `root` (see the module docstring); returns the dataset folder."""
+    if name not in PREPARERS:
+        raise DatasetError(f"dataset {name!r}: nothing to prepare; expected one of {', '.join(PREPARERS)} "
+                           "(ade20k, cityscapes and coco_panoptic are read as shipped)")
+    return PREPARERS[name](Path(root))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Prepare a dataset from the files its publishers ship "
+                                     "(idempotent and resumable; writes next to the data).")
+    parser.add_argument("name", choices=sorted(PREPARERS), help="dataset")
+    parser.add_argument("root", help="the dataset's folder as downloaded (or its parent)")
+    args = parser.parse_args(argv)
+    try:
+        base = prepare(args.name, args.root)
+    except DatasetError as error:
+        sys.exit(f"error: {error}")
+    print(f"{args.name}: prepared {base}")
+
+
+if __name__ == "__main__":
+    main()
