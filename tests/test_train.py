@@ -277,3 +277,11 @@ def test_old_key_names_are_renamed_when_read(tmp_path):
     metrics_log = train.MetricsLog(tmp_path / "metrics.jsonl", start_step=3, is_main=True)
     assert metrics_log.history == [{"step": 2, "loss_focal": 0.5}]
     assert read_log(tmp_path) == [{"step": 2, "loss_focal": 0.5}]
+
+
+def test_the_training_loop_is_in_the_first_screens_of_train_py():
+    # a reader opening train.py sees the loop (forward -> match + loss -> backward -> step) early
+    lines = (REPO / "train.py").read_text().splitlines()
+    loop = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("for step in range("))
+    train_def = next(i for i, line in enumerate(lines, 1) if line.startswith("def train("))
+    assert train_def < loop <= 200, f"train() at line {train_def}, its loop at line {loop}"
