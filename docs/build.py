@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Used when the README has no machine-readable reading order (a numbered list after a line that
 # says "Reading order"); modules missing from the repository are skipped, new ones appended.
 FALLBACK_ORDER = ["data", "maskformer", "backbones", "matcher", "losses", "train", "infer", "metrics", "convert"]
-# "(3.2d)", "Eq. (3.2d)", "Eqs. (3.2d)": the labels docs/paper.md defines as anchors "eq-3.2d".
-LABEL = re.compile(r"(?:\bEqs?\.\s*)?\((\d\.\d[a-z])\)")
+# "(3.2d)", "Eq. (3.2d)", "Eq. 3.2d": the labels docs/paper.md defines as anchors "eq-3.2d".
+LABEL = re.compile(r"(?:\bEqs?\.\s*)?\((\d\.\d[a-z])\)|\bEqs?\.\s*(\d\.\d[a-z])\b")
 # `losses.py`, `losses.py:dice_loss`, `losses.py:MaskFormerLoss.forward`
 MODULE_REF = re.compile(r"(?<![\w/.])([A-Za-z_]\w*)\.py(?::([A-Za-z_][\w.]*[A-Za-z_0-9]))?\b")
 # A full-line comment that is only a shape, e.g. "# (B, Q, H, W)", stays in the code column.
@@ -62,11 +62,6 @@ FIGURE_2_ROW = re.compile(r"Figure 2\b.*?:\s*([A-Za-z][\w -]*?)\s*$")
 def paper_anchors(paper_md: str) -> list[str]:
     """The anchor ids of docs/paper.md's entries, in order ("eq-3.2d", "fig2-backbone", ...)."""
     return re.findall(r'^<a id="((?:eq|fig2)-[^"]+)"></a>\s*$', paper_md, flags=re.M)
-
-
-def cited_labels(text: str) -> list[str]:
-    """Every equation label cited in a text, in order, repeats included."""
-    return [m.group(1) for m in LABEL.finditer(text)]
 
 
 def github_slug(text: str) -> str:
@@ -115,7 +110,7 @@ class Site:
 
     def label_link(self, match: re.Match, page: str, anchor: str | None) -> str:
         """The link of one equation label; `anchor` is the citing place's id (None: not recorded)."""
-        label, text = match.group(1), match.group(0)
+        label, text = match.group(1) or match.group(2), match.group(0)
         target = f"eq-{label}"
         if target not in self.anchors:
             self.unresolved.append(f"{page}: ({label})")
@@ -197,15 +192,15 @@ class Site:
         if rel in self.pages:
             return self.pages[rel] + suffix
         if resolved.is_file() and resolved.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif", ".svg"):
-            return self.asset(resolved)
+            return self.asset(resolved, rel)
         return None
 
-    def asset(self, path: Path) -> str:
-        """Copies a repository image into the site; returns its site-relative URL."""
-        rel = "assets/" + path.relative_to(REPO).as_posix()
-        (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, self.out / rel)
-        return rel
+    def asset(self, path: Path, name: str) -> str:
+        """Copies an image into the site as assets/<name>; returns its site-relative URL."""
+        url = f"assets/{name}"
+        (self.out / url).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, self.out / url)
+        return url
 
 
 def _outside_tags(fragment: str, function) -> str:
@@ -580,9 +575,11 @@ def results_html(folder: Path, site: Site) -> str:
         rel = path.relative_to(folder).as_posix()
         suffix = path.suffix.lower()
         if suffix == ".md":
-            parts.append(f"<h2>{html.escape(rel)}</h2>" + markdown_html(path.read_text(encoding="utf-8")))
+            body = markdown_html(path.read_text(encoding="utf-8"))
+            base = path.parent.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else "results"
+            parts.append(f"<h2>{html.escape(rel)}</h2>" + site.link_html(body, "results.html", base))
         elif suffix in (".png", ".jpg", ".jpeg", ".gif", ".svg"):
-            parts.append(f'<figure><img src="{site.asset(path)}" alt="{html.escape(rel)}">'
+            parts.append(f'<figure><img src="{site.asset(path, f"results/{rel}")}" alt="{html.escape(rel)}">'
                          f"<figcaption>{html.escape(rel)}</figcaption></figure>")
         elif suffix in (".csv", ".tsv"):
             delimiter = "," if suffix == ".csv" else "\t"
@@ -630,7 +627,8 @@ def reading_order(readme: str, available: list[str]) -> list[str]:
 
 
 def template(site: Site, page: str, title: str, body: str, kind: str) -> str:
-    links = [("index.html", "README"), ("paper.html", "Paper")] + [(f"{s}.py.html", f"{s}.py") for s in site.modules]
+    links = [("index.html", "README"), ("paper.html", "Paper"), ("results.html", "Results")]
+    links += [(f"{stem}.py.html", f"{stem}.py") for stem in site.modules]
     nav = " ".join(f'<span class="{"here" if href == page else ""}"><a href="{href}">{text}</a></span>'
                    for href, text in links if href in site.titles)
     footer = ""
@@ -651,10 +649,10 @@ def contents_html(site: Site) -> str:
     groups: dict[str, list[str]] = {}
     for rel, page in site.pages.items():
         group = ("Code, in reading order" if rel.endswith(".py") else "Notebooks" if rel.startswith("notebooks/")
-                 else "Exercises" if rel.startswith("exercises/") else "Paper and docs")
+                 else "Exercises" if rel.startswith("exercises/") else "Paper, docs and results")
         if page != "index.html":
             groups.setdefault(group, []).append(f'<a href="{page}">{html.escape(site.titles[page])}</a>')
-    order = ["Paper and docs", "Code, in reading order", "Notebooks", "Exercises"]
+    order = ["Paper, docs and results", "Code, in reading order", "Notebooks", "Exercises"]
     rows = "".join(f"<li><b>{g}:</b> {' · '.join(groups[g])}</li>" for g in order if g in groups)
     return f'<div class="contents"><p>The reading edition of this repository:</p><ul>{rows}</ul></div>'
 
@@ -693,6 +691,7 @@ def build(out: Path, paper: Path) -> dict[str, float]:
         site.titles[page_name(rel)] = rel
     results = REPO / "results"
     if results.is_dir():
+        site.pages["results"] = "results.html"
         site.titles["results.html"] = "Results"
 
     rendered: dict[str, tuple[str, str, str]] = {}  # page → (title, body, kind)

@@ -28,7 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "docs" / "paper.md"
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", REPO / "artifacts"))
-CITED = re.compile(r"\((\d\.\d[a-z])\)")  # a label as the sources write it: "(3.2d)"
+CITED = re.compile(r"\((\d\.\d[a-z])\)|Eq\. (\d\.\d[a-z])\b")  # as the sources write it: "(3.2d)", "Eq. 3.2d"
 PAPER_LINK = re.compile(r'<a [^>]*href="paper\.html#eq-(\d\.\d[a-z])"')
 
 
@@ -79,7 +79,7 @@ def test_every_label_in_the_code_and_readme_links_to_its_paper_entry(site):
     sources = {f"{stem}.py.html": REPO / f"{stem}.py" for stem in modules()} | {"index.html": REPO / "README.md"}
     total = 0
     for page, source in sources.items():
-        cited = Counter(CITED.findall(source.read_text(encoding="utf-8")))
+        cited = Counter(a or b for a, b in CITED.findall(source.read_text(encoding="utf-8")))
         missing = sorted(label for label in cited if f"eq-{label}" not in entries)
         assert not missing, f"{source.name} cites {missing}, which docs/paper.md has no entry for"
         linked = Counter(PAPER_LINK.findall((site / page).read_text(encoding="utf-8")))
@@ -98,7 +98,7 @@ def test_every_paper_entry_links_back_to_each_line_that_cites_it(site):
             continue
         label = entry[len("eq-"):]
         expected = {(f"{stem}.py.html", f"L{n}") for stem, lines in code_lines.items()
-                    for n, line in enumerate(lines, start=1) if f"({label})" in line}
+                    for n, line in enumerate(lines, start=1) if f"({label})" in line or f"Eq. {label}" in line}
         got = {(page, fragment) for page, fragment in links[entry] if page.endswith(".py.html")}
         assert got == expected, f"{entry}: back-links {sorted(got - expected)} extra, {sorted(expected - got)} missing"
     for entry in (e for e in paper_entries() if e.startswith("fig2-")):  # Figure 2 boxes: to a class or def
@@ -150,6 +150,25 @@ def test_labels_in_notes_become_links_with_line_anchors():
     assert 'id="L7"' in html and '<pre class="formula"><span class="anchor" id="L9"></span>L = Σ_j x_j</pre>' in html
     assert [(c.page, c.anchor) for c in site.citations["eq-3.2d"]] == [("a.py.html", "L7")]
     assert site.unresolved == ["a.py.html: (3.9z)"]
+
+
+def test_results_folder_tables_plots_and_json_are_shown(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "table4.md").write_text("| arm | mIoU |\n|---|---|\n| bipartite, Eq. (3.2d) | 0.81 ± 0.01 |\n")
+    Image.new("RGB", (4, 3), "red").save(folder / "table4.png")
+    (folder / "runs.csv").write_text("seed,miou\n0,0.8\n")
+    (folder / "table4.json").write_text('{"seeds": [0, 1, 2]}')
+    site = builder.Site(tmp_path / "site", anchors={"eq-3.2d"})
+    page = builder.results_html(folder, site)
+    assert "<td>bipartite, " in page and '<a id="cite-1" class="eq" href="paper.html#eq-3.2d">Eq. (3.2d)</a>' in page
+    assert "<td>0.81 ± 0.01</td>" in page and "<td>seed</td><td>miou</td>" in page and "<td>0.8</td>" in page
+    assert '<img src="assets/results/table4.png"' in page
+    assert Image.open(tmp_path / "site" / "assets" / "results" / "table4.png").size == (4, 3)
+    assert '"seeds": [\n  0,' in page.replace("&quot;", '"')
+    assert builder.results_html(tmp_path / "empty", site) == "<p>No result files yet.</p>"
 
 
 # --- in a real browser ------------------------------------------------------------------------------
