@@ -173,14 +173,27 @@ def recipe_for(name: str, crop_size: int | None = None) -> AugmentationRecipe | 
     coco_panoptic (no crop; crop_size must be None): the DETR-style recipe of the official code:
     short edge {480, 512, ..., 800} (long <= 1333), flip, no colour jitter; test 800 (long <= 1333).
     Deviation: its extra 50% branch (resize to {400, 500, 600}, random 384-600 crop) is left out.
+    ade20k_full: as ade20k (crop 512). ade20k_panoptic: as ade20k with crop 640 (short edge
+    {0.5, ..., 2.0} x 640, long <= 2560; test 640, long <= 2560).
+    coco_stuff_10k, crop c (default 640): short edge {0.5, 0.6, ..., 1.5} x c, long <= 4c, crop c x c;
+    test c (long <= 4c).
+    mapillary, crop c (default 1280): short edge {0.5, ..., 2.0} x 1.6c (2048 for c = 1280), long
+    <= 6.4c (8192), crop c x c; test short edge 1.6c with long edge <= 1.6c (2048 / 2048).
     shapes: None (generated at its final size; every index is already a fresh random scene).
     """
-    if name in ("ade20k", "folder"):
-        c = crop_size or 512
+    if name in ("ade20k", "folder", "ade20k_full", "ade20k_panoptic"):
+        c = crop_size or (640 if name == "ade20k_panoptic" else 512)
         return AugmentationRecipe((c, c), tuple(int(x * 0.1 * c) for x in range(5, 21)), 4 * c, c, 4 * c)
     if name == "cityscapes":
         c = crop_size or 512
         return AugmentationRecipe((c, 2 * c), tuple(int(x * 0.1 * 2 * c) for x in range(5, 21)), 8 * c, 2 * c, 4 * c)
+    if name == "coco_stuff_10k":
+        c = crop_size or 640
+        return AugmentationRecipe((c, c), tuple(int(x * 0.1 * c) for x in range(5, 16)), 4 * c, c, 4 * c)
+    if name == "mapillary":
+        c = crop_size or 1280
+        s = 2048 * c // 1280  # the short-edge scale: 2048 at the official 1280 crop
+        return AugmentationRecipe((c, c), tuple(int(x * 0.1 * s) for x in range(5, 21)), 4 * s, s, s)
     if name == "coco_panoptic":
         if crop_size is not None:
             raise ValueError(f"crop_size={crop_size}: coco_panoptic follows the official DETR-style recipe, "
@@ -190,7 +203,8 @@ def recipe_for(name: str, crop_size: int | None = None) -> AugmentationRecipe | 
 
 
 RECIPES: dict[str, AugmentationRecipe | None] = {
-    name: recipe_for(name) for name in ("ade20k", "cityscapes", "coco_panoptic", "folder", "shapes")
+    name: recipe_for(name) for name in ("ade20k", "cityscapes", "coco_panoptic", "coco_stuff_10k", "ade20k_full",
+                                    "mapillary", "ade20k_panoptic", "folder", "shapes")
 }
 
 

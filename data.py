@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -246,14 +247,14 @@ class SegmentationDataset(Dataset):
     panoptic = False  # whether samples carry pan_seg / segments_info
 
     def __init__(self, class_names: list[str], is_thing: list[bool], palette: np.ndarray, train: bool,
-                 recipe: AugmentationRecipe | None, task: str = "semantic"):
+                 recipe: AugmentationRecipe | None, task: str = "semantic", ignore_index: int = IGNORE_INDEX):
         if task not in ("semantic", "panoptic") or (task == "panoptic" and not self.panoptic):
             allowed = "'semantic' or 'panoptic'" if self.panoptic else "'semantic' (no panoptic labels)"
             raise DatasetError(f"task={task!r}: this dataset supports {allowed}")
         self.class_names, self.is_thing, self.palette = list(class_names), list(is_thing), palette
-        self.num_classes, self.ignore_index = len(class_names), IGNORE_INDEX
+        self.num_classes, self.ignore_index = len(class_names), ignore_index
         self.train, self.recipe, self.task = train, recipe, task
-        self.augmentations = build_augmentations(recipe, train, IGNORE_INDEX)
+        self.augmentations = build_augmentations(recipe, train, ignore_index)
 
     def load(self, index: int) -> Sample:
         raise NotImplementedError
@@ -286,7 +287,7 @@ class SegmentationDataset(Dataset):
         # (0.07-0.43 after it); 0 keeps one padding value for the dataset and `collate`.
         pad_to = self.recipe.crop_size if self.train and self.recipe and self.recipe.crop_size else None
         if pad_to is not None:
-            maps = {k: pad_map(m, pad_to, IGNORE_INDEX if k == "sem_seg" else 0) for k, m in maps.items()}
+            maps = {k: pad_map(m, pad_to, self.ignore_index if k == "sem_seg" else 0) for k, m in maps.items()}
         item: dict[str, Any] = {"image": normalize(image, pad_to)}  # (3, H, W)
         item["sem_seg"] = _long_tensor(maps["sem_seg"])  # (H, W)
         if sample.pan_seg is not None:
@@ -299,6 +300,7 @@ class SegmentationDataset(Dataset):
         else:
             item["labels"], item["masks"] = semantic_to_targets(maps["sem_seg"], self.ignore_index)
         item["file_name"], item["image_id"] = sample.file_name, sample.image_id
+        item["ignore_index"] = self.ignore_index  # 255, or 65535 where 255 is a class (ADE20K-Full)
         if not self.train:  # evaluation compares at the original resolution
             item["orig_size"] = tuple(sample.sem_seg.shape)
             item["orig_sem_seg"] = _long_tensor(sample.sem_seg)
@@ -359,12 +361,14 @@ class ShapesDataset(SegmentationDataset):
 # Building datasets and batches
 # ----------------------------------------------------------------------------------------------
 
-DATASETS = ("ade20k", "coco_panoptic", "cityscapes", "folder", "shapes")
+DATASETS = ("ade20k", "coco_panoptic", "cityscapes", "coco_stuff_10k", "ade20k_full", "mapillary",
+            "ade20k_panoptic", "folder", "shapes")
 
 
 def build_dataset(name: str, root: str | Path | None = None, split: str = "train", train: bool = False,
                   **kwargs) -> SegmentationDataset:
-    """Build a dataset by name: "ade20k", "coco_panoptic", "cityscapes", "folder" or "shapes".
+    """Build a dataset by name: one of DATASETS. coco_stuff_10k, ade20k_full and ade20k_panoptic
+    read the folders that prepare.py writes (`python data.py prepare NAME ROOT`).
 
     train=True applies the training augmentation of the dataset's recipe (`recipe_for`); train=False
     the test resize (and items carry orig_size / orig_sem_seg / orig_pan_seg).
@@ -399,13 +403,16 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
     import datasets  # the on-disk datasets build on SegmentationDataset (above), so they are imported here
 
     cls = {"ade20k": datasets.ADE20KDataset, "coco_panoptic": datasets.CocoPanopticDataset,
-           "cityscapes": datasets.CityscapesDataset, "folder": datasets.FolderDataset}[name]
+           "cityscapes": datasets.CityscapesDataset, "folder": datasets.FolderDataset,
+           "coco_stuff_10k": datasets.CocoStuff10KDataset, "ade20k_full": datasets.ADE20KFullDataset,
+           "mapillary": datasets.MapillaryVistasDataset, "ade20k_panoptic": datasets.ADE20KPanopticDataset}[name]
     return cls(Path(root), split=split, train=train, recipe=recipe, **kwargs)
 
 
 def collate(items: list[dict]) -> dict:
     """Batch items: images zero-padded (after normalisation) to a common size divisible by 32,
-    sem_seg padded with 255, target masks padded with False, pan_seg with 0 (void).
+    sem_seg padded with the items' ignore_index (255; ADE20K-Full 65535),
+    target masks padded with False, pan_seg with 0 (void).
 
     Returns {"images": (B, 3, Hp, Wp), "sem_seg": (B, Hp, Wp), "targets": list of per-image dicts
     ("labels", "masks" (n, Hp, Wp) and the item's other keys), "image_sizes": [(h, w), ...]}.
@@ -414,7 +421,8 @@ def collate(items: list[dict]) -> dict:
     Hp = math.ceil(max(h for h, _ in image_sizes) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     Wp = math.ceil(max(w for _, w in image_sizes) / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
     images = torch.stack([pad_tensor(item["image"], (Hp, Wp), 0.0) for item in items])  # (B, 3, Hp, Wp)
-    sem_seg = torch.stack([pad_tensor(item["sem_seg"], (Hp, Wp), IGNORE_INDEX) for item in items])  # (B, Hp, Wp)
+    sem_seg = torch.stack([pad_tensor(item["sem_seg"], (Hp, Wp), item.get("ignore_index", IGNORE_INDEX))
+                           for item in items])  # (B, Hp, Wp)
     targets = []
     for item in items:
         target = {key: value for key, value in item.items() if key not in ("image", "sem_seg")}
@@ -486,8 +494,14 @@ class SeededItems(torch.utils.data.Dataset):
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["prepare"]:  # python data.py prepare NAME ROOT (see prepare.py)
+        import prepare
+
+        prepare.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description="Save a grid of a dataset's validation items "
-                                                 "(image | sem_seg | pan_seg) as a PNG.")
+                                                 "(image | sem_seg | pan_seg) as a PNG. "
+                                                 "`python data.py prepare NAME ROOT`: prepare a dataset (prepare.py).")
     parser.add_argument("--preview", nargs=2, metavar=("DATASET", "OUT_PNG"), required=True,
                         help="e.g. --preview shapes shapes.png")
     parser.add_argument("--preview-root", default=None, help="dataset root for --preview (not for shapes)")

@@ -1,4 +1,5 @@
-"""The on-disk datasets of §4: ADE20K-150, Cityscapes, COCO panoptic, and a user's own folder.
+"""The on-disk datasets of §4: ADE20K-150, Cityscapes, COCO panoptic, COCO-Stuff-10K, ADE20K-Full,
+Mapillary Vistas, ADE20K-Panoptic, and a user's own folder.
 
 Paper: §4 "Datasets". Each class here reads one dataset's files into a `data.Sample` (image, label
 map, and for panoptic data the segment map and its segments); `data.SegmentationDataset` does the
@@ -6,7 +7,9 @@ rest (augmentation, tensors, the ground-truth set z_gt of Eq. (3.2b)). `data.bui
 the class by name; a new dataset is one more class here and one more name there.
 
 Reading order: `SemanticFolderDataset` (image/label folders) -> `ADE20KDataset` ->
-`CityscapesDataset` -> `FolderDataset` -> `CocoPanopticDataset` (panoptic PNGs + JSON).
+`CityscapesDataset` -> `FolderDataset` -> `CocoPanopticDataset` (panoptic PNGs + JSON) -> the
+four sets that prepare.py converts first: `CocoStuff10KDataset`, `ADE20KFullDataset` (847
+classes, so its ignore value is 65535), `MapillaryVistasDataset`, `ADE20KPanopticDataset`.
 Differences from the official dataset mappers are listed in data.py's docstring.
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import prepare
 from data import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
@@ -223,6 +227,13 @@ class CocoPanopticDataset(SegmentationDataset):
         if not json_path.is_file():
             raise _missing_root("coco_panoptic", root, f"annotations/panoptic_{split}2017.json, "
                                 f"annotations/panoptic_{split}2017/*.png and {split}2017/*.jpg", self.URL)
+        png_dir = root / "annotations" / f"panoptic_{split}2017"
+        png_dir = png_dir if png_dir.is_dir() else root / f"panoptic_{split}2017"
+        self.read_annotations(json_path, root / f"{split}2017", png_dir, task=task, **kwargs)
+
+    def read_annotations(self, json_path: Path, image_dir: Path, png_dir: Path, **kwargs) -> None:
+        """Read a COCO panoptic JSON whose images are in image_dir and PNGs in png_dir; kwargs go to
+        SegmentationDataset."""
         try:
             meta = json.loads(json_path.read_text())
             categories = sorted(meta["categories"], key=lambda c: c["id"])
@@ -232,9 +243,6 @@ class CocoPanopticDataset(SegmentationDataset):
             raise DatasetError(f"{json_path}: not a COCO panoptic JSON ({type(error).__name__}: {error})") from None
         self.json_path = json_path
         self.contiguous = {c["id"]: k for k, c in enumerate(categories)}
-        png_dir = root / "annotations" / f"panoptic_{split}2017"
-        png_dir = png_dir if png_dir.is_dir() else root / f"panoptic_{split}2017"
-        image_dir = root / f"{split}2017"
         have_png = {p.name for p in png_dir.iterdir()} if png_dir.is_dir() else set()
         have_image = {p.name for p in image_dir.iterdir()} if image_dir.is_dir() else set()
         self.records = []
@@ -250,7 +258,7 @@ class CocoPanopticDataset(SegmentationDataset):
             raise DatasetError(f"{json_path}: no annotations")
         palette = np.array([c.get("color", (0, 0, 0)) for c in categories], np.uint8).reshape(-1, 3)
         super().__init__(class_names=[c["name"] for c in categories],
-                         is_thing=[bool(c["isthing"]) for c in categories], palette=palette, task=task, **kwargs)
+                         is_thing=[bool(c["isthing"]) for c in categories], palette=palette, **kwargs)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -278,3 +286,99 @@ class CocoPanopticDataset(SegmentationDataset):
         lookup = np.array([category_of.get(int(i), IGNORE_INDEX) for i in ids], np.int32)
         sem_seg = lookup[inverse.reshape(pan_seg.shape)]
         return Sample(image, sem_seg, str(image_path), image_id, pan_seg, segments_info)
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's other four datasets (§4), read from the folders that prepare.py writes. Differences
+# from the official code: Mapillary's unlabelled id 65 becomes 255 in items (the official config
+# sets IGNORE_VALUE 65 instead); ADE20K-Panoptic items derive sem_seg from the panoptic PNG (void
+# -> ignore), as for COCO panoptic, instead of reading annotations_detectron2.
+# ----------------------------------------------------------------------------------------------
+
+
+class CocoStuff10KDataset(SemanticFolderDataset):
+    """COCO-Stuff-10K v1.0 prepared by `python prepare.py coco_stuff_10k ROOT`: images/<name>.jpg
+    with annotations_detectron2/{train,test}/<name>.png (0..170, 255 = unlabeled). split "val" is
+    the 1000-image test list, as in the paper. Classes: 80 things then 91 stuff (COCO-Stuff order)."""
+
+    def __init__(self, root: Path, split: str = "train", **kwargs):
+        folder = {"train": "train", "val": "test"}[split_folder(split)]
+        base = prepare.stuff10k_base(root)
+        label_dir = base / "annotations_detectron2" / folder
+        labels = prepare.check_prepared(base, "coco_stuff_10k", folder, label_dir, "*.png")
+        copied = base / "images_detectron2" / folder  # the official script's copies, if present
+        image_dir = copied if copied.is_dir() else base / "images"
+        classes = prepare.load_meta("coco_stuff_10k_171.json")["classes"]
+        self.allowed = np.zeros(256, bool)
+        self.allowed[:len(classes)] = self.allowed[IGNORE_INDEX] = True
+        super().__init__([(image_dir / f"{p.stem}.jpg", p) for p in labels], str(label_dir),
+                         class_names=[c["name"] for c in classes], is_thing=[c["isthing"] for c in classes],
+                         palette=make_palette(len(classes)), **kwargs)
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        check_values(label, self.allowed, path, "0..170 = classes, 255 = unlabeled")
+        return label
+
+
+class ADE20KFullDataset(SemanticFolderDataset):
+    """ADE20K-Full (847 classes) prepared by `python prepare.py ade20k_full ROOT`:
+    images_detectron2/{training,validation}/*.jpg with annotations_detectron2/.../*.tif (uint16
+    class ids 0..846, 65535 = unlabelled or a class outside the 847). Class 255 is a real class
+    here, so the ignore value of items is 65535 (`ignore_index`)."""
+
+    def __init__(self, root: Path, split: str = "train", **kwargs):
+        folder = {"train": "training", "val": "validation"}[split_folder(split)]
+        base = prepare.ade_full_base(root)
+        label_dir = base / "annotations_detectron2" / folder
+        labels = prepare.check_prepared(base, "ade20k_full", folder, label_dir, "*.tif")
+        names = [c["name"] for c in prepare.load_meta("ade20k_full_847.json")["classes"]]
+        self.allowed = np.zeros(prepare.ADE20K_FULL_IGNORE + 1, bool)
+        self.allowed[:len(names)] = self.allowed[prepare.ADE20K_FULL_IGNORE] = True
+        pairs = [(base / "images_detectron2" / folder / f"{p.stem}.jpg", p) for p in labels]
+        super().__init__(pairs, str(label_dir), class_names=names, is_thing=[False] * len(names),
+                         palette=make_palette(len(names)), ignore_index=prepare.ADE20K_FULL_IGNORE, **kwargs)
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        check_values(label, self.allowed, path, f"0..{self.num_classes - 1} = classes, 65535 = ignore")
+        return label
+
+
+class MapillaryVistasDataset(SemanticFolderDataset):
+    """Mapillary Vistas v1.2 as shipped (no conversion; `python prepare.py mapillary ROOT` only checks
+    it): {training,validation}/images/*.jpg with labels/*.png (palette indices 0..65). Label ids
+    0..64 are the 65 classes of config.json in order; 65 ("Unlabeled") -> ignore (255). Things:
+    the labels with "instances": true."""
+
+    def __init__(self, root: Path, split: str = "train", **kwargs):
+        folder = {"train": "training", "val": "validation"}[split_folder(split)]
+        base = prepare.mapillary_base(root)
+        labels = [label for label in prepare.check_mapillary_config(base) if label["evaluate"]]
+        image_dir, label_dir = prepare.mapillary_paths(base, folder)
+        pairs = _pair_labels(_list_images(image_dir), label_dir, lambda p: p.stem + ".png")
+        self.lookup = np.full(len(labels) + 1, IGNORE_INDEX, np.int32)  # label id -> class id
+        self.lookup[:len(labels)] = np.arange(len(labels))
+        super().__init__(pairs, str(image_dir), class_names=[c["readable"] for c in labels],
+                         is_thing=[c["instances"] for c in labels],
+                         palette=np.array([c["color"] for c in labels], np.uint8), **kwargs)
+
+    def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
+        check_values(label, np.ones(len(self.lookup), bool), path,
+                      f"0..{len(self.lookup) - 1}, {len(self.lookup) - 1} = unlabeled")
+        return self.lookup[label]
+
+
+class ADE20KPanopticDataset(CocoPanopticDataset):
+    """ADE20K-Panoptic prepared by `python prepare.py ade20k_panoptic ROOT`: images/{training,validation}/
+    with the COCO-format ade20k_panoptic_{train,val}.json and ade20k_panoptic_{train,val}/*.png.
+    150 categories (100 things), category id = ADE20K-150 class id."""
+
+    def __init__(self, root: Path, split: str = "train", task: str = "panoptic", **kwargs):
+        split = split_folder(split)
+        base = prepare.ade_panoptic_base(root)
+        png_dir, json_path = prepare.ade_panoptic_paths(base, split)
+        if not json_path.is_file():
+            state = "half-prepared (preparation did not finish)" if png_dir.is_dir() else "not prepared"
+            raise DatasetError(f"ade20k_panoptic: {base} is {state}: no {json_path.name}; "
+                               f"run `python prepare.py ade20k_panoptic {base}`")
+        self.read_annotations(json_path, base / "images" / prepare.ADE_PAN_SPLITS[split], png_dir, task=task,
+                              **kwargs)

@@ -103,6 +103,12 @@ def general_inference(pred_logits: Tensor, pred_masks: Tensor) -> Tensor:
     return labels.masked_fill(labels == K1 - 1, -1)  # only when all N queries are ∅
 
 
+def panoptic_thresholds(dataset: str | None) -> tuple[float, float]:
+    """(object-mask threshold, overlap threshold) of a dataset's official panoptic config: 0.7 / 0.8
+    for ADE20K-Panoptic (configs/ade20k-150-panoptic), 0.8 / 0.8 otherwise (configs/coco-panoptic)."""
+    return (0.7, 0.8) if dataset == "ade20k_panoptic" else (0.8, 0.8)
+
+
 def panoptic_inference(
     pred_logits: Tensor,
     pred_masks: Tensor,
@@ -319,7 +325,7 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
     if tta and task == "panoptic":
         raise ValueError("test-time augmentation is for semantic segmentation only (as in the official code)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    dataset = loader.dataset
+    dataset = getattr(loader.dataset, "dataset", loader.dataset)  # a Subset's underlying dataset
     if task == "semantic":
         metric = SemanticMetrics(model.config.num_classes, getattr(dataset, "ignore_index", data.IGNORE_INDEX))
     else:
@@ -483,8 +489,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--max-size", type=int, help="test resize: long edge at most (default: the recipe's, else 2048)")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast the forward pass to this dtype")
-    p.add_argument("--object-mask-threshold", type=float, default=0.8, help="panoptic: min p_i(c_i) to keep a query")
-    p.add_argument("--overlap-threshold", type=float, default=0.8, help="panoptic: min visible part of a mask")
+    p.add_argument("--object-mask-threshold", type=float, help="panoptic: min p_i(c_i) to keep a query "
+                   "(default: the --data recipe's, 0.7 for ade20k_panoptic, else 0.8)")
+    p.add_argument("--overlap-threshold", type=float, help="panoptic: min visible part of a mask (default 0.8)")
     p.add_argument("--eval", action="store_true", help="evaluate on the --data validation split instead")
     p.add_argument("--batch-size", type=int, default=1, help="--eval batch size")
     p.add_argument("--workers", type=int, default=2, help="--eval data-loading processes")
@@ -495,6 +502,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 def main(argv: list[str] | None = None) -> dict | None:
     """The CLI: predictions for --input images, or with --eval the metrics of the --data validation split."""
     args, parser = parse_args(argv)
+    for flag, default in zip(("object_mask_threshold", "overlap_threshold"), panoptic_thresholds(args.data)):
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.tta and args.task == "panoptic":
@@ -566,7 +576,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
         parser.error("--eval needs --data (and --data-root, except for shapes)")
     try:
         dataset = data.build_dataset(args.data, args.data_root, split="val", train=False,
-                                     **({"task": args.task} if args.data in ("coco_panoptic", "shapes") else {}))
+                                     **({"task": args.task}
+                                        if args.data in ("coco_panoptic", "ade20k_panoptic", "shapes") else {}))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
     if args.task == "panoptic" and not getattr(dataset, "panoptic", False):

@@ -98,6 +98,19 @@ DATA_RECIPES: dict[str, dict] = {
     "coco_panoptic": dict(config="r50", crop_size=None, batch_size=64, max_iter=554_400, eval_period=5000,
                           checkpoint_period=5000, task="panoptic", schedule="step", lr_steps=(369_600,),
                           model_overrides={"enc_layers": 6}),
+    # COCO-Stuff-10K (configs/coco-stuff-10k-171): batch 32, 60k iterations, crop 640.
+    "coco_stuff_10k": dict(config="r50", crop_size=640, batch_size=32, max_iter=60_000, eval_period=5000,
+                           checkpoint_period=5000, task="semantic"),
+    # ADE20K-Full (configs/ade20k-full-847): batch 16, 200k iterations, crop 512.
+    "ade20k_full": dict(config="r50", crop_size=512, batch_size=16, max_iter=200_000, eval_period=5000,
+                        checkpoint_period=5000, task="semantic"),
+    # Mapillary Vistas (configs/mapillary-vistas-65): batch 16, 300k iterations, crop 1280.
+    "mapillary": dict(config="r50", crop_size=1280, batch_size=16, max_iter=300_000, eval_period=5000,
+                      checkpoint_period=5000, task="semantic"),
+    # ADE20K-Panoptic (configs/ade20k-150-panoptic): the ADE20K recipe with 720k iterations, crop 640
+    # and 6 transformer encoder layers; inference thresholds 0.7 / 0.8 (infer.panoptic_thresholds).
+    "ade20k_panoptic": dict(config="r50", crop_size=640, batch_size=16, max_iter=720_000, eval_period=5000,
+                            checkpoint_period=5000, task="panoptic", model_overrides={"enc_layers": 6}),
     # A user's own folder: the ADE20K recipe, with fewer iterations by default.
     "folder": dict(config="r50", crop_size=512, batch_size=16, max_iter=40_000, eval_period=5000,
                    checkpoint_period=5000, task="semantic"),
@@ -105,6 +118,15 @@ DATA_RECIPES: dict[str, dict] = {
     "shapes": dict(config="tiny", crop_size=128, batch_size=8, max_iter=1500, eval_period=500,
                    checkpoint_period=250, task="semantic", lr=1e-3, weight_decay=0.05,
                    backbone_lr_mult=1.0, warmup_iters=100, warmup_factor=0.01),
+}
+
+
+# What the official R50 model of each recipe reaches (single scale; docs/recipe.md, MODEL_ZOO of the
+# official repository); all use N = 100 queries.
+EXPECTED_R50 = {
+    "ade20k": "44.5 mIoU", "cityscapes": "78.5 mIoU (R101; no R50 model)", "coco_panoptic": "46.5 PQ",
+    "coco_stuff_10k": "37.1 mIoU", "ade20k_full": "16.0 mIoU", "mapillary": "53.1 mIoU",
+    "ade20k_panoptic": "34.7 PQ", "folder": "-", "shapes": "- (synthetic)",
 }
 
 
@@ -143,7 +165,7 @@ def train(args: argparse.Namespace) -> dict:
     set_up_process(args, out, is_main)
     train_set, val_set = build_datasets(args, recipe)
     per_device, accum = split_batch(recipe.batch_size, world_size, device, args)
-    model, criterion = build_model_and_criterion(args, recipe, train_set.num_classes)
+    model, criterion = build_model_and_criterion(args, recipe, train_set.num_classes, train_set.ignore_index)
     if args.weights:
         load_pretrained(model, args.weights, log)
     model.to(device)
@@ -196,7 +218,7 @@ def train(args: argparse.Namespace) -> dict:
 
         # -- periodic validation (mIoU of Eq. 3.4b, or PQ) and checkpoints
         if done % recipe.eval_period == 0 or done == recipe.max_iter:
-            last_metrics = validate(model, val_loader, recipe.task, device, amp_dtype)
+            last_metrics = validate(model, val_loader, recipe.task, device, amp_dtype, args.data)
             metrics_log.append({"step": done, "val_" + metric_name: last_metrics[metric_name]})
             log(f"step {done}: validation {metric_name} = {100 * last_metrics[metric_name]:.2f}")
             if is_main and last_metrics[metric_name] > best_metric:
@@ -377,7 +399,8 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     return train_set, val_set
 
 
-def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, num_classes: int):
+def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, num_classes: int,
+                              ignore_index: int = data.IGNORE_INDEX):
     """Figure 2's model (or a §4 baseline) and its criterion: Eq. (3.2d) with its matcher, or Eq. (3.1b)."""
     overrides = dict(recipe.model_overrides)
     overrides["head"] = args.head
@@ -394,7 +417,8 @@ def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, 
     num_aux_layers = max(model.config.dec_layers - 1, 0)
     if model.config.head != "mask_classification":
         # PerPixelBaseline has no decoder outputs to supervise; PerPixelBaseline+ supervises every layer
-        return model, losses.PerPixelLoss(num_aux_layers if model.config.head == "per_pixel_plus" else 0)
+        num_aux = num_aux_layers if model.config.head == "per_pixel_plus" else 0
+        return model, losses.PerPixelLoss(num_aux, ignore_index=ignore_index)
     criterion = losses.MaskFormerLoss(
         num_classes, num_aux_layers=num_aux_layers,
         matcher=matcher.FixedMatcher() if args.matcher == "fixed" else matcher.HungarianMatcher())
@@ -458,10 +482,13 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     return batch
 
 
-def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype) -> dict:
+def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype,
+             data_name: str | None = None) -> dict:
     """Validation on the whole split, the same figure as `infer.py --eval` (every process runs it:
     simple, and small next to training). Leaves the model in training mode."""
-    metrics = infer.evaluate(model, loader, task=task, device=device, amp_dtype=amp_dtype, progress=False)
+    object_mask_threshold, overlap_threshold = infer.panoptic_thresholds(data_name)
+    metrics = infer.evaluate(model, loader, task=task, device=device, amp_dtype=amp_dtype, progress=False,
+                             object_mask_threshold=object_mask_threshold, overlap_threshold=overlap_threshold)
     model.train()
     return metrics
 
@@ -489,7 +516,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="shapes", choices=sorted(DATA_RECIPES), help="dataset")
+    g.add_argument("--data", default="shapes", choices=sorted(DATA_RECIPES),
+                   help="dataset; the official R50 result to expect with its recipe: "
+                   + ", ".join(f"{name} {result}" for name, result in EXPECTED_R50.items()))
     g.add_argument("--data-root", default=None, help="the dataset's own folder (not needed for shapes)")
     g.add_argument("--ignore-index", type=int, default=255, help="label value to ignore (--data folder)")
     g.add_argument("--crop-size", dest="crop_size", type=int, help="training crop (recipe default)")
