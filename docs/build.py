@@ -45,7 +45,8 @@ from pygments.token import STANDARD_TYPES, Comment, String
 REPO = Path(__file__).resolve().parents[1]
 # Used when the README has no machine-readable reading order (a numbered list after a line that
 # says "Reading order"); modules missing from the repository are skipped, new ones appended.
-FALLBACK_ORDER = ["data", "maskformer", "backbones", "matcher", "losses", "train", "infer", "metrics", "convert"]
+FALLBACK_ORDER = ["data", "augment", "datasets", "shapes", "maskformer", "backbones", "matcher", "losses", "train",
+                  "checkpoint", "infer", "metrics", "drawing", "convert"]
 # "(3.2d)", "Eq. (3.2d)", "Eq. 3.2d": the labels docs/paper.md defines as anchors "eq-3.2d".
 LABEL = re.compile(r"(?:\bEqs?\.\s*)?\((\d\.\d[a-z])\)|\bEqs?\.\s*(\d\.\d[a-z])\b")
 # `losses.py`, `losses.py:dice_loss`, `losses.py:MaskFormerLoss.forward`
@@ -526,7 +527,8 @@ def add_back_links(rendered: str, site: Site) -> str:
         for page_file in sorted(other, key=site_order(site)):
             first = other[page_file][0][0]
             items.append(f'<a href="{page_file}#{first}">{site.titles[page_file]}</a>')
-        return match.group(0) + f'<p class="cited-by">Cited in: {" · ".join(items)}</p>'
+        heading = "Cited in" if anchor.startswith("eq-") else "Implemented in"
+        return match.group(0) + f'<p class="cited-by">{heading}: {" · ".join(items)}</p>'
 
     return re.sub(r'(<a id="((?:eq|fig2)-[^"]+)"></a>.*?</h[1-6]>)', add, rendered, flags=re.S)
 
@@ -678,10 +680,14 @@ def build(out: Path, paper: Path) -> dict[str, float]:
         if doc.name != "paper.md":
             site.pages[f"docs/{doc.name}"] = page_name(f"docs/{doc.name}")
             site.titles[page_name(f"docs/{doc.name}")] = doc.name
-    sources = {}
-    for stem in site.modules:
-        sources[stem] = ast.parse((REPO / f"{stem}.py").read_text(encoding="utf-8"))
-        site.definitions[stem] = definitions(sources[stem])
+    for stem in list(site.modules):
+        try:
+            tree = ast.parse((REPO / f"{stem}.py").read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError) as error:  # a module half-way through an edit
+            print(f"warning: {stem}.py left out of the site: {error}", file=sys.stderr)
+            site.modules.remove(stem)
+            continue
+        site.definitions[stem] = definitions(tree)
         site.pages[f"{stem}.py"] = f"{stem}.py.html"
         site.titles[f"{stem}.py.html"] = f"{stem}.py"
     notebooks = sorted(REPO.glob("notebooks/*.ipynb")) + sorted(REPO.glob("exercises/*.ipynb"))
@@ -721,7 +727,7 @@ def build(out: Path, paper: Path) -> dict[str, float]:
     style = STYLE + HtmlFormatter(style="friendly").get_style_defs(".highlight")
     (out / "style.css").write_text(style, encoding="utf-8")
     timings["total"] = time.perf_counter() - started
-    if site.unresolved:
+    if site.unresolved and paper_md:
         print(f"warning: {len(site.unresolved)} equation labels have no entry in {paper}: "
               + ", ".join(sorted(set(site.unresolved))[:10]), file=sys.stderr)
     if not paper_md:
@@ -780,8 +786,9 @@ def main() -> None:
     parser.add_argument("--paper", type=Path, default=REPO / "docs" / "paper.md",
                         help="the paper notes (default docs/paper.md)")
     args = parser.parse_args()
-    if args.out.resolve() in (REPO, REPO / "docs") or args.out.is_file():
-        sys.exit(f"--out {args.out}: expected a folder of its own for the site (it is deleted and rewritten)")
+    earlier_site = (args.out / "index.html").is_file() and (args.out / "style.css").is_file()
+    if args.out.is_file() or (args.out.is_dir() and any(args.out.iterdir()) and not earlier_site):
+        sys.exit(f"--out {args.out}: expected a new or empty folder, or an earlier site (it is deleted and rewritten)")
     timings = build(args.out, args.paper)
     print(f"site written to {args.out}/index.html in {timings['total']:.1f} s")
 
