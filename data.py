@@ -14,7 +14,9 @@ Reading order:
   6. `collate`: pads a list of items into a batch whose size is divisible by 32.
   7. `TrainBatchSampler` and `SeededItems`: train.py's resumable, sharded data order.
 Related files: augment.py (augmentation and recipes), datasets.py (ADE20K, Cityscapes, COCO
-panoptic, folder), shapes.py (the synthetic generator), drawing.py (`python data.py --preview`).
+panoptic, COCO-Stuff-10K, ADE20K-Full, Mapillary Vistas, ADE20K-Panoptic, folder), prepare.py (the
+one-time conversion of four of them, `python data.py prepare NAME ROOT`), shapes.py (the synthetic
+generator), drawing.py (`python data.py --preview`).
 
 Differences from the official code (facebookresearch/MaskFormer + detectron2), each also noted
 where it happens:
@@ -241,7 +243,8 @@ class SegmentationDataset(Dataset):
     """Common item building: load (subclass) -> augment -> tensors -> targets of Eq. (3.2b).
 
     Attributes every dataset has: num_classes, class_names, is_thing, palette (K, 3) uint8,
-    ignore_index (255), task ("semantic": one target mask per class; "panoptic": one per segment).
+    ignore_index (255; 65535 for ADE20K-Full, whose 847 classes include 255), task ("semantic": one
+    target mask per class; "panoptic": one per segment).
     """
 
     panoptic = False  # whether samples carry pan_seg / segments_info

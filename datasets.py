@@ -308,12 +308,11 @@ class CocoStuff10KDataset(SemanticFolderDataset):
         labels = prepare.check_prepared(base, "coco_stuff_10k", folder, label_dir, "*.png")
         copied = base / "images_detectron2" / folder  # the official script's copies, if present
         image_dir = copied if copied.is_dir() else base / "images"
-        classes = prepare.load_meta("coco_stuff_10k_171.json")["classes"]
+        names, is_thing, _ = prepare.official_classes("coco_stuff_10k")
         self.allowed = np.zeros(256, bool)
-        self.allowed[:len(classes)] = self.allowed[IGNORE_INDEX] = True
-        super().__init__([(image_dir / f"{p.stem}.jpg", p) for p in labels], str(label_dir),
-                         class_names=[c["name"] for c in classes], is_thing=[c["isthing"] for c in classes],
-                         palette=make_palette(len(classes)), **kwargs)
+        self.allowed[:len(names)] = self.allowed[IGNORE_INDEX] = True
+        super().__init__([(image_dir / f"{p.stem}.jpg", p) for p in labels], str(label_dir), class_names=names,
+                         is_thing=is_thing, palette=make_palette(len(names)), **kwargs)
 
     def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
         check_values(label, self.allowed, path, "0..170 = classes, 255 = unlabeled")
@@ -331,11 +330,11 @@ class ADE20KFullDataset(SemanticFolderDataset):
         base = prepare.ade_full_base(root)
         label_dir = base / "annotations_detectron2" / folder
         labels = prepare.check_prepared(base, "ade20k_full", folder, label_dir, "*.tif")
-        names = [c["name"] for c in prepare.load_meta("ade20k_full_847.json")["classes"]]
+        names, is_thing, _ = prepare.official_classes("ade20k_full")
         self.allowed = np.zeros(prepare.ADE20K_FULL_IGNORE + 1, bool)
         self.allowed[:len(names)] = self.allowed[prepare.ADE20K_FULL_IGNORE] = True
         pairs = [(base / "images_detectron2" / folder / f"{p.stem}.jpg", p) for p in labels]
-        super().__init__(pairs, str(label_dir), class_names=names, is_thing=[False] * len(names),
+        super().__init__(pairs, str(label_dir), class_names=names, is_thing=is_thing,
                          palette=make_palette(len(names)), ignore_index=prepare.ADE20K_FULL_IGNORE, **kwargs)
 
     def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
@@ -352,14 +351,13 @@ class MapillaryVistasDataset(SemanticFolderDataset):
     def __init__(self, root: Path, split: str = "train", **kwargs):
         folder = {"train": "training", "val": "validation"}[split_folder(split)]
         base = prepare.mapillary_base(root)
-        labels = [label for label in prepare.check_mapillary_config(base) if label["evaluate"]]
+        prepare.check_mapillary_config(base)
+        names, is_thing, colours = prepare.official_classes("mapillary")
         image_dir, label_dir = prepare.mapillary_paths(base, folder)
         pairs = _pair_labels(_list_images(image_dir), label_dir, lambda p: p.stem + ".png")
-        self.lookup = np.full(len(labels) + 1, IGNORE_INDEX, np.int32)  # label id -> class id
-        self.lookup[:len(labels)] = np.arange(len(labels))
-        super().__init__(pairs, str(image_dir), class_names=[c["readable"] for c in labels],
-                         is_thing=[c["instances"] for c in labels],
-                         palette=np.array([c["color"] for c in labels], np.uint8), **kwargs)
+        self.lookup = np.full(len(names) + 1, IGNORE_INDEX, np.int32)  # label id -> class id
+        self.lookup[:len(names)] = np.arange(len(names))
+        super().__init__(pairs, str(image_dir), class_names=names, is_thing=is_thing, palette=colours, **kwargs)
 
     def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
         check_values(label, np.ones(len(self.lookup), bool), path,

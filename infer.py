@@ -58,6 +58,7 @@ import data
 import datasets
 import drawing
 import maskformer
+import prepare
 from checkpoint import CheckpointError, read_checkpoint
 from metrics import PanopticMetrics, SemanticMetrics
 
@@ -373,6 +374,9 @@ def class_metadata(name: str | None, root: str | None,
         return [f"class {k}" for k in range(K)], data.make_palette(K), [False] * K
     if name == "ade20k" and root is None:  # the 150 names are part of data.py: no files needed
         return list(datasets.ADE20K_CLASSES), data.make_palette(150), [False] * 150
+    if root is None and name in prepare.PREPARERS:  # official class lists in meta/: no files needed
+        names, is_thing, colours = prepare.official_classes(name)
+        return names, data.make_palette(len(names)) if colours is None else colours, is_thing
     dataset = data.build_dataset(name, root, split="val")
     return list(dataset.class_names), dataset.palette, list(dataset.is_thing)
 
@@ -482,7 +486,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--task", choices=("semantic", "panoptic"), default="semantic")
     p.add_argument("--data", choices=data.DATASETS, help="dataset for class names, colours and (panoptic) which "
                    "classes are things; and the split for --eval. Without it: the checkpoint's names, all stuff")
-    p.add_argument("--data-root", help="the dataset's folder (needed by --eval and by --data other than ade20k)")
+    p.add_argument("--data-root", help="the dataset's folder (needed by --eval; without --eval only by --data "
+                   "cityscapes, coco_panoptic and folder: the other class lists ship with this code)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", type=int, help="test resize of --input images: short edge (default: the --data "
                    "recipe's test size, e.g. ADE20K 512; else 512). --eval uses the dataset's own test resize")

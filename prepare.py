@@ -74,6 +74,25 @@ def load_meta(file_name: str) -> dict:
     return json.loads((META_DIR / file_name).read_text())
 
 
+def official_classes(name: str) -> tuple[list[str], list[bool], np.ndarray | None]:
+    """(class names, is_thing, colours (K, 3) uint8 or None) of a dataset's official list in meta/:
+    coco_stuff_10k, ade20k_full, mapillary (the 65 evaluated labels) or ade20k_panoptic."""
+    if name == "coco_stuff_10k":
+        classes = load_meta("coco_stuff_10k_171.json")["classes"]
+        return [c["name"] for c in classes], [c["isthing"] for c in classes], None
+    if name == "ade20k_full":
+        names = [c["name"] for c in load_meta("ade20k_full_847.json")["classes"]]
+        return names, [False] * len(names), None
+    if name == "mapillary":
+        labels = [label for label in load_meta("mapillary_vistas_v1.2.json")["labels"] if label["evaluate"]]
+        classes = [(label["readable"], label["instances"], label["color"]) for label in labels]
+    elif name == "ade20k_panoptic":
+        classes = [(c["name"], c["isthing"], c["color"]) for c in load_meta("ade20k_panoptic_150.json")["categories"]]
+    else:
+        raise DatasetError(f"dataset {name!r}: no official class list in meta/")
+    return [c[0] for c in classes], [c[1] for c in classes], np.array([c[2] for c in classes], np.uint8)
+
+
 # ----------------------------------------------------------------------------------------------
 # COCO-Stuff-10K v1.0: annotations/<name>.mat (field S) + imageLists/{train,test}.txt
 # ----------------------------------------------------------------------------------------------

@@ -493,3 +493,20 @@ def test_command_lines_prepare_and_give_one_line_errors(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         prepare.main(["cityscapes", str(root)])
     assert "invalid choice: 'cityscapes'" in capsys.readouterr().err
+
+
+def test_official_class_lists_need_no_files():
+    """`infer.py --input ... --data NAME` without --data-root: names, colours and things from meta/."""
+    import infer
+
+    names, palette, is_thing = infer.class_metadata("ade20k_full", None, None)
+    assert (len(names), palette.shape, any(is_thing)) == (847, (847, 3), False)
+    assert (names[0], names[782][:23], names[846]) == ("wall", "central processing unit",
+                                                        "adding machine, totalizer, totaliser")
+    names, palette, is_thing = infer.class_metadata("mapillary", None, None)
+    assert (len(names), names[0], palette[0].tolist(), is_thing[0], is_thing[2]) == (65, "Bird", [165, 42, 42],
+                                                                                     True, False)
+    names, palette, is_thing = infer.class_metadata("ade20k_panoptic", None, None)
+    assert (len(names), sum(is_thing), names[12], palette[12].tolist()) == (150, 100, "person", [150, 5, 61])
+    names, _, is_thing = infer.class_metadata("coco_stuff_10k", None, None)
+    assert (len(names), sum(is_thing), names[0], names[170]) == (171, 80, "person", "wood")
