@@ -51,6 +51,8 @@ FALLBACK_ORDER = ["data", "augment", "datasets", "shapes", "maskformer", "backbo
 LABEL = re.compile(r"(?:\bEqs?\.\s*)?\((\d\.\d[a-z])\)|\bEqs?\.\s*(\d\.\d[a-z])\b")
 # `losses.py`, `losses.py:dice_loss`, `losses.py:MaskFormerLoss.forward`
 MODULE_REF = re.compile(r"(?<![\w/.])([A-Za-z_]\w*)\.py(?::([A-Za-z_][\w.]*[A-Za-z_0-9]))?\b")
+# docs/paper.md, notebooks/01_data.ipynb, README.md: the other files the site has a page for
+FILE_REF = re.compile(r"(?<![\w/.])(?:README\.md|(?:docs|notebooks|exercises)/[\w.-]+\.(?:md|ipynb))\b")
 # A full-line comment that is only a shape, e.g. "# (B, Q, H, W)", stays in the code column.
 SHAPE_ONLY = re.compile(r"^\(\s*[\w'*/+\- ]*(,\s*[\w'*/+\- ]*)+\)[\s.;:,]*$")
 BANNER = re.compile(r"^[-=#*~]{3,}|[-=#*~]{3,}$")  # a comment rule: "# --- Pixel decoder ---"
@@ -145,7 +147,12 @@ class Site:
             link = self.label_link(match, page, f"cite-{counter[0]}")
             return link.replace("<a ", f'<a id="cite-{counter[0]}" ', 1)
 
-        return _outside_tags(escaped, lambda text: MODULE_REF.sub(self.module_link, LABEL.sub(label, text)))
+        def other_files(text: str) -> str:
+            return FILE_REF.sub(lambda m: f'<a href="{self.pages[m.group(0)]}">{m.group(0)}</a>'
+                                if m.group(0) in self.pages else m.group(0), text)
+
+        linked = _outside_tags(escaped, lambda text: MODULE_REF.sub(self.module_link, LABEL.sub(label, text)))
+        return _outside_tags(linked, other_files)
 
     def link_html(self, fragment: str, page: str, base: str, math: bool = False) -> str:
         """Links labels and module names in the text of an HTML fragment (never inside a tag or an
@@ -411,10 +418,12 @@ def module_page(stem: str, site: Site) -> str:
     page = f"{stem}.py.html"
     code = highlighted_lines(source, site, page)
     def_at = {line: name for name, line in site.definitions[stem].items()}
+    top_level = [name for line, name in sorted(def_at.items()) if "." not in name]
+    contents = '<p class="toc">' + " · ".join(f'<a href="#{name}">{name}</a>' for name in top_level) + "</p>"
     parts = []
     for i, section in enumerate(split_sections(source)):
         doc = "\n".join(prose_html(block, site, page) for block in section.doc)
-        doc = f'<h1 class="module">{stem}.py</h1>{doc}' if i == 0 else doc
+        doc = f'<h1 class="module">{stem}.py</h1>{contents}{doc}' if i == 0 else doc
         rows = []
         for number in section.code:
             target = f'<span class="anchor" id="{def_at[number]}"></span>' if number in def_at else ""
@@ -767,6 +776,7 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; font-size: 14px; }
 p.cited-by { font-size: 13px; background: #f4f8ff; border-left: 3px solid #1a5fb4; padding: 4px 10px; }
 p.cited-by .file { font-weight: bold; }
 h1.module { font-size: 22px; margin: 8px 0 4px; }
+p.toc { font-size: 13px; border-bottom: 1px solid #e4e4dc; padding-bottom: 6px; }
 p.banner { font-weight: bold; font-size: 15px; margin-top: 10px; }
 [id] { scroll-margin-top: 64px; }
 main.module .highlight { background: none; }
@@ -777,6 +787,9 @@ footer.pager { display: flex; justify-content: space-between; padding: 12px 24px
 .input_area, .jp-InputArea { margin: 8px 0 2px; }
 .output_area pre, .output_subarea pre { background: #fff; border-left: 3px solid #ccc; }
 .anchor-link { display: none; }
+.output_error pre { border-left-color: #c01c28; }
+.ansi-red-fg { color: #c01c28; } .ansi-green-fg { color: #26a269; } .ansi-yellow-fg { color: #a67c00; }
+.ansi-blue-fg { color: #1a5fb4; } .ansi-cyan-fg { color: #2a7b8c; } .ansi-bold { font-weight: bold; }
 """
 
 

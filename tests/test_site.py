@@ -152,6 +152,28 @@ def test_labels_in_notes_become_links_with_line_anchors():
     assert site.unresolved == ["a.py.html: (3.9z)"]
 
 
+def test_notebooks_keep_their_stored_outputs_and_their_maths_is_unicode(tmp_path):
+    import base64
+    import io
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 3), "blue").save(png, "PNG")
+    png = base64.b64encode(png.getvalue()).decode()
+    cells = [new_markdown_cell("See Eq. (3.2d): $m_i \\in \\{0, 1\\}^{H \\times W}$."),
+             new_code_cell("print(1)", outputs=[new_output("stream", name="stdout", text="loss 0.25\n"),
+                                                new_output("display_data", data={"image/png": png})])]
+    nbformat.write(new_notebook(cells=cells), tmp_path / "n.ipynb")
+    site = builder.Site(tmp_path / "site", anchors={"eq-3.2d"})
+    page = site.link_html(builder.notebook_html(tmp_path / "n.ipynb"), "notebook-n.html", "notebooks", math=True)
+    assert "loss 0.25" in page and f'src="data:image/png;base64,{png}' in page.replace("\n", "")
+    assert 'href="paper.html#eq-3.2d">Eq. (3.2d)</a>' in page
+    assert ">m_i ∈ {0, 1}^{H × W}</span>" in page and "<script" not in page
+
+
 def test_results_folder_tables_plots_and_json_are_shown(tmp_path):
     from PIL import Image
 
