@@ -59,6 +59,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import scipy.io
+import scipy.ndimage
 from PIL import Image
 from tqdm import tqdm
 
@@ -119,8 +121,6 @@ def read_stuff10k_mat(path: Path) -> np.ndarray:
 
 def _read_mat_field(path: Path, field: str) -> np.ndarray:
     """Field `field` of a MATLAB file: v5/v7 with scipy, v7.3 (HDF5) with h5py if installed."""
-    import scipy.io
-
     try:
         with open(path, "rb") as f:
             header = f.read(128)
@@ -359,34 +359,40 @@ def ade_panoptic_segments(semantic: np.ndarray, instance: np.ndarray, is_thing: 
     semantic map that no instance covers stay void (0). Returns pan_seg int32 (H, W) and
     segments_info with ids 1, 2, ..., contiguous category_id, area, bbox [x, y, w, h], iscrowd 0.
     """
-    pan_seg = np.zeros(semantic.shape, np.int32)
-    categories = []
-    for value in np.unique(semantic):
-        if value > len(is_thing):
-            raise DatasetError(f"{where}: semantic label {int(value)} is out of range (expected 0..{len(is_thing)})")
-        if value == 0 or is_thing[value - 1]:
-            continue
-        categories.append(int(value) - 1)
-        pan_seg[semantic == value] = len(categories)
-    category_ids, instance_ids = instance[..., 0], instance[..., 1]
-    for instance_id in np.unique(instance_ids):
-        if instance_id == 0:
-            continue
-        mask = instance_ids == instance_id
-        found = np.unique(category_ids[mask])
-        if len(found) != 1 or not 1 <= found[0] <= len(instance_to_semantic):
-            raise DatasetError(f"{where}: instance {int(instance_id)} has category {found.tolist()} (expected one "
+    # stuff: one segment per stuff class present in the semantic map (ids 1, 2, ... in class order)
+    values = np.unique(semantic)
+    if values.max() > len(is_thing):
+        raise DatasetError(f"{where}: semantic label {int(values.max())} is out of range (expected 0..{len(is_thing)})")
+    stuff = [int(v) for v in values if v != 0 and not is_thing[v - 1]]
+    segment_of_value = np.zeros(len(is_thing) + 1, np.int32)  # semantic value -> segment id, 0 = void
+    segment_of_value[stuff] = np.arange(1, len(stuff) + 1)
+    pan_seg = segment_of_value[semantic]  # (H, W)
+    categories = [v - 1 for v in stuff]
+    # things: one segment per instance id, pasted over the stuff; its category must be unique
+    category_ids, instance_ids = instance[..., 0].astype(np.int64), instance[..., 1].astype(np.int64)
+    labelled = instance_ids > 0
+    pairs = np.unique(instance_ids[labelled] * 256 + category_ids[labelled])  # sorted by instance id
+    ids, found = pairs // 256, pairs % 256
+    for instance_id in np.unique(ids):
+        cats = found[ids == instance_id]
+        if len(cats) != 1 or not 1 <= cats[0] <= len(instance_to_semantic):
+            raise DatasetError(f"{where}: instance {int(instance_id)} has category {cats.tolist()} (expected one "
                                f"category 1..{len(instance_to_semantic)} in the R channel)")
-        categories.append(instance_to_semantic[found[0] - 1] - 1)
-        pan_seg[mask] = len(categories)
+    segment_of_instance = np.zeros(256, np.int32)
+    segment_of_instance[ids] = np.arange(len(categories) + 1, len(categories) + len(ids) + 1)
+    categories += [instance_to_semantic[c - 1] - 1 for c in found]
+    pan_seg = np.where(labelled, segment_of_instance[instance_ids], pan_seg).astype(np.int32)
+    # areas and boxes [x, y, w, h] in one pass each
+    areas = np.bincount(pan_seg.ravel(), minlength=len(categories) + 1)
+    boxes = scipy.ndimage.find_objects(pan_seg, max_label=len(categories))
     segments_info = []
-    for segment_id, category in enumerate(categories, start=1):
-        ys, xs = np.nonzero(pan_seg == segment_id)
-        if len(ys) == 0:
+    for segment_id, (category, box) in enumerate(zip(categories, boxes), start=1):
+        if box is None:
             continue  # a stuff region that things cover entirely
-        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-        segments_info.append({"id": segment_id, "category_id": category, "area": len(ys), "bbox": bbox,
-                              "iscrowd": 0})
+        rows, cols = box
+        bbox = [cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start]
+        segments_info.append({"id": segment_id, "category_id": int(category), "area": int(areas[segment_id]),
+                              "bbox": bbox, "iscrowd": 0})
     return pan_seg, segments_info
 
 

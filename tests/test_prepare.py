@@ -510,3 +510,38 @@ def test_official_class_lists_need_no_files():
     assert (len(names), sum(is_thing), names[12], palette[12].tolist()) == (150, 100, "person", [150, 5, 61])
     names, _, is_thing = infer.class_metadata("coco_stuff_10k", None, None)
     assert (len(names), sum(is_thing), names[0], names[170]) == (171, 80, "person", "wood")
+
+
+def test_ade20k_panoptic_segments_equal_a_naive_loop():
+    """Random maps: prepare's vectorised combination equals the official algorithm written as plain
+    loops (stuff classes first, then each instance pasted over them; areas and boxes counted after)."""
+    meta = json.loads((META / "ade20k_panoptic_150.json").read_text())
+    is_thing = [c["isthing"] for c in meta["categories"]]
+    rng = np.random.default_rng(3)
+    semantic = rng.integers(0, 151, (12, 9))
+    instance_ids = rng.integers(0, 6, (12, 9)) * (rng.random((12, 9)) < 0.5)
+    category_of = {i: int(rng.integers(1, 101)) for i in range(1, 6)}
+    categories = np.vectorize(lambda i: category_of.get(i, 0))(instance_ids)
+    instance = np.stack([categories, instance_ids, np.zeros_like(categories)], -1).astype(np.uint8)
+    pan, segments = prepare.ade_panoptic_segments(semantic, instance, is_thing, meta["instance_to_semantic"], Path("x"))
+
+    expected_pan = np.zeros(semantic.shape, int)
+    classes = []
+    for value in sorted(set(semantic.ravel().tolist())):
+        if value and not is_thing[value - 1]:
+            classes.append(value - 1)
+            for y, x in zip(*np.nonzero(semantic == value)):
+                expected_pan[y, x] = len(classes)
+    for i in sorted(set(instance_ids.ravel().tolist()) - {0}):
+        classes.append(meta["instance_to_semantic"][category_of[i] - 1] - 1)
+        for y, x in zip(*np.nonzero(instance_ids == i)):
+            expected_pan[y, x] = len(classes)
+    expected = []
+    for segment_id, category in enumerate(classes, start=1):
+        pixels = [(y, x) for y in range(12) for x in range(9) if expected_pan[y, x] == segment_id]
+        if pixels:
+            ys, xs = [p[0] for p in pixels], [p[1] for p in pixels]
+            expected.append({"id": segment_id, "category_id": category, "area": len(pixels),
+                             "bbox": [min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1], "iscrowd": 0})
+    assert pan.tolist() == expected_pan.tolist()
+    assert segments == expected
