@@ -17,8 +17,9 @@ Pages (all in one folder, so that every link is a plain relative file name):
 - everywhere, an equation label such as "(3.2d)" or "Eq. (3.2d)" links to its entry in the paper
   notes, and `file.py` or `file.py:Name.method` links to that module's page and line.
 
-No page loads a script, a font or a stylesheet from elsewhere; formulas are shown as the plain
-Unicode text of the sources (LaTeX blocks as preformatted text).
+No page loads a script, a font or a stylesheet from elsewhere. Formulas are plain Unicode text:
+as written in the docstrings, and $…$ / $$…$$ LaTeX (paper notes, notebooks) turned into the same
+kind of text, its source in a tooltip; ```latex fences are shown as their source.
 """
 
 from __future__ import annotations
@@ -368,7 +369,7 @@ def prose_html(block: list[tuple[int, str]], site: Site, page: str) -> str:
         elif indent >= 4 and not (kind == "li" and indent <= item_indent):
             if paragraph:
                 end_paragraph()
-            pre.append(inline(number, text[4:] if indent >= 4 else text))
+            pre.append(inline(number, text[4:]))
         else:
             if pre:
                 end_paragraph()
@@ -381,7 +382,7 @@ def highlighted_lines(source: str, site: Site, page: str) -> list[str]:
     """Pygments tokens, split at newlines, as one HTML string per source line; labels and module
     names in comments and strings become links."""
     lines, current = [], []
-    for token_type, value in PythonLexer().get_tokens(source):
+    for token_type, value in PythonLexer(stripnl=False).get_tokens(source):
         css = STANDARD_TYPES.get(token_type) or STANDARD_TYPES.get(token_type.parent, "")
         linkable = token_type in Comment or token_type in String
         for i, piece in enumerate(value.split("\n")):

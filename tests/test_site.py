@@ -14,6 +14,7 @@ $ARTIFACTS_DIR (default artifacts/).
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import os
 import re
@@ -120,6 +121,22 @@ def test_no_page_loads_anything_from_the_network(site):
         external = re.findall(r'<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)="((?:https?:)?//[^"]*)"', text)
         assert not external, f"{page.name} loads {external[:3]}"
         assert "@import" not in text and "cdn" not in text.lower().split("</head>")[0], page.name
+
+
+def test_every_code_row_shows_its_source_line_and_every_line_is_on_the_page(site):
+    for stem in modules():
+        source = (REPO / f"{stem}.py").read_text(encoding="utf-8").splitlines()
+        page = (site / f"{stem}.py.html").read_text(encoding="utf-8")
+        rows = re.findall(r'<span class="line" id="L(\d+)">(.*?)</span>\n?(?=<span class="line"|</pre>)', page)
+        assert len(rows) > len(source) / 3, stem
+        for number, row in rows:
+            text = html.unescape(re.sub(r"<[^>]+>", "", row))
+            assert text == number + source[int(number) - 1], f"{stem}.py line {number}: {text!r}"
+        # every non-blank source line has its anchor, in the code column or beside it in the notes
+        anchors = set(re.findall(r'id="L(\d+)"', page))
+        missing = [n for n, line in enumerate(source, 1) if line.strip() and str(n) not in anchors
+                   and not re.fullmatch(r"\s*(#\s*[-=#*~]*|[rR]?\"\"\"|\'\'\')\s*", line)]  # rules, closing quotes
+        assert not missing, f"{stem}.py lines without an anchor: {missing[:10]}"
 
 
 def test_reading_order_follows_the_readme_then_adds_unlisted_modules():
