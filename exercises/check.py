@@ -1,39 +1,55 @@
 """Checkers for the classroom exercises: a student's function against the project's own code.
 
 Each exercise notebook (exercises/NN_*.ipynb) asks for one function of the paper and ends with a
-checker cell, e.g. `ok, message = check.check_dice(dice_loss)`. A checker
+checker cell, e.g. `ok, message = check.check_dice(dice_loss)`. Equation labels such as (3.2g)
+are those of `docs/paper.md`. A checker
 
-1. calls the student's function on random inputs (fixed seeds, several shapes) and on a few edge
-   cases, and compares every result with the project's implementation (losses.py, matcher.py,
-   maskformer.py, infer.py, metrics.py, backbones.py): the same numbers the model trains with;
-2. on a mismatch, runs the common mistakes written out with each checker (its `mistakes` list) on
-   the same input and names the one that reproduces the student's numbers ("the +1 smoothing of
-   Eq. (3.2g) is missing"), or says what kind of difference it sees (shape, constant offset, factor);
-3. prints the verdict and returns (ok, message). An unsolved stub (NotImplementedError) gets
+1. looks at the submitted function before running it (`project_code_used`): a function that is,
+   calls or imports the project's implementation (`semantic_inference = infer.semantic_inference`,
+   `losses.dice_loss(...)` inside it, `import losses` inside it) is rejected: the exercise is to
+   write it;
+2. calls the student's function on random inputs (fixed seeds, several shapes) and on edge cases
+   (empty masks, logits of ±50, a batch without segments), and compares every result with the
+   project's implementation (losses.py, matcher.py, maskformer.py, infer.py, metrics.py,
+   backbones.py): the same numbers the model trains with;
+3. on a mismatch, runs the common mistakes written out with each checker (its `mistakes` list) on
+   the same input and names the one that reproduces the student's numbers, e.g.
+   "Hint [no_smoothing]: the +1 smoothing of Eq. (3.2g) is missing"; else the hint of the case
+   that failed (the logits of ±50 point at an unstable log), else the kind of difference it sees
+   (shape, NaN/inf, constant offset, factor);
+4. prints the verdict and returns (ok, message). An unsolved stub (NotImplementedError) gets
    "not implemented yet", so a notebook runs top to bottom before it is solved.
 
-Teacher view: `python exercises/check.py --all` runs every checker on the reference solutions of
-exercises/solutions.py and prints a table (exit code 1 if any fails); `--all --quiet` prints the
-table only.
+Every hint has a name in square brackets; instructor/GUIDE.md lists them all, exercise by exercise.
 
-Reading order: `run_checks` (the comparison loop) → one `check_*` per exercise, each with its
-reference call, its test cases and its list of mistakes → `EXERCISES` → `main`.
+Teacher view: `python exercises/check.py --all` runs every checker on the reference solutions
+(instructor/solutions.py, absent from a student bundle) and prints a table (exit code 1 if any
+fails, 2 if the reference solutions are not there); `--all --quiet` prints the table only.
+
+Reading order: `project_code_used` (the guard) → `run_checks` (the comparison loop) → one
+`check_*` per exercise, each with its reference call, its test cases and its list of mistakes →
+`EXERCISES` → `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dis
+import functools
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
+INSTRUCTOR = REPO / "instructor"  # reference solutions and guide; not part of a student bundle
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the project's flat modules: losses.py, matcher.py, ...
 
@@ -44,9 +60,147 @@ import maskformer  # noqa: E402
 import matcher  # noqa: E402
 import metrics  # noqa: E402
 
-Case = tuple[str, tuple, dict]  # (description shown to the student, positional args, keyword args)
-Mistake = tuple[Callable, str]  # (a wrong implementation, the hint shown when it matches)
 NOT_IMPLEMENTED = "not implemented yet"
+PROJECT_MODULES = frozenset(path.stem for path in REPO.glob("*.py"))  # the repository root's modules
+
+
+class Case(NamedTuple):
+    description: str  # shown to the student: "3 random masks of 50 pixels"
+    args: tuple
+    kwargs: dict = {}
+    hint: tuple[str, str] | None = None  # (name, text): the likely cause when only this case fails
+
+
+class Mistake(NamedTuple):
+    name: str  # short id shown in brackets, listed in instructor/GUIDE.md
+    wrong: Callable  # the mistake written out: same arguments as the exercise's function
+    text: str  # the hint shown when the student's numbers equal the mistake's
+
+
+def hint_line(name: str, text: str) -> str:
+    return f"\n   Hint [{name}]: {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The guard: the submitted function must not be, call or import the project's implementation
+# ---------------------------------------------------------------------------------------------
+
+
+def _in_project(path: str | None) -> bool:
+    """True for a file of the project's own code: a flat module in the repository root."""
+    return path is not None and Path(path).resolve().parent == REPO
+
+
+def _project_name(value) -> str | None:
+    """'infer' or 'infer.semantic_inference' when value is a module, function, class or object of
+    the project's code, else None."""
+    if isinstance(value, types.ModuleType):
+        return value.__name__ if _in_project(getattr(value, "__file__", None)) else None
+    module_name = getattr(value, "__module__", None)
+    module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+    if module is None or not _in_project(getattr(module, "__file__", None)):
+        return None
+    return f"{module_name}.{getattr(value, '__qualname__', type(value).__name__)}"
+
+
+def _code_objects(code: types.CodeType):
+    """code and every code object nested in it (inner functions, lambdas, comprehensions)."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def project_code_used(fn, _seen: set[int] | None = None) -> str | None:
+    """The project's module or function that `fn` is, calls or imports (e.g. 'losses.dice_loss'),
+    else None.
+
+    Reads the function's compiled code rather than its source text: the source of a function
+    typed in a console is not always available, and a lambda's source line does not parse on
+    its own. Followed: names the code loads from its module's globals, its closure and its
+    default values, `import` statements inside it, `importlib.import_module("losses")`, and the
+    student's own helper functions (those defined in the same module or in this repository),
+    recursively. Library code (torch, numpy, ...) is not followed.
+    """
+    seen = set() if _seen is None else _seen
+    if id(fn) in seen:
+        return None
+    seen.add(id(fn))
+    name = _project_name(fn)
+    if name is not None:
+        return name
+    if isinstance(fn, functools.partial):
+        return next(filter(None, (project_code_used(v, seen) for v in (fn.func, *fn.args, *fn.keywords.values()))),
+                    None)
+    fn = getattr(fn, "__func__", fn)  # a bound method: its function
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    namespace = getattr(fn, "__globals__", {})
+    closure = [cell.cell_contents for cell in fn.__closure__ or () if _filled(cell)]
+    defaults = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+    for value in [*closure, *defaults]:
+        found = _follow(value, fn, seen)
+        if found:
+            return found
+    for co in _code_objects(code):
+        dynamic_import = {"import_module", "__import__", "modules"} & set(co.co_names)
+        instructions = list(dis.get_instructions(co))
+        for k, ins in enumerate(instructions):
+            if ins.opname == "IMPORT_NAME" and str(ins.argval).split(".")[0] in PROJECT_MODULES:
+                return f"import {ins.argval}"
+            if dynamic_import and ins.opname == "LOAD_CONST" and ins.argval in PROJECT_MODULES:
+                return f"the module {ins.argval!r}"
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval in namespace:
+                found = _follow(namespace[ins.argval], fn, seen, co.co_names)
+                if found:
+                    following = instructions[k + 1] if k + 1 < len(instructions) else None
+                    if isinstance(namespace[ins.argval], types.ModuleType) and found == namespace[ins.argval].__name__ \
+                            and following is not None and following.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                        return f"{found}.{following.argval}"
+                    return found
+    return None
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell (a name assigned later) raises ValueError
+    except ValueError:
+        return False
+    return True
+
+
+def _follow(value, fn, seen: set[int], attributes: tuple[str, ...] = ()) -> str | None:
+    """Is `value`, which fn's code loads, the project's code or a helper that uses it?"""
+    name = _project_name(value)
+    if name is not None:
+        return name
+    if isinstance(value, types.ModuleType):
+        # a module of this repository that is not project code (this checker): look at the
+        # attributes fn reads from it, e.g. check.losses
+        if not str(getattr(value, "__file__", "") or "").startswith(str(REPO)):
+            return None
+        found = (_follow(getattr(value, a), fn, seen) for a in attributes if hasattr(value, a))
+        return next(filter(None, found), None)
+    if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
+        inner = getattr(value, "__func__", getattr(value, "func", value))
+        module = sys.modules.get(getattr(inner, "__module__", None) or "")
+        same_module = getattr(inner, "__module__", None) == getattr(fn, "__module__", None)
+        in_repo = str(getattr(module, "__file__", "") or "").startswith(str(REPO))
+        if same_module or in_repo:
+            return project_code_used(value, seen)
+    return None
+
+
+def _guard(title: str, fn: Callable) -> str | None:
+    """The verdict for a function that uses the project's implementation, else None."""
+    used = project_code_used(fn)
+    if used is None:
+        return None
+    return (f"{title}: your function uses the project's own code ({used})."
+            + hint_line("uses_project_code", "write it yourself from the formula, with torch only: calling, "
+                        "importing or assigning the project's implementation is not a solution (read it once "
+                        "your own version passes)."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,10 +223,14 @@ def tensor_problem(got, expected: Tensor, atol: float = 1e-5, rtol: float = 1e-4
         wrong = int((got.cpu() != expected).sum())
         return f"{wrong} of {expected.numel()} entries differ" if wrong else None
     got, expected = got.detach().cpu().double(), expected.detach().double()
-    if torch.isnan(got).any() and not torch.isnan(expected).any():
-        return "your result contains NaN (a division by zero, or log of 0?)"
     if torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
         return None
+    bad = ~torch.isfinite(got) & torch.isfinite(expected)
+    if bad.any():
+        k = int(bad.flatten().nonzero()[0])
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), expected.shape)) if expected.dim() else ()
+        return (f"your result is {float(got.flatten()[k])} at index {index}, where the reference is "
+                f"{float(expected.flatten()[k]):.6g}")
     diff = (got - expected).abs().nan_to_num(float("inf"))
     k = int(diff.flatten().argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), expected.shape)) if expected.dim() else ()
@@ -80,53 +238,81 @@ def tensor_problem(got, expected: Tensor, atol: float = 1e-5, rtol: float = 1e-4
             f"{float(expected.flatten()[k]):.6g}, got {float(got.flatten()[k]):.6g}")
 
 
-def generic_hint(got, expected: Tensor) -> str | None:
-    """Differences that have a name even when no listed mistake reproduces them."""
+def generic_hint(got, expected: Tensor) -> tuple[str, str] | None:
+    """(name, text) of a difference that has a name even when no listed mistake reproduces it."""
     if not isinstance(got, Tensor) or got.dtype == torch.bool or expected.dtype == torch.bool:
         return None
     if got.dim() == 2 and tuple(got.shape) == tuple(expected.shape[::-1]) and got.shape != expected.shape:
-        return "your result looks transposed: check the order of the two axes."
-    if got.shape != expected.shape or expected.numel() < 2:
+        return "transposed", "your result looks transposed: check the order of the two axes."
+    if got.shape != expected.shape:
         return None
     got, expected = got.detach().cpu().double(), expected.detach().double()
+    if (~torch.isfinite(got) & torch.isfinite(expected)).any():
+        return "not_finite", ("your result has NaN or inf where the reference is finite: a division by zero, or "
+                              "the log of a probability that rounded to exactly 0 or 1?")
+    if expected.numel() < 2:
+        return None
     offset = got - expected
     if offset.abs().max() > 1e-6 and (offset - offset.flatten()[0]).abs().max() < 1e-6:
         constant = float(offset.flatten()[0])
-        return f"your values differ from the reference by the same constant {constant:.4g} everywhere."
+        return "constant_offset", f"your values differ from the reference by the same constant {constant:.4g} " \
+                                  "everywhere."
     if expected.abs().min() > 1e-6:
         ratio = got / expected
         if (ratio - ratio.flatten()[0]).abs().max() < 1e-5 and abs(float(ratio.flatten()[0]) - 1) > 1e-4:
-            return (f"your values are {float(ratio.flatten()[0]):.4g} × the reference everywhere: a missing or "
-                    "extra factor (a mean instead of a sum, or the other way round?).")
+            return "constant_factor", (f"your values are {float(ratio.flatten()[0]):.4g} × the reference everywhere: "
+                                       "a missing or extra factor (a mean instead of a sum, or the other way round?).")
     return None
 
 
 def _clone(value):
-    return value.clone() if isinstance(value, Tensor) else value
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
 
 
-def _unchanged(before: tuple, after: tuple) -> bool:
-    return all(not isinstance(b, Tensor) or (b.shape == a.shape and torch.equal(b, a)) for b, a in zip(before, after))
+def _same(before, after) -> bool:
+    """Nothing changed in place: the tensors in before and after (nested lists/dicts) are equal."""
+    if isinstance(before, Tensor):
+        return isinstance(after, Tensor) and before.shape == after.shape and torch.equal(before, after.detach())
+    if isinstance(before, (list, tuple)):
+        return len(before) == len(after) and all(_same(b, a) for b, a in zip(before, after))
+    if isinstance(before, dict):
+        return before.keys() == after.keys() and all(_same(before[k], after[k]) for k in before)
+    return True
+
+
+def _attached(result) -> bool:
+    """The result (a tensor, or a dict of tensors) is attached to the autograd graph."""
+    values = list(result.values()) if isinstance(result, dict) else [result]
+    return bool(values) and all(isinstance(v, Tensor) and v.requires_grad for v in values)
 
 
 def run_checks(title: str, fn: Callable, cases: list[Case], reference: Callable, mistakes: list[Mistake] = (),
-               differentiable: bool = False, problem: Callable = tensor_problem, verbose: bool = True,
+               grad_args: tuple[int, ...] = (), problem: Callable = tensor_problem, verbose: bool = True,
                ) -> tuple[bool, str]:
     """Compare fn with reference on every case; (ok, message), printed when verbose.
 
-    differentiable: the first argument of the first case is given requires_grad=True and the
-    result must stay attached to the autograd graph (it is a training loss).
+    grad_args: positions of the arguments given requires_grad=True in the first case; the result
+    must then stay attached to the autograd graph (it is a training loss).
     """
     def finish(ok: bool, message: str) -> tuple[bool, str]:
         if verbose:
             print(("✅ Correct! " if ok else "❌ ") + message)
         return ok, message
 
-    for n, (description, args, kwargs) in enumerate(cases):
+    guarded = _guard(title, fn)
+    if guarded:
+        return finish(False, guarded)
+    for n, (description, args, kwargs, case_hint) in enumerate(cases):
         expected = reference(*args, **kwargs)
         student_args = tuple(_clone(a) for a in args)
-        if differentiable and n == 0:
-            student_args = (student_args[0].requires_grad_(True), *student_args[1:])
+        if n == 0 and grad_args:
+            student_args = tuple(a.requires_grad_(True) if k in grad_args else a for k, a in enumerate(student_args))
         try:
             got = fn(*student_args, **kwargs)
         except NotImplementedError:
@@ -135,27 +321,29 @@ def run_checks(title: str, fn: Callable, cases: list[Case], reference: Callable,
         except Exception as error:  # noqa: BLE001 - any error of the student's code becomes a verdict
             return finish(False, f"{title}: your function raised {type(error).__name__}: {error} "
                                  f"(on {description}).")
-        if not _unchanged(args, tuple(a.detach() if isinstance(a, Tensor) else a for a in student_args)):
-            return finish(False, f"{title}: your function changed one of its inputs in place (on {description}); "
-                                 "compute new tensors instead (e.g. x = x * m, not x *= m).")
-        if differentiable and n == 0 and not (isinstance(got, Tensor) and got.requires_grad):
+        if not _same(args, student_args):
+            return finish(False, f"{title}: your function changed one of its inputs in place (on {description})."
+                          + hint_line("in_place", "compute new tensors instead (e.g. x = x * m, not x *= m)."))
+        if n == 0 and grad_args and not _attached(got):
             return finish(False, f"{title}: the result is not differentiable with respect to the logits, so it "
-                                 "cannot train a model. Avoid .item(), .detach(), numpy, thresholds and argmax.")
+                                 "cannot train a model."
+                          + hint_line("not_differentiable", "avoid .item(), .detach(), numpy, thresholds and "
+                                                            "argmax, and build the result from the logits."))
         difference = problem(got, expected)
         if difference is None:
             continue
         hint = None
-        for wrong, text in mistakes:
+        for name, wrong, text in mistakes:
             try:
                 if problem(got, wrong(*args, **kwargs)) is None:
-                    hint = text
+                    hint = name, text
                     break
             except Exception:  # noqa: BLE001, S112 - a mistake that does not apply to this input
                 continue
-        if hint is None and isinstance(got, Tensor):
-            hint = generic_hint(got, expected)
+        if hint is None:
+            hint = case_hint or (generic_hint(got, expected) if isinstance(got, Tensor) else None)
         return finish(False, f"{title}: not yet right on {description}: {difference}."
-                             + (f"\n   Hint: {hint}" if hint else ""))
+                             + (hint_line(*hint) if hint else ""))
     return finish(True, f"{title}: matches the project's implementation on all {len(cases)} test cases.")
 
 
@@ -176,92 +364,126 @@ def _per_mask(loss: Callable) -> Callable:
 
 def _mask_cases(seed: int) -> list[Case]:
     cases = []
-    for k, (M, P, scale) in enumerate([(3, 50, 3.0), (5, 200, 1.0), (2, 7, 6.0)]):
+    for k, (M, P, scale) in enumerate([(3, 50, 3.0), (5, 200, 1.0), (2, 7, 4.0)]):
         g = _generator(seed + k)
         logits = torch.randn(M, P, generator=g) * scale
         targets = (torch.rand(M, P, generator=g) < 0.3).float()
-        cases.append((f"{M} random masks of {P} pixels", (logits, targets), {}))
-    cases.append(("an empty target mask with a confident empty prediction",
-                  (torch.full((2, 16), -9.0), torch.zeros(2, 16)), {}))
-    cases.append(("a full target mask predicted perfectly", (torch.full((1, 9), 9.0), torch.ones(1, 9)), {}))
+        cases.append(Case(f"{M} random masks of {P} pixels", (logits, targets)))
+    cases.append(Case("an empty target mask with a confident empty prediction",
+                      (torch.full((2, 16), -9.0), torch.zeros(2, 16))))
+    cases.append(Case("a full target mask predicted perfectly", (torch.full((1, 9), 9.0), torch.ones(1, 9))))
     return cases
+
+
+def _dice(p: Tensor, t: Tensor, smooth: float = 1.0, two: float = 2.0, square: bool = False,
+          means: bool = False) -> Tensor:
+    """Eq. (3.2g) per mask on probabilities p, with switches for the usual mistakes."""
+    inter, sizes = (p * t).sum(1), (p * p + t * t).sum(1) if square else p.sum(1) + t.sum(1)
+    if means:
+        inter, sizes = inter / p.shape[1], sizes / p.shape[1]
+    return 1 - (two * inter + smooth) / (sizes + smooth)
 
 
 def check_dice(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
     """fn(mask_logits (M, P), target_masks (M, P) float 0/1) → (M,): Eq. (3.2g) for every mask."""
     def soft(x): return x.sigmoid()
 
-    def dice(p, t, smooth=1.0, two=2.0, square=False, means=False):
-        inter, sizes = (p * t).sum(1), (p * p + t * t).sum(1) if square else p.sum(1) + t.sum(1)
-        if means:
-            inter, sizes = inter / p.shape[1], sizes / p.shape[1]
-        return 1 - (two * inter + smooth) / (sizes + smooth)
-
     mistakes = [
-        (lambda x, t: dice(soft(x), t, smooth=0.0), "the +1 smoothing of Eq. (3.2g) is missing (in the numerator, "
-                                                    "the denominator, or both?)."),
-        (lambda x, t: 1 - 2 * (soft(x) * t).sum(1) / (soft(x).sum(1) + t.sum(1) + 1),
-         "the +1 smoothing is missing in the numerator: (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)."),
-        (lambda x, t: 1 - (2 * (soft(x) * t).sum(1) + 1) / (soft(x).sum(1) + t.sum(1)),
-         "the +1 smoothing is missing in the denominator: (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)."),
-        (lambda x, t: dice(x, t), "you used the logits; Eq. (3.2g) takes the probabilities m = sigmoid(logits)."),
-        (lambda x, t: dice(soft(x), t, two=1.0), "the factor 2 in front of Σ m·m_gt is missing."),
-        (lambda x, t: dice(soft(x), t, square=True), "you squared m and m_gt in the denominator (the V-Net "
-                                                     "variant); Eq. (3.2g) sums them as they are."),
-        (lambda x, t: dice(soft(x), t, means=True), "use sums over the pixels, not means (the +1 then weighs "
-                                                    "differently)."),
-        (lambda x, t: 1 - dice(soft(x), t), "you returned the dice coefficient; the loss is 1 − coefficient."),
-        (lambda x, t: dice(soft(x), t).sum(), "return one loss per mask, shape (M,), not their sum."),
-        (lambda x, t: dice(soft(x), t).mean(), "return one loss per mask, shape (M,), not their mean."),
+        Mistake("no_smoothing", lambda x, t: _dice(soft(x), t, smooth=0.0),
+                "the +1 smoothing of Eq. (3.2g) is missing (in the numerator, the denominator, or both?)."),
+        Mistake("smoothing_numerator", lambda x, t: 1 - 2 * (soft(x) * t).sum(1) / (soft(x).sum(1) + t.sum(1) + 1),
+                "the +1 smoothing is missing in the numerator: (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)."),
+        Mistake("smoothing_denominator",
+                lambda x, t: 1 - (2 * (soft(x) * t).sum(1) + 1) / (soft(x).sum(1) + t.sum(1)),
+                "the +1 smoothing is missing in the denominator: (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)."),
+        Mistake("logits_not_probabilities", lambda x, t: _dice(x, t),
+                "you used the logits; Eq. (3.2g) takes the probabilities m = sigmoid(logits)."),
+        Mistake("factor_two", lambda x, t: _dice(soft(x), t, two=1.0),
+                "the factor 2 in front of Σ m·m_gt is missing."),
+        Mistake("squared_denominator", lambda x, t: _dice(soft(x), t, square=True),
+                "you squared m and m_gt in the denominator (the V-Net variant); Eq. (3.2g) sums them as they are."),
+        Mistake("means_not_sums", lambda x, t: _dice(soft(x), t, means=True),
+                "use sums over the pixels, not means (the +1 then weighs differently)."),
+        Mistake("coefficient_not_loss", lambda x, t: 1 - _dice(soft(x), t),
+                "you returned the dice coefficient; the loss is 1 − coefficient."),
+        Mistake("summed_over_masks", lambda x, t: _dice(soft(x), t).sum(),
+                "return one loss per mask, shape (M,), not their sum."),
+        Mistake("averaged_over_masks", lambda x, t: _dice(soft(x), t).mean(),
+                "return one loss per mask, shape (M,), not their mean."),
     ]
     return run_checks("dice loss, Eq. (3.2g)", fn, _mask_cases(0), _per_mask(losses.dice_loss), mistakes,
-                      differentiable=True, verbose=verbose)
+                      grad_args=(0,), verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------------------
 # 2. Focal loss, Eq. (3.2f)           reference: losses.sigmoid_focal_loss
 # ---------------------------------------------------------------------------------------------
 
+UNSTABLE_LOG = ("at a logit of 50, sigmoid(x) is exactly 1.0 in float32, so log(1 − p) is −inf (or clamped to "
+                "−100 by F.binary_cross_entropy): compute −log p_t from the logits, e.g. "
+                "F.binary_cross_entropy_with_logits(x, m_gt, reduction='none'), or −F.logsigmoid(x_t) with "
+                "x_t = x where m_gt = 1 and −x where m_gt = 0 (numerical stability).")
+
+
+def _focal(x: Tensor, t: Tensor, alpha: float = 0.25, gamma: float = 2.0, alpha_t=None, p_t=None, mod=None,
+           reduce: str = "mean", ce=None) -> Tensor:
+    """Eq. (3.2f) per mask, with switches for the usual mistakes."""
+    p = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none") if ce is None else ce(x, t)
+    p_t = p * t + (1 - p) * (1 - t) if p_t is None else p_t(p, t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t) if alpha_t is None else alpha_t(alpha, t)
+    out = alpha_t * ((1 - p_t) if mod is None else mod(p_t)) ** gamma * ce
+    return out.mean(1) if reduce == "mean" else out.sum(1)
+
+
+def _naive_log(x: Tensor, t: Tensor) -> Tensor:
+    """−log p_t computed from the probabilities: inf once sigmoid rounds to 0 or 1."""
+    p = x.sigmoid()
+    return -torch.log(p * t + (1 - p) * (1 - t))
+
 
 def check_focal(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
     """fn(mask_logits (M, P), target_masks (M, P), alpha=0.25, gamma=2.0) → (M,): Eq. (3.2f) per mask."""
-    def focal(x, t, alpha=0.25, gamma=2.0, alpha_t=None, p_t=None, mod=None, reduce="mean"):
-        p = x.sigmoid()
-        ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-        p_t = p * t + (1 - p) * (1 - t) if p_t is None else p_t(p, t)
-        alpha_t = alpha * t + (1 - alpha) * (1 - t) if alpha_t is None else alpha_t(alpha, t)
-        out = alpha_t * ((1 - p_t) if mod is None else mod(p_t)) ** gamma * ce
-        return out.mean(1) if reduce == "mean" else out.sum(1)
-
     def cases() -> list[Case]:
-        base = _mask_cases(10)
         g = _generator(99)
         logits, targets = torch.randn(4, 60, generator=g) * 2, (torch.rand(4, 60, generator=g) < 0.5).float()
-        return base + [("random masks with alpha=0.5, gamma=1.0", (logits, targets), {"alpha": 0.5, "gamma": 1.0})]
+        extreme = torch.tensor([[50.0, -50.0, 50.0, -50.0, 3.0, -2.0], [-50.0, 50.0, 0.5, 50.0, -50.0, 1.0]])
+        extreme_targets = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0, 1.0, 1.0]])
+        return _mask_cases(10) + [
+            Case("random masks with alpha=0.5, gamma=1.0", (logits, targets), {"alpha": 0.5, "gamma": 1.0}),
+            Case("extreme logits of ±50 (confidently right and confidently wrong pixels)",
+                 (extreme, extreme_targets), {}, ("unstable_log", UNSTABLE_LOG)),
+        ]
 
     mistakes = [
-        (lambda x, t, **kw: focal(x, t, **kw, alpha_t=lambda a, t: a + 0 * t),
-         "α_t is α where m_gt = 1 but 1 − α where m_gt = 0; you used α everywhere."),
-        (lambda x, t, **kw: focal(x, t, **kw, alpha_t=lambda a, t: 1 + 0 * t),
-         "the α_t weight is missing (α = 0.25 on foreground pixels, 1 − α on background ones)."),
-        (lambda x, t, **kw: focal(x, t, **kw, alpha_t=lambda a, t: (1 - a) * t + a * (1 - t)),
-         "α and 1 − α are swapped: α_t = α on foreground pixels (m_gt = 1)."),
-        (lambda x, t, **kw: focal(x, t, **kw, mod=lambda p_t: p_t),
-         "the modulating factor is (1 − p_t)^γ, which shrinks the loss of well-classified pixels; you used p_t^γ."),
-        (lambda x, t, **kw: focal(x, t, **kw, p_t=lambda p, t: p),
-         "p_t is p where m_gt = 1 but 1 − p where m_gt = 0; you used p everywhere."),
-        (lambda x, t, alpha=0.25, gamma=2.0: focal(x, t, alpha, 0.0),
-         "the (1 − p_t)^γ factor is missing (this is α-weighted cross-entropy)."),
-        (lambda x, t, **kw: F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1),
-         "this is plain binary cross-entropy: the α_t and (1 − p_t)^γ factors are missing."),
-        (lambda x, t, **kw: focal(x, t, **kw, reduce="sum"),
-         "Eq. (3.2f) takes the mean over the pixels of each mask, not the sum."),
-        (lambda x, t, **kw: focal(x, t, **kw).sum(), "return one loss per mask, shape (M,), not their sum."),
-        (lambda x, t, **kw: focal(x, t, **kw).mean(), "return one loss per mask, shape (M,), not their mean."),
-        (lambda x, t, **kw: focal(x, t), "you ignored the alpha / gamma arguments (hard-coded 0.25 and 2?)."),
+        Mistake("alpha_everywhere", lambda x, t, **kw: _focal(x, t, **kw, alpha_t=lambda a, t: a + 0 * t),
+                "α_t is α where m_gt = 1 but 1 − α where m_gt = 0; you used α everywhere."),
+        Mistake("alpha_missing", lambda x, t, **kw: _focal(x, t, **kw, alpha_t=lambda a, t: 1 + 0 * t),
+                "the α_t weight is missing (α = 0.25 on foreground pixels, 1 − α on background ones)."),
+        Mistake("alpha_swapped",
+                lambda x, t, **kw: _focal(x, t, **kw, alpha_t=lambda a, t: (1 - a) * t + a * (1 - t)),
+                "α and 1 − α are swapped: α_t = α on foreground pixels (m_gt = 1)."),
+        Mistake("modulating_p_t", lambda x, t, **kw: _focal(x, t, **kw, mod=lambda p_t: p_t),
+                "the modulating factor is (1 − p_t)^γ, which shrinks the loss of well-classified pixels; "
+                "you used p_t^γ."),
+        Mistake("p_t_is_p", lambda x, t, **kw: _focal(x, t, **kw, p_t=lambda p, t: p),
+                "p_t is p where m_gt = 1 but 1 − p where m_gt = 0; you used p everywhere."),
+        Mistake("gamma_missing", lambda x, t, alpha=0.25, gamma=2.0: _focal(x, t, alpha, 0.0),
+                "the (1 − p_t)^γ factor is missing (this is α-weighted cross-entropy)."),
+        Mistake("plain_bce", lambda x, t, **kw: F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1),
+                "this is plain binary cross-entropy: the α_t and (1 − p_t)^γ factors are missing."),
+        Mistake("sum_over_pixels", lambda x, t, **kw: _focal(x, t, **kw, reduce="sum"),
+                "Eq. (3.2f) takes the mean over the pixels of each mask, not the sum."),
+        Mistake("summed_over_masks", lambda x, t, **kw: _focal(x, t, **kw).sum(),
+                "return one loss per mask, shape (M,), not their sum."),
+        Mistake("averaged_over_masks", lambda x, t, **kw: _focal(x, t, **kw).mean(),
+                "return one loss per mask, shape (M,), not their mean."),
+        Mistake("arguments_ignored", lambda x, t, **kw: _focal(x, t),
+                "you ignored the alpha / gamma arguments (hard-coded 0.25 and 2?)."),
+        Mistake("unstable_log", lambda x, t, **kw: _focal(x, t, **kw, ce=_naive_log), UNSTABLE_LOG),
     ]
     return run_checks("focal loss, Eq. (3.2f)", fn, cases(), _per_mask(losses.sigmoid_focal_loss), mistakes,
-                      differentiable=True, verbose=verbose)
+                      grad_args=(0,), verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,10 +491,11 @@ def check_focal(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cost_reference(class_logits, mask_logits, labels, target_masks, cost_class=1.0, cost_mask=20.0, cost_dice=1.0):
+def _cost_reference(class_logits, mask_logits, labels, target_masks, cost_class=1.0, cost_focal=20.0,
+                    cost_dice=1.0):
     # the matcher takes (N, h, w) masks and resizes the targets to (h, w): (N, 1, P) keeps them as they are
     N, P = mask_logits.shape
-    m = matcher.HungarianMatcher(cost_class, cost_mask, cost_dice)
+    m = matcher.HungarianMatcher(cost_class, cost_focal, cost_dice)
     target = {"labels": labels, "masks": target_masks.view(-1, 1, P)}
     return m.cost_matrix(class_logits, mask_logits.view(N, 1, P), target)
 
@@ -287,54 +510,63 @@ def check_matching_cost(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
             mask_logits = torch.randn(N, P, generator=g) * 3
             labels = torch.randint(0, K, (n,), generator=g)
             target_masks = (torch.rand(n, P, generator=g) < 0.4).float()
-            out.append((f"N={N} predictions, n={n} segments, K={K} classes, P={P} pixels",
-                        (class_logits, mask_logits, labels, target_masks), {}))
-        args = out[0][1]
-        out.append(("the first input with cost_class=2, cost_mask=5, cost_dice=0.5", args,
-                    {"cost_class": 2.0, "cost_mask": 5.0, "cost_dice": 0.5}))
+            out.append(Case(f"N={N} predictions, n={n} segments, K={K} classes, P={P} pixels",
+                            (class_logits, mask_logits, labels, target_masks)))
+        out.append(Case("the first input with cost_class=2, cost_focal=5, cost_dice=0.5", out[0].args,
+                        {"cost_class": 2.0, "cost_focal": 5.0, "cost_dice": 0.5}))
         return out
 
-    def parts(x, m, y, t):
-        prob = x.softmax(-1)
-        return (-prob[:, y], matcher.focal_cost(m, t), matcher.dice_cost(m, t), prob)
+    def pairwise(loss: Callable, m: Tensor, t: Tensor) -> Tensor:
+        """loss(mask i, segment j) for every pair: (N, P), (n, P) → (N, n)."""
+        (N, P), n = m.shape, len(t)
+        return loss(m[:, None].expand(N, n, P).reshape(-1, P), t[None].expand(N, n, P).reshape(-1, P)).view(N, n)
 
-    def cost(x, m, y, t, cost_class=1.0, cost_mask=20.0, cost_dice=1.0, cls=None, focal=None, dice=None):
-        c, f, d, prob = parts(x, m, y, t)
-        c = c if cls is None else cls(x, y)
-        f = f if focal is None else focal(m, t)
-        d = d if dice is None else dice(m, t)
-        return cost_class * c + cost_mask * f + cost_dice * d
+    def focal_cost(m, t): return pairwise(_focal, m, t)
 
-    def dice_no_smoothing(m, t):
-        p = m.sigmoid()
-        return 1 - 2 * (p @ t.T) / (p.sum(1)[:, None] + t.sum(1)[None])
+    def dice_cost(m, t, smooth=1.0): return pairwise(lambda x, y: _dice(x.sigmoid(), y, smooth=smooth), m, t)
+
+    def cost(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0, cls=None, focal=None, dice=None):
+        c = -x.softmax(-1)[:, y] if cls is None else cls(x, y)
+        f = focal_cost(m, t) if focal is None else focal(m, t)
+        d = dice_cost(m, t) if dice is None else dice(m, t)
+        return cost_class * c + cost_focal * f + cost_dice * d
 
     mistakes = [
-        (lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x.log_softmax(-1)[:, y]),
-         "the class term of Eq. (3.2c) is −p_i(c_j), a probability, not −log p_i(c_j) (see DETR §3.1: "
-         "−log p is unbounded and would swamp the mask terms)."),
-        (lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: 1 - x.softmax(-1)[:, y]),
-         "you wrote 1 − p_i(c_j): a constant shift gives the same assignment, but Eq. (3.2c) writes −p_i(c_j)."),
-        (lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x[:, :-1].softmax(-1)[:, y]),
-         "the softmax runs over all K + 1 classes, "
-         "∅ included (Eq. (3.3a)); you dropped ∅ before the softmax."),
-        (lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x.sigmoid()[:, y]),
-         "class probabilities come from a softmax over the K + 1 classes, not a sigmoid."),
-        (lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x[:, y]), "the class term needs probabilities: "
-                                                                     "softmax the class logits first."),
-        (lambda x, m, y, t, **kw: cost(x, m, y, t),
-         "you ignored the cost_class / cost_mask / cost_dice arguments (hard-coded 1, 20, 1?)."),
-        (lambda x, m, y, t, **kw: cost(x, m, y, t, 1.0, 1.0, 1.0), "the weights λ are missing: "
-                                                                   "C = 1·(−p) + 20·focal + 1·dice."),
-        (lambda *a, **kw: cost(*a, **kw, focal=lambda m, t: matcher.focal_cost(m, t) * m.shape[1]),
-         "the focal term is the mean over pixels (÷ P), not the sum."),
-        (lambda *a, **kw: cost(*a, **kw, dice=dice_no_smoothing), "the dice term needs the +1 smoothing of "
-                                                                   "Eq. (3.2g)."),
-        (lambda *a, **kw: cost(*a, **kw, focal=lambda m, t: matcher.focal_cost(m, t) * 0),
-         "the focal term is missing: L_mask = 20·focal + 1·dice, Eq. (3.2e)."),
-        (lambda *a, **kw: cost(*a, **kw, dice=lambda m, t: matcher.dice_cost(m, t) * 0),
-         "the dice term is missing: L_mask = 20·focal + 1·dice, Eq. (3.2e)."),
-        (lambda *a, **kw: cost(*a, **kw).T, "rows are predictions, columns are ground-truth segments: C is (N, n)."),
+        Mistake("class_term_sign", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: x.softmax(-1)[:, y]),
+                "wrong sign of the class term: Eq. (3.2c) has −λ_cls·p_i(c_j). With +p, a prediction that is "
+                "*sure* of class c_j costs more, and the matching prefers the wrong predictions."),
+        Mistake("cost_negated", lambda *a, **kw: -cost(*a, **kw),
+                "the whole cost has the wrong sign: C is minimised, so the class term is −p_i(c_j) and the "
+                "focal and dice losses enter with +."),
+        Mistake("minus_log_p", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x.log_softmax(-1)[:, y]),
+                "the class term of Eq. (3.2c) is −p_i(c_j), a probability, not −log p_i(c_j) (see DETR §3.1: "
+                "−log p is unbounded and would swamp the mask terms)."),
+        Mistake("one_minus_p", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: 1 - x.softmax(-1)[:, y]),
+                "you wrote 1 − p_i(c_j): a constant shift gives the same assignment, but Eq. (3.2c) writes "
+                "−p_i(c_j)."),
+        Mistake("softmax_without_no_object",
+                lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x[:, :-1].softmax(-1)[:, y]),
+                "the softmax runs over all K + 1 classes, ∅ included (Eq. (3.3a)); you dropped ∅ before the "
+                "softmax."),
+        Mistake("sigmoid_not_softmax", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x.sigmoid()[:, y]),
+                "class probabilities come from a softmax over the K + 1 classes, not a sigmoid."),
+        Mistake("logits_not_probabilities", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x[:, y]),
+                "the class term needs probabilities: softmax the class logits first."),
+        Mistake("arguments_ignored", lambda x, m, y, t, **kw: cost(x, m, y, t),
+                "you ignored the cost_class / cost_focal / cost_dice arguments (hard-coded 1, 20, 1?)."),
+        Mistake("weights_missing", lambda x, m, y, t, **kw: cost(x, m, y, t, 1.0, 1.0, 1.0),
+                "the weights λ are missing: C = 1·(−p) + 20·focal + 1·dice."),
+        Mistake("focal_sum_over_pixels",
+                lambda *a, **kw: cost(*a, **kw, focal=lambda m, t: focal_cost(m, t) * m.shape[1]),
+                "the focal term is the mean over pixels (÷ P), not the sum."),
+        Mistake("no_smoothing", lambda *a, **kw: cost(*a, **kw, dice=lambda m, t: dice_cost(m, t, smooth=0.0)),
+                "the dice term needs the +1 smoothing of Eq. (3.2g)."),
+        Mistake("focal_missing", lambda *a, **kw: cost(*a, **kw, focal=lambda m, t: focal_cost(m, t) * 0),
+                "the focal term is missing: L_mask = 20·focal + 1·dice, Eq. (3.2e)."),
+        Mistake("dice_missing", lambda *a, **kw: cost(*a, **kw, dice=lambda m, t: dice_cost(m, t) * 0),
+                "the dice term is missing: L_mask = 20·focal + 1·dice, Eq. (3.2e)."),
+        Mistake("transposed", lambda *a, **kw: cost(*a, **kw).T,
+                "rows are predictions, columns are ground-truth segments: C is (N, n)."),
     ]
     return run_checks("matching cost, Eq. (3.2c)", fn, cases(), _cost_reference, mistakes, verbose=verbose)
 
@@ -358,22 +590,26 @@ def check_mask_embedding(fn: Callable, verbose: bool = True) -> tuple[bool, str]
         out = []
         for k, (B, N, C, H, W) in enumerate([(2, 5, 8, 6, 7), (1, 3, 16, 4, 4), (3, 4, 2, 5, 9)]):
             g = _generator(30 + k)
-            out.append((f"B={B}, N={N}, C={C}, H={H}, W={W}",
-                        (torch.randn(B, N, C, generator=g), torch.randn(B, C, H, W, generator=g)), {}))
+            out.append(Case(f"B={B}, N={N}, C={C}, H={H}, W={W}",
+                            (torch.randn(B, N, C, generator=g), torch.randn(B, C, H, W, generator=g))))
         return out
 
     def dots(e, p): return torch.einsum("bnc,bchw->bnhw", e, p)
 
     mistakes = [
-        (lambda e, p: dots(e, p), "Eq. (3.3b) ends with a sigmoid: return probabilities, not logits."),
-        (lambda e, p: dots(e, p).softmax(1), "the paper uses an independent sigmoid per mask, not a softmax "
-                                             "across the N queries (§3.3: sigmoids work better)."),
-        (lambda e, p: dots(e, p).flatten(2).softmax(-1).view_as(dots(e, p)),
-         "no softmax over the pixels: every pixel gets its own sigmoid."),
-        (lambda e, p: dots(e.sigmoid(), p.sigmoid()), "the sigmoid goes after the dot product, not on the "
-                                                      "embeddings."),
-        (lambda e, p: dots(F.normalize(e, dim=-1), F.normalize(p, dim=1)).sigmoid(),
-         "a plain dot product: do not normalise the embeddings (that would be a cosine similarity)."),
+        Mistake("sigmoid_missing", lambda e, p: dots(e, p),
+                "Eq. (3.3b) ends with a sigmoid: return probabilities, not logits."),
+        Mistake("softmax_over_queries", lambda e, p: dots(e, p).softmax(1),
+                "the paper uses an independent sigmoid per mask, not a softmax across the N queries "
+                "(§3.3: sigmoids work better)."),
+        Mistake("softmax_over_pixels", lambda e, p: dots(e, p).flatten(2).softmax(-1).view_as(dots(e, p)),
+                "no softmax over the pixels: every pixel gets its own sigmoid."),
+        Mistake("sigmoid_on_embeddings", lambda e, p: dots(e.sigmoid(), p.sigmoid()),
+                "the sigmoid goes after the dot product, not on the embeddings."),
+        Mistake("normalised_embeddings", lambda e, p: dots(F.normalize(e, dim=-1), F.normalize(p, dim=1)).sigmoid(),
+                "a plain dot product: do not normalise the embeddings (that would be a cosine similarity)."),
+        Mistake("height_width_swapped", lambda e, p: dots(e, p.transpose(2, 3)).sigmoid(),
+                "H and W are swapped: keep the pixel embeddings' (H, W) order in the result."),
     ]
     return run_checks("mask prediction, Eq. (3.3b)", fn, cases(), _masks_reference, mistakes, verbose=verbose)
 
@@ -383,34 +619,39 @@ def check_mask_embedding(fn: Callable, verbose: bool = True) -> tuple[bool, str]
 # ---------------------------------------------------------------------------------------------
 
 
+def _inference_logits(seed: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Random (class logits (..., N, K+1), mask logits (..., N, H, W)) for shape (..., N, K, H, W)."""
+    *batch, N, K, H, W = shape
+    g = _generator(seed)
+    return torch.randn(*batch, N, K + 1, generator=g) * 2, torch.randn(*batch, N, H, W, generator=g) * 3
+
+
 def check_semantic_inference(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
     """fn(class_logits (B, N, K+1), mask_logits (B, N, H, W)) → class scores (B, K, H, W), Eq. (3.4b)."""
-    def cases() -> list[Case]:
-        out = []
-        for k, (B, N, K, H, W) in enumerate([(2, 6, 4, 5, 7), (1, 10, 3, 8, 8), (3, 2, 5, 3, 4)]):
-            g = _generator(40 + k)
-            out.append((f"B={B}, N={N}, K={K}, H={H}, W={W}",
-                        (torch.randn(B, N, K + 1, generator=g) * 2, torch.randn(B, N, H, W, generator=g) * 3), {}))
-        return out
+    cases = [Case(f"B={B}, N={N}, K={K}, H={H}, W={W}", _inference_logits(40 + k, (B, N, K, H, W)))
+             for k, (B, N, K, H, W) in enumerate([(2, 6, 4, 5, 7), (1, 10, 3, 8, 8), (3, 2, 5, 3, 4)])]
 
     def scores(x, m, probs=None, masks=None):
         p = x.softmax(-1)[..., :-1] if probs is None else probs(x)
         return torch.einsum("bnk,bnhw->bkhw", p, m.sigmoid() if masks is None else masks(m))
 
     mistakes = [
-        (lambda x, m: scores(x, m, probs=lambda x: x.softmax(-1)),
-         "∅ (the last class) takes no part in Eq. (3.4b): drop its column after the softmax, c ∈ {1…K}."),
-        (lambda x, m: scores(x, m, probs=lambda x: x[..., :-1].softmax(-1)),
-         "the softmax runs over all K + 1 classes first (Eq. (3.3a)); drop ∅'s column after it, not before."),
-        (lambda x, m: scores(x, m, masks=lambda m: m), "the masks are m_i = sigmoid(mask logits), Eq. (3.3b)."),
-        (lambda x, m: scores(x, m, masks=lambda m: m.softmax(1)), "each mask gets its own sigmoid, not a "
-                                                                  "softmax over the queries."),
-        (lambda x, m: scores(x, m, probs=lambda x: x[..., :-1]), "the class probabilities are the softmax of "
-                                                                 "the class logits."),
-        (lambda x, m: scores(x, m).argmax(1), "return the scores (B, K, H, W); the semantic map is their argmax."),
-        (lambda x, m: scores(x, m) / x.shape[1], "Eq. (3.4b) sums over the queries; no division by N."),
+        Mistake("no_object_kept", lambda x, m: scores(x, m, probs=lambda x: x.softmax(-1)),
+                "∅ (the last class) takes no part in Eq. (3.4b): drop its column after the softmax, c ∈ {1…K}."),
+        Mistake("no_object_dropped_before_softmax", lambda x, m: scores(x, m, probs=lambda x: x[..., :-1].softmax(-1)),
+                "the softmax runs over all K + 1 classes first (Eq. (3.3a)); drop ∅'s column after it, not before."),
+        Mistake("sigmoid_missing", lambda x, m: scores(x, m, masks=lambda m: m),
+                "the masks are m_i = sigmoid(mask logits), Eq. (3.3b)."),
+        Mistake("softmax_over_queries", lambda x, m: scores(x, m, masks=lambda m: m.softmax(1)),
+                "each mask gets its own sigmoid, not a softmax over the queries."),
+        Mistake("logits_not_probabilities", lambda x, m: scores(x, m, probs=lambda x: x[..., :-1]),
+                "the class probabilities are the softmax of the class logits."),
+        Mistake("argmax_returned", lambda x, m: scores(x, m).argmax(1),
+                "return the scores (B, K, H, W); the semantic map is their argmax."),
+        Mistake("divided_by_queries", lambda x, m: scores(x, m) / x.shape[1],
+                "Eq. (3.4b) sums over the queries; no division by N."),
     ]
-    return run_checks("semantic inference, Eq. (3.4b)", fn, cases(), infer.semantic_inference, mistakes,
+    return run_checks("semantic inference, Eq. (3.4b)", fn, cases, infer.semantic_inference, mistakes,
                       verbose=verbose)
 
 
@@ -531,17 +772,19 @@ def _wrong_class_case() -> tuple[Tensor, dict, Tensor, dict]:
 def check_panoptic_quality(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
     """fn(pred_pan_seg (H, W), pred_segments {id: class}, gt_pan_seg (H, W), gt_segments {id: class})
     → {"PQ", "SQ", "RQ"} of one image, each the mean over the classes that occur (TP + FP + FN > 0)."""
-    cases = [(f"random scene #{seed}", _random_panoptic(seed), {}) for seed in range(50, 56)]
-    cases.append(("a segment whose IoU with the ground truth is exactly 0.5", _half_iou_case(), {}))
-    cases.append(("a segment found with the right outline but the wrong class", _wrong_class_case(), {}))
+    cases = [Case(f"random scene #{seed}", _random_panoptic(seed)) for seed in range(50, 56)]
+    cases.append(Case("a segment whose IoU with the ground truth is exactly 0.5", _half_iou_case()))
+    cases.append(Case("a segment found with the right outline but the wrong class", _wrong_class_case()))
     mistakes = [
-        (lambda *a: _pq_variant(*a, strict=False), "a match needs IoU > 0.5 strictly (that is what makes "
-                                                   "matches unique); you accepted IoU = 0.5."),
-        (lambda *a: _pq_variant(*a, same_category=False), "a predicted and a ground-truth segment can only "
-                                                          "match if they have the same class."),
-        (lambda *a: _pq_variant(*a, half=False), "RQ = TP / (TP + ½ FP + ½ FN): the ½ factors are missing."),
-        (lambda *a: _pq_variant(*a, per_category=False), "PQ, SQ and RQ are computed per class, then averaged "
-                                                          "over classes; you pooled all segments together."),
+        Mistake("iou_not_strict", functools.partial(_pq_variant, strict=False),
+                "a match needs IoU > 0.5 strictly (that is what makes matches unique); you accepted IoU = 0.5."),
+        Mistake("any_category", functools.partial(_pq_variant, same_category=False),
+                "a predicted and a ground-truth segment can only match if they have the same class."),
+        Mistake("halves_missing", functools.partial(_pq_variant, half=False),
+                "RQ = TP / (TP + ½ FP + ½ FN): the ½ factors are missing."),
+        Mistake("pooled_over_classes", functools.partial(_pq_variant, per_category=False),
+                "PQ, SQ and RQ are computed per class, then averaged over classes; you pooled all segments "
+                "together."),
     ]
     return run_checks("panoptic quality (PQ)", fn, cases, _pq_reference, mistakes, problem=pq_problem,
                       verbose=verbose)
@@ -558,7 +801,7 @@ def check_window_partition(fn: Callable, verbose: bool = True) -> tuple[bool, st
         out = []
         for k, (B, H, W, C, ws) in enumerate([(2, 8, 12, 3, 4), (1, 14, 7, 5, 7), (3, 6, 6, 2, 2)]):
             x = torch.randn(B, H, W, C, generator=_generator(60 + k))
-            out.append((f"x of shape {(B, H, W, C)} with window_size={ws}", (x, ws), {}))
+            out.append(Case(f"x of shape {(B, H, W, C)} with window_size={ws}", (x, ws)))
         return out
 
     def split(x, ws):
@@ -566,15 +809,16 @@ def check_window_partition(fn: Callable, verbose: bool = True) -> tuple[bool, st
         return x.reshape(B, H // ws, ws, W // ws, ws, C)
 
     mistakes = [
-        (lambda x, ws: x.reshape(-1, ws, ws, x.shape[-1]), "a reshape alone cuts the rows of the image into "
-         "pieces, not square windows: split H and W into (nH, ws) and (nW, ws), then bring the window axes "
-         "together with a permute."),
-        (lambda x, ws: split(x, ws).permute(0, 3, 1, 2, 4, 5).reshape(-1, ws, ws, x.shape[-1]),
-         "the windows are there but in column-major order; list them row by row (nH before nW)."),
-        (lambda x, ws: split(x, ws).permute(0, 1, 3, 4, 2, 5).reshape(-1, ws, ws, x.shape[-1]),
-         "each window is transposed: keep the axes (row-in-window, column-in-window) in that order."),
-        (lambda x, ws: split(x, ws).permute(0, 1, 3, 2, 4, 5), "merge the batch and window-grid axes into one: "
-                                                               "the result is (B·nH·nW, ws, ws, C)."),
+        Mistake("reshape_without_permute", lambda x, ws: x.reshape(-1, ws, ws, x.shape[-1]),
+                "a reshape alone cuts the rows of the image into pieces, not square windows: split H and W into "
+                "(nH, ws) and (nW, ws), then bring the window axes together with a permute."),
+        Mistake("column_major", lambda x, ws: split(x, ws).permute(0, 3, 1, 2, 4, 5).reshape(-1, ws, ws, x.shape[-1]),
+                "the windows are there but in column-major order; list them row by row (nH before nW)."),
+        Mistake("window_transposed",
+                lambda x, ws: split(x, ws).permute(0, 1, 3, 4, 2, 5).reshape(-1, ws, ws, x.shape[-1]),
+                "each window is transposed: keep the axes (row-in-window, column-in-window) in that order."),
+        Mistake("not_flattened", lambda x, ws: split(x, ws).permute(0, 1, 3, 2, 4, 5),
+                "merge the batch and window-grid axes into one: the result is (B·nH·nW, ws, ws, C)."),
     ]
     return run_checks("window partition (Swin)", fn, cases(), backbones.window_partition, mistakes, verbose=verbose)
 
@@ -586,19 +830,20 @@ def check_window_partition(fn: Callable, verbose: bool = True) -> tuple[bool, st
 
 def check_shifted_window_mask(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
     """fn(Hp, Wp, window_size, shift_size) → (nW, ws², ws²) float: 0 = may attend, −100 = masked."""
-    cases = [(f"Hp={Hp}, Wp={Wp}, window_size={ws}, shift_size={s}", (Hp, Wp, ws, s), {})
+    cases = [Case(f"Hp={Hp}, Wp={Wp}, window_size={ws}, shift_size={s}", (Hp, Wp, ws, s))
              for Hp, Wp, ws, s in [(8, 8, 4, 2), (14, 21, 7, 3), (12, 8, 4, 1), (6, 6, 3, 1)]]
 
-    def labels_of(Hp, Wp, ws, s, at_start=False, partition=True):
+    def labels_of(Hp, Wp, ws, s, at_start=False, partition=True, shift_edge=0, window_edge=0):
+        """Region labels; shift_edge / window_edge move a band's first row and column by that much."""
         rows, cols = torch.arange(Hp), torch.arange(Wp)
         if at_start:  # the wrapped tokens put at the start of each axis instead of the end
             rb, cb = (rows >= s).long(), (cols >= s).long()
         else:
-            rb = (rows >= Hp - ws).long() + (rows >= Hp - s).long()
-            cb = (cols >= Wp - ws).long() + (cols >= Wp - s).long()
+            rb = (rows >= Hp - ws + window_edge).long() + (rows >= Hp - s + shift_edge).long()
+            cb = (cols >= Wp - ws + window_edge).long() + (cols >= Wp - s + shift_edge).long()
         labels = (rb[:, None] * 3 + cb[None, :]).float()
-        if partition:
-            return backbones.window_partition(labels[None, :, :, None], ws).reshape(-1, ws * ws)
+        if partition:  # the windows row by row, each window's tokens row by row
+            return labels.reshape(Hp // ws, ws, Wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
         return labels.reshape(-1, ws * ws)
 
     def mask(*a, value=-100.0, invert=False, **kw):
@@ -606,22 +851,300 @@ def check_shifted_window_mask(fn: Callable, verbose: bool = True) -> tuple[bool,
         differ = labels[:, None, :] != labels[:, :, None]
         return torch.zeros(differ.shape).masked_fill(~differ if invert else differ, value)
 
+    band_text = ("the last band is off by one: the tokens that wrapped around are the last `shift` rows and columns, "
+                 "indices Hp − shift … Hp − 1 (`rows >= Hp - shift_size`, `slice(Hp - shift_size, Hp)`); check "
+                 "`>` against `>=` and where your slices end.")
     mistakes = [
-        (lambda *a: mask(*a) != 0, "return floats: 0.0 where two tokens may attend, −100.0 where they may "
-                                   "not (added to the attention scores), not booleans."),
-        (lambda *a: mask(*a) == 0, "return floats: 0.0 where two tokens may attend, −100.0 where they may "
-                                   "not, not booleans (and True meant 'allowed' here)."),
-        (lambda *a: mask(*a, value=float("-inf")), "the right pairs are masked, but with −inf; use −100.0 as the "
-                                                   "official code does."),
-        (lambda *a: mask(*a, invert=True), "inverted: pairs from the same region get 0 (may attend), pairs from "
-                                           "different regions −100."),
-        (lambda *a: mask(*a, at_start=True), "after the roll by −shift the wrapped-around tokens are the "
-                                             "last `shift` rows and columns, [Hp − shift, Hp), not the first."),
-        (lambda *a: mask(*a, partition=False), "group the region labels by window (window_partition) before "
-                                               "comparing them; a plain reshape mixes rows of different windows."),
+        Mistake("booleans", lambda *a: mask(*a) != 0,
+                "return floats: 0.0 where two tokens may attend, −100.0 where they may not (added to the "
+                "attention scores), not booleans."),
+        Mistake("booleans_allowed", lambda *a: mask(*a) == 0,
+                "return floats: 0.0 where two tokens may attend, −100.0 where they may not, not booleans (and "
+                "True meant 'allowed' here)."),
+        Mistake("minus_inf", lambda *a: mask(*a, value=float("-inf")),
+                "the right pairs are masked, but with −inf; use −100.0 as the official code does."),
+        Mistake("inverted", lambda *a: mask(*a, invert=True),
+                "inverted: pairs from the same region get 0 (may attend), pairs from different regions −100."),
+        Mistake("wrapped_at_start", lambda *a: mask(*a, at_start=True),
+                "after the roll by −shift the wrapped-around tokens are the last `shift` rows and columns, "
+                "[Hp − shift, Hp), not the first."),
+        Mistake("band_off_by_one", lambda *a: mask(*a, shift_edge=1), band_text),
+        Mistake("band_off_by_one", lambda *a: mask(*a, shift_edge=-1), band_text),
+        Mistake("window_band_off_by_one", lambda *a: mask(*a, window_edge=1),
+                "the middle band is off by one: it starts at Hp − window_size, the first row (column) of the last "
+                "window, and ends at Hp − shift_size."),
+        Mistake("reshape_not_partition", lambda *a: mask(*a, partition=False),
+                "group the region labels by window (window_partition) before comparing them; a plain reshape "
+                "mixes rows of different windows."),
     ]
     return run_checks("shifted-window attention mask (Swin)", fn, cases, backbones.shifted_window_mask, mistakes,
                       verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. The loss of Eq. (3.2d)           reference: losses.MaskFormerLoss (loss_labels, loss_masks)
+# ---------------------------------------------------------------------------------------------
+
+
+def _loss_reference(class_logits: Tensor, mask_logits: Tensor, targets: list[dict], indices: list,
+                    no_object_weight: float = 0.1) -> dict[str, Tensor]:
+    """MaskFormerLoss's terms for the given matching; each (P,) mask is passed as a 1 × P image."""
+    B, N, K1 = class_logits.shape
+    criterion = losses.MaskFormerLoss(K1 - 1, matcher=nn.Identity(), no_object_weight=no_object_weight,
+                                      num_aux_layers=0)  # the matcher is not used: the matching is given
+    outputs = {"pred_logits": class_logits, "pred_masks": mask_logits[:, :, None, :]}  # (B, N, 1, P)
+    image_targets = [{"labels": t["labels"], "masks": t["masks"][:, None, :]} for t in targets]  # (n, 1, P)
+    num_masks = losses.count_masks(image_targets, class_logits.device)
+    mask_terms = criterion.loss_masks(outputs, image_targets, indices, num_masks)
+    return {"loss_ce": criterion.loss_labels(outputs, image_targets, indices)["loss_ce"],
+            "loss_focal": mask_terms["loss_focal"], "loss_dice": mask_terms["loss_dice"]}
+
+
+def _loss_variant(class_logits: Tensor, mask_logits: Tensor, targets: list[dict], indices: list,
+                  no_object_weight: float = 0.1, weights: str = "no_object", ce_divisor: str = "weights",
+                  unmatched: bool = True, pairing: str = "matching", num_masks: str = "batch",
+                  focal_pixels: str = "mean") -> dict[str, Tensor]:
+    """The loss written out with switches for the usual mistakes (the defaults: the correct loss)."""
+    B, N, K1 = class_logits.shape
+    target_classes = torch.full((B, N), K1 - 1)  # ∅ unless matched
+    matched = torch.zeros(B, N, dtype=torch.bool)
+    focal, dice, per_image = [], [], []
+    for b, (query, segment) in enumerate(indices):
+        if pairing == "in_order":  # prediction k with segment k
+            query, segment = torch.arange(len(query)), torch.arange(len(segment))
+        elif pairing == "segments_in_order":  # the matched predictions, but segments 0, 1, ...
+            segment = torch.arange(len(segment))
+        target_classes[b, query] = targets[b]["labels"][segment]
+        matched[b, query] = True
+        x, t = mask_logits[b, query], targets[b]["masks"][segment]
+        focal.append(_focal(x, t) * (x.shape[1] if focal_pixels == "sum" else 1))
+        dice.append(_dice(x.sigmoid(), t))
+        per_image.append(len(segment))
+    w = torch.ones(K1)
+    if weights == "no_object":
+        w[-1] = no_object_weight
+    elif weights == "swapped":
+        w = torch.full((K1,), no_object_weight)
+        w[-1] = 1.0
+    elif weights == "hard_coded":
+        w[-1] = 0.1
+    ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, reduction="none")  # (B, N)
+    w_q = w[target_classes]
+    keep = torch.ones(B, N, dtype=torch.bool) if unmatched else matched
+    loss_ce = (w_q * ce)[keep].sum() / (w_q[keep].sum() if ce_divisor == "weights" else keep.sum())
+
+    def normalise(terms: list[Tensor]) -> Tensor:
+        total = torch.cat(terms).sum()
+        if num_masks == "per_image":
+            return torch.stack([t.sum() / max(len(t), 1) for t in terms]).mean()
+        divisor = {"batch": max(sum(per_image), 1), "queries": B * N, "none": 1,
+                   "matched_mean": sum(per_image)}[num_masks]
+        return total / divisor if divisor else total * float("nan")
+
+    return {"loss_ce": loss_ce, "loss_focal": normalise(focal), "loss_dice": normalise(dice)}
+
+
+def _loss_inputs(seed: int, sizes: tuple[int, ...], N: int, K: int, P: int) -> tuple:
+    """Random outputs for len(sizes) images, targets with sizes[b] segments, and a random matching."""
+    g = _generator(seed)
+    B = len(sizes)
+    class_logits = torch.randn(B, N, K + 1, generator=g) * 2
+    mask_logits = torch.randn(B, N, P, generator=g) * 3
+    targets, indices = [], []
+    for n in sizes:
+        targets.append({"labels": torch.randint(0, K, (n,), generator=g),
+                        "masks": (torch.rand(n, P, generator=g) < 0.4).float()})
+        query = torch.randperm(N, generator=g)[:n].sort().values  # matched predictions, in order
+        indices.append((query, torch.randperm(n, generator=g)))  # ... and the segment of each
+    return class_logits, mask_logits, targets, indices
+
+
+def dict_problem(got, expected: dict[str, Tensor]) -> str | None:
+    if not isinstance(got, dict) or set(got) != set(expected):
+        keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+        return f"expected a dict with keys {sorted(expected)}, got {keys}"
+    for key in expected:
+        problem = tensor_problem(got[key], expected[key])
+        if problem is not None:
+            return f"{key}: {problem}"
+    return None
+
+
+def check_mask_classification_loss(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
+    """fn(class_logits (B, N, K+1), mask_logits (B, N, P), targets [{"labels" (n,), "masks" (n, P)}],
+    indices [(query_idx, segment_idx)], no_object_weight=0.1) → {"loss_ce", "loss_focal", "loss_dice"}."""
+    cases = [
+        Case("2 images with 2 and 3 segments, N=6 queries, K=4 classes, P=30 pixels",
+             _loss_inputs(70, (2, 3), N=6, K=4, P=30)),
+        Case("3 images with 0, 1 and 4 segments, N=7, K=3, P=20", _loss_inputs(71, (0, 1, 4), N=7, K=3, P=20)),
+        Case("the first input with no_object_weight=0.5", _loss_inputs(70, (2, 3), N=6, K=4, P=30),
+             {"no_object_weight": 0.5}),
+        Case("1 image whose 5 segments take all N=5 queries", _loss_inputs(72, (5,), N=5, K=6, P=25)),
+        Case("a batch of 2 images without any segment", _loss_inputs(73, (0, 0), N=4, K=3, P=10)),
+    ]
+    mistakes = [
+        Mistake("no_object_weight_missing", functools.partial(_loss_variant, weights="none"),
+                "in the cross-entropy, queries whose target is ∅ weigh no_object_weight = 0.1 (most queries "
+                "are ∅); you weighted every query 1."),
+        Mistake("no_object_weight_swapped", functools.partial(_loss_variant, weights="swapped"),
+                "the weight no_object_weight belongs to ∅ (the last class); the K real classes weigh 1."),
+        Mistake("argument_ignored", functools.partial(_loss_variant, weights="hard_coded"),
+                "you ignored the no_object_weight argument (hard-coded 0.1?)."),
+        Mistake("mean_not_weighted_mean", functools.partial(_loss_variant, ce_divisor="count"),
+                "the class term is a weighted mean, Σ w·(−log p) / Σ w (what F.cross_entropy(..., weight=w) "
+                "computes), not Σ w·(−log p) / (number of queries)."),
+        Mistake("unmatched_not_trained", functools.partial(_loss_variant, unmatched=False),
+                "every query is in the class term: an unmatched query has the target ∅ (class index K); you "
+                "left the unmatched queries out."),
+        Mistake("matching_ignored", functools.partial(_loss_variant, pairing="in_order"),
+                "use the matching: prediction query_idx[k] goes with segment segment_idx[k]; you paired "
+                "prediction k with segment k."),
+        Mistake("segment_order_ignored", functools.partial(_loss_variant, pairing="segments_in_order"),
+                "prediction query_idx[k] goes with segment segment_idx[k], not with segment k."),
+        Mistake("num_masks_per_image", functools.partial(_loss_variant, num_masks="per_image"),
+                "divide the mask terms, summed over the whole batch, by the number of ground-truth masks of the "
+                "whole batch, not image by image."),
+        Mistake("divided_by_queries", functools.partial(_loss_variant, num_masks="queries"),
+                "divide the mask terms by the number of ground-truth masks, not by the number of queries B·N."),
+        Mistake("not_divided", functools.partial(_loss_variant, num_masks="none"),
+                "the summed mask terms are divided by the number of ground-truth masks in the batch."),
+        Mistake("no_masks_in_batch", functools.partial(_loss_variant, num_masks="matched_mean"),
+                "a batch without any segment: divide by max(number of masks, 1), so the mask terms are 0, "
+                "not NaN."),
+        Mistake("focal_sum_over_pixels", functools.partial(_loss_variant, focal_pixels="sum"),
+                "the focal loss of one mask is the mean over its pixels, Eq. (3.2f), not the sum."),
+    ]
+    return run_checks("mask-classification loss, Eq. (3.2d)", fn, cases, _loss_reference, mistakes,
+                      grad_args=(0, 1), problem=dict_problem, verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. General inference and panoptic fusion, Eq. (3.4a)   reference: infer.panoptic_inference
+# ---------------------------------------------------------------------------------------------
+
+
+def _panoptic_scene(seed: int, N: int = 10, K: int = 5, size: int = 16) -> tuple[Tensor, Tensor, list[bool]]:
+    """N queries, each a rectangle mask with a confident class, a confident ∅, an unsure class, or
+    torn between ∅ and a class; classes 0, 2, 4 are things, 1 and 3 stuff."""
+    g = _generator(seed)
+
+    def randint(lo, hi):
+        return int(torch.randint(lo, hi, (1,), generator=g))
+
+    class_logits = torch.randn(N, K + 1, generator=g)
+    mask_logits = torch.randn(N, size, size, generator=g) - 4  # (N, H, W): off everywhere ...
+    for i in range(N):
+        kind, c = randint(0, 7), randint(0, K)
+        class_logits[i, c] += {0: 7.0, 1: 7.0, 2: 7.0, 3: 0.0, 4: 0.0, 5: 1.5, 6: 2.5}[kind]  # 4: unsure
+        class_logits[i, K] += {3: 7.0, 6: 2.8}.get(kind, 0.0)  # 3: ∅, 6: torn between ∅ and c
+        y, x, h, w = randint(0, size - 4), randint(0, size - 4), randint(3, 11), randint(3, 11)
+        mask_logits[i, y:y + h, x:x + w] += 8  # ... but in its rectangle
+    return class_logits, mask_logits, [c % 2 == 0 for c in range(K)]
+
+
+def _panoptic_variant(class_logits: Tensor, mask_logits: Tensor, is_thing: list[bool],
+                      object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+                      rank_by_score: bool = True, drop_no_object: bool = True, confidence: bool = True,
+                      argmax_over_all: bool = True, overlap: bool = True, merge_stuff: bool = True,
+                      merge_things: bool = False, reassign: bool = False) -> tuple[Tensor, list[dict]]:
+    """Panoptic inference written as a loop, with switches for the usual mistakes (defaults: right)."""
+    K = class_logits.shape[-1] - 1
+    probs = class_logits.softmax(-1)
+    scores, classes = probs.max(-1) if argmax_over_all else probs[:, :-1].max(-1)
+    masks = mask_logits.sigmoid()
+    kept = [i for i in range(len(scores)) if (not drop_no_object or classes[i] != K)
+            and (not confidence or scores[i] > object_mask_threshold)]
+    pan_seg = torch.zeros(masks.shape[1:], dtype=torch.long)
+
+    def winners(queries: list[int]) -> Tensor:
+        ranked = masks[queries] * (scores[queries, None, None] if rank_by_score else 1)
+        return torch.tensor(queries)[ranked.argmax(0)]  # (H, W) query index
+
+    if not kept:
+        return pan_seg, []
+    winner = winners(kept)
+    survivors = [i for i in kept if (winner == i).any() and (not overlap or (
+        (masks[i] >= 0.5).sum() > 0 and (winner == i).sum() / (masks[i] >= 0.5).sum() >= overlap_threshold))]
+    if reassign and survivors:
+        winner = winners(survivors)
+    segments, merged = [], {}
+    for i in survivors:
+        c = int(classes[i])
+        thing = c == K or is_thing[c]
+        if (merge_things if thing else merge_stuff) and c in merged:
+            segment_id = merged[c]
+        else:
+            segment_id = len(segments) + 1
+            segments.append({"id": segment_id, "category_id": c, "isthing": thing})
+            merged[c] = segment_id
+        pan_seg[winner == i] = segment_id
+    return pan_seg, segments
+
+
+def panoptic_problem(got, expected: tuple[Tensor, list[dict]]) -> str | None:
+    """Compares the segments as (class, pixel set) pairs: the ids may be numbered in any order."""
+    try:
+        pan_seg, segments = got
+        pan_seg = torch.as_tensor(pan_seg)
+        ids = [int(s["id"]) for s in segments]
+        got_segments = {(int(s["category_id"]), tuple((pan_seg == s["id"]).flatten().nonzero().flatten().tolist()))
+                        for s in segments}
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        return (f"expected (pan_seg (H, W), segments_info [{{'id': ..., 'category_id': ...}}, ...]), got something "
+                f"else ({type(error).__name__}: {error})")
+    expected_pan, expected_info = expected
+    if pan_seg.shape != expected_pan.shape:
+        return f"expected pan_seg of shape {tuple(expected_pan.shape)}, got {tuple(pan_seg.shape)}"
+    if 0 in ids or len(set(ids)) != len(ids):
+        return f"segment ids must be distinct and ≥ 1 (0 is void), got {ids}"
+    void, expected_void = ~torch.isin(pan_seg, torch.tensor(ids, dtype=pan_seg.dtype)), expected_pan == 0
+    if not torch.equal(void, expected_void):
+        return (f"{int(expected_void.sum())} pixels should be void (0 or no listed segment), yours has "
+                f"{int(void.sum())}")
+    want = {(int(s["category_id"]), tuple((expected_pan == s["id"]).flatten().nonzero().flatten().tolist()))
+            for s in expected_info}
+    if got_segments == want:
+        return None
+    missing, extra = sorted(want - got_segments), sorted(got_segments - want)
+    words = [f"a segment of class {c} with {len(p)} pixels is missing" for c, p in missing[:2]]
+    words += [f"your segment of class {c} with {len(p)} pixels is not in the reference" for c, p in extra[:2]]
+    return "; ".join(words)
+
+
+def check_panoptic_inference(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
+    """fn(class_logits (N, K+1), mask_logits (N, H, W), is_thing (K,), object_mask_threshold=0.8,
+    overlap_threshold=0.8) → (pan_seg (H, W) long, 0 = void, segments_info [{"id", "category_id"}])."""
+    cases = [Case(f"random scene #{seed}: N=10 queries, K=5 classes, 16 × 16 pixels", _panoptic_scene(seed))
+             for seed in range(80, 86)]
+    cases.append(Case("random scene #86 with object_mask_threshold=0.3, overlap_threshold=0.5",
+                      _panoptic_scene(86), {"object_mask_threshold": 0.3, "overlap_threshold": 0.5}))
+    mistakes = [
+        Mistake("rank_by_mask_only", functools.partial(_panoptic_variant, rank_by_score=False),
+                "Eq. (3.4a) gives a pixel to the query with the largest p_i(c_i)·m_i[h, w]; you compared the "
+                "masks m_i alone."),
+        Mistake("no_object_kept", functools.partial(_panoptic_variant, drop_no_object=False),
+                "a query whose most likely class c_i is ∅ gives no segment: drop it before the pixels are "
+                "assigned."),
+        Mistake("confidence_filter_missing", functools.partial(_panoptic_variant, confidence=False),
+                "keep only the queries with p_i(c_i) > object_mask_threshold before the pixels are assigned."),
+        Mistake("argmax_without_no_object", functools.partial(_panoptic_variant, argmax_over_all=False),
+                "c_i is the argmax over all K + 1 classes, ∅ included (a query whose argmax is ∅ gives no "
+                "segment); you took the argmax over the K real classes."),
+        Mistake("overlap_filter_missing", functools.partial(_panoptic_variant, overlap=False),
+                "a query that wins fewer than overlap_threshold × its own mask's pixels (m_i ≥ 0.5), a mask "
+                "mostly hidden by others, gives no segment."),
+        Mistake("void_reassigned", functools.partial(_panoptic_variant, reassign=True),
+                "the pixels of a query dropped by the overlap filter stay void (0); they do not go to the next "
+                "query."),
+        Mistake("stuff_not_merged", functools.partial(_panoptic_variant, merge_stuff=False),
+                "the queries of one stuff class make one segment together (stuff has no instances)."),
+        Mistake("things_merged", functools.partial(_panoptic_variant, merge_things=True),
+                "every query of a thing class is its own instance: do not merge things of one class."),
+        Mistake("thresholds_ignored", lambda c, m, t, **kw: _panoptic_variant(c, m, t),
+                "you ignored the object_mask_threshold / overlap_threshold arguments (hard-coded 0.8?)."),
+    ]
+    return run_checks("panoptic inference, Eq. (3.4a)", fn, cases, infer.panoptic_inference, mistakes,
+                      problem=panoptic_problem, verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,32 +1155,54 @@ def check_shifted_window_mask(fn: Callable, verbose: bool = True) -> tuple[bool,
 @dataclass(frozen=True)
 class Exercise:
     notebook: str  # exercises/<notebook>
-    function: str  # the function the student writes (same name in solutions.py)
+    function: str  # the function the student writes (same name in instructor/solutions.py)
     check: Callable[..., tuple[bool, str]]
     project: str  # where the project implements it
+    difficulty: str  # "easy", "medium" or "hard", stated in the notebook
+    minutes: int  # expected time for a student who has read the paper section, stated in the notebook
 
 
 EXERCISES = {
-    "dice": Exercise("01_dice_loss.ipynb", "dice_loss", check_dice, "losses.py:dice_loss"),
-    "focal": Exercise("02_focal_loss.ipynb", "sigmoid_focal_loss", check_focal, "losses.py:sigmoid_focal_loss"),
+    "dice": Exercise("01_dice_loss.ipynb", "dice_loss", check_dice, "losses.py:dice_loss", "easy", 15),
+    "focal": Exercise("02_focal_loss.ipynb", "sigmoid_focal_loss", check_focal, "losses.py:sigmoid_focal_loss",
+                      "medium", 25),
     "matching_cost": Exercise("03_matching_cost.ipynb", "matching_cost", check_matching_cost,
-                              "matcher.py:HungarianMatcher.cost_matrix"),
+                              "matcher.py:HungarianMatcher.cost_matrix", "medium", 30),
     "mask_embedding": Exercise("04_mask_embedding.ipynb", "mask_probabilities", check_mask_embedding,
-                               "maskformer.py:MaskFormer.segment"),
+                               "maskformer.py:MaskFormer.segment", "easy", 15),
     "semantic_inference": Exercise("05_semantic_inference.ipynb", "semantic_inference", check_semantic_inference,
-                                   "infer.py:semantic_inference"),
+                                   "infer.py:semantic_inference", "easy", 15),
     "panoptic_quality": Exercise("06_panoptic_quality.ipynb", "panoptic_quality", check_panoptic_quality,
-                                 "metrics.py:PanopticMetrics"),
+                                 "metrics.py:PanopticMetrics", "medium", 40),
     "window_partition": Exercise("07_window_partition.ipynb", "window_partition", check_window_partition,
-                                 "backbones.py:window_partition"),
+                                 "backbones.py:window_partition", "medium", 20),
     "shifted_window_mask": Exercise("08_shifted_window_mask.ipynb", "shifted_window_mask",
-                                    check_shifted_window_mask, "backbones.py:shifted_window_mask"),
+                                    check_shifted_window_mask, "backbones.py:shifted_window_mask", "hard", 40),
+    "mask_classification_loss": Exercise("09_mask_classification_loss.ipynb", "mask_classification_loss",
+                                         check_mask_classification_loss, "losses.py:MaskFormerLoss", "hard", 45),
+    "panoptic_inference": Exercise("10_panoptic_inference.ipynb", "panoptic_inference", check_panoptic_inference,
+                                   "infer.py:panoptic_inference", "hard", 45),
 }
+
+NO_SOLUTIONS = ("the reference solutions are not in this bundle ({path} is absent): `--all` checks them, so it "
+                "runs in the instructor's copy of the repository. Students: run the checker cell at the end of "
+                "each notebook.")
+
+
+def load_solutions() -> types.ModuleType | None:
+    """instructor/solutions.py as a module, or None where it is absent (a student bundle)."""
+    if not (INSTRUCTOR / "solutions.py").is_file():
+        return None
+    if str(INSTRUCTOR) not in sys.path:
+        sys.path.insert(0, str(INSTRUCTOR))
+    import solutions
+
+    return solutions
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the exercise checkers on the reference solutions "
-                                                 "(exercises/solutions.py).")
+                                                 "(instructor/solutions.py).")
     parser.add_argument("names", nargs="*", help=f"exercises to check: {', '.join(EXERCISES)}")
     parser.add_argument("--all", action="store_true", help="check every exercise")
     parser.add_argument("--quiet", action="store_true", help="print the table only")
@@ -665,21 +1210,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in EXERCISES]
     if unknown or not (args.all or args.names):
         parser.error(f"unknown exercise(s) {unknown}" if unknown else "name exercises or pass --all")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import solutions
+    solutions = load_solutions()
+    if solutions is None:
+        print("check.py: " + NO_SOLUTIONS.format(path=(INSTRUCTOR / "solutions.py").relative_to(REPO)))
+        return 2
 
     names = list(EXERCISES) if args.all else args.names
     rows = []
     for name in names:
         exercise = EXERCISES[name]
         ok, message = exercise.check(getattr(solutions, exercise.function), verbose=not args.quiet)
-        rows.append((name, exercise.notebook, exercise.project, "ok" if ok else "FAILED"))
-    widths = [max(len(str(r[i])) for r in rows + [("exercise", "notebook", "project code", "result")])
-              for i in range(4)]
+        rows.append((name, exercise.notebook, f"{exercise.difficulty}, {exercise.minutes} min", exercise.project,
+                     "ok" if ok else "FAILED"))
+    header = ("exercise", "notebook", "difficulty", "project code", "result")
+    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
     print()
-    for row in [("exercise", "notebook", "project code", "result"), tuple("-" * w for w in widths), *rows]:
+    for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
-    failed = [r[0] for r in rows if r[3] != "ok"]
+    failed = [r[0] for r in rows if r[-1] != "ok"]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} reference solutions pass"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

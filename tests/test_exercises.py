@@ -1,17 +1,23 @@
-"""Tests for the classroom exercises (exercises/check.py, exercises/solutions.py, exercises/*.ipynb).
+"""Tests for the classroom exercises (exercises/check.py, exercises/*.ipynb, instructor/).
 
-Every checker must accept the reference solution (written from the paper, independent of the
-project's code) and reject realistic wrong answers, written out below, naming the mistake where
-check.py promises a hint. Every exercise notebook must run top to bottom unsolved and report
-"not implemented yet" instead of crashing.
+Every checker must accept the reference solution (instructor/solutions.py, written from the paper,
+independent of the project's code) and reject realistic wrong answers, written out below, with the
+named hint ("Hint [no_smoothing]: ...") that check.py promises; among them, for every exercise,
+an answer that calls or imports the project's own implementation. Every exercise notebook must run
+top to bottom unsolved and report "not implemented yet", and run with the reference solution
+pasted in. The student bundle must hold no solution and no guide.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
 import inspect
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,13 +27,27 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISES_DIR = REPO / "exercises"
-sys.path.insert(0, str(EXERCISES_DIR))
+INSTRUCTOR_DIR = REPO / "instructor"
+sys.path[:0] = [str(EXERCISES_DIR), str(INSTRUCTOR_DIR)]
 
+import bundle  # noqa: E402
 import check  # noqa: E402
 import solutions  # noqa: E402
 
+import backbones  # noqa: E402
+import infer  # noqa: E402
+import losses  # noqa: E402
+import maskformer  # noqa: E402
+import matcher  # noqa: E402
+import metrics  # noqa: E402
+from backbones import window_partition as project_window_partition  # noqa: E402
+
+# Hints that do not belong to one exercise's list of mistakes
+GENERAL_HINTS = ["uses_project_code", "in_place", "not_differentiable", "not_finite", "constant_offset",
+                 "constant_factor", "transposed"]
+
 # ---------------------------------------------------------------------------------------------
-# Realistic wrong answers, one list per exercise: (wrong function, text the verdict must contain)
+# Realistic wrong answers, one list per exercise: (wrong function, name of the hint it must get)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -64,6 +84,10 @@ def dice_in_place(x, t):
     return loss
 
 
+def dice_by_the_project(x, t):
+    return torch.stack([losses.dice_loss(x[i:i + 1], t[i:i + 1], 1) for i in range(len(x))])
+
+
 def focal_alpha_everywhere(x, t, alpha=0.25, gamma=2.0):
     p = x.sigmoid()
     p_t = p * t + (1 - p) * (1 - t)
@@ -87,23 +111,63 @@ def focal_plain_bce(x, t, alpha=0.25, gamma=2.0):
     return F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1)
 
 
-def cost_with_log(x, m, y, t, cost_class=1.0, cost_mask=20.0, cost_dice=1.0):
-    correct = solutions.matching_cost(x, m, y, t, cost_class, cost_mask, cost_dice)
+def focal_naive_log(x, t, alpha=0.25, gamma=2.0):
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).mean(1)  # inf once p_t rounds to 0
+
+
+def focal_bce_on_probabilities(x, t, alpha=0.25, gamma=2.0):
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    ce = F.binary_cross_entropy(p, t, reduction="none")  # clamps log to −100: finite but wrong at ±50
+    return (alpha_t * (1 - p_t) ** gamma * ce).mean(1)
+
+
+def focal_clamped(x, t, alpha=0.25, gamma=2.0):
+    p = torch.sigmoid(x).clamp(1e-6, 1 - 1e-6)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).mean(1)
+
+
+def focal_importing_the_project(x, t, alpha=0.25, gamma=2.0):
+    import losses
+
+    return torch.stack([losses.sigmoid_focal_loss(x[i:i + 1], t[i:i + 1], 1, alpha=alpha, gamma=gamma)
+                        for i in range(len(x))])
+
+
+def cost_with_plus_p(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
+    correct = solutions.matching_cost(x, m, y, t, cost_class, cost_focal, cost_dice)
+    return correct + 2 * cost_class * x.softmax(-1)[:, y]  # +p instead of −p
+
+
+def cost_with_log(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
+    correct = solutions.matching_cost(x, m, y, t, cost_class, cost_focal, cost_dice)
     prob = x.softmax(-1)[:, y]
     return correct + cost_class * (prob - prob.log())  # −p replaced by −log p
 
 
-def cost_without_weights(x, m, y, t, cost_class=1.0, cost_mask=20.0, cost_dice=1.0):
+def cost_without_weights(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
     return solutions.matching_cost(x, m, y, t, 1.0, 1.0, 1.0)
 
 
-def cost_softmax_without_no_object(x, m, y, t, cost_class=1.0, cost_mask=20.0, cost_dice=1.0):
-    correct = solutions.matching_cost(x, m, y, t, cost_class, cost_mask, cost_dice)
+def cost_softmax_without_no_object(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
+    correct = solutions.matching_cost(x, m, y, t, cost_class, cost_focal, cost_dice)
     return correct + cost_class * (x.softmax(-1)[:, y] - x[:, :-1].softmax(-1)[:, y])
 
 
-def cost_transposed(x, m, y, t, cost_class=1.0, cost_mask=20.0, cost_dice=1.0):
-    return solutions.matching_cost(x, m, y, t, cost_class, cost_mask, cost_dice).T
+def cost_transposed(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
+    return solutions.matching_cost(x, m, y, t, cost_class, cost_focal, cost_dice).T
+
+
+def cost_by_the_project(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
+    N, P = m.shape
+    hungarian = matcher.HungarianMatcher(cost_class, cost_focal, cost_dice)
+    return hungarian.cost_matrix(x, m.view(N, 1, P), {"labels": y, "masks": t.view(-1, 1, P)})
 
 
 def masks_without_sigmoid(e, p):
@@ -118,6 +182,11 @@ def masks_wrong_einsum(e, p):
     return torch.einsum("bnc,bchw->bnhw", e, p.transpose(2, 3)).sigmoid()  # H and W swapped
 
 
+def masks_by_the_project(e, p):
+    model = SimpleNamespace(mask_embed=torch.nn.Identity(), config=SimpleNamespace(head="per_pixel_plus"))
+    return maskformer.MaskFormer.segment(model, e, p)["sem_seg_logits"].sigmoid()
+
+
 def semantic_with_no_object(x, m):
     return torch.einsum("bnk,bnhw->bkhw", x.softmax(-1), m.sigmoid())
 
@@ -128,6 +197,10 @@ def semantic_softmax_after_dropping(x, m):
 
 def semantic_without_sigmoid(x, m):
     return torch.einsum("bnk,bnhw->bkhw", x.softmax(-1)[..., :-1], m)
+
+
+def semantic_through_the_checker(x, m):
+    return check.infer.semantic_inference(x, m)
 
 
 def pq_non_strict(*args):
@@ -144,6 +217,13 @@ def pq_pooled(*args):
 
 def pq_any_category(*args):
     return check._pq_variant(*args, same_category=False)
+
+
+def pq_by_the_project(pred, pred_segments, gt, gt_segments):
+    pq = metrics.PanopticMetrics([True] * 8)
+    pq.update(pred, [{"id": i, "category_id": c} for i, c in pred_segments.items()],
+              gt, [{"id": i, "category_id": c} for i, c in gt_segments.items()])
+    return {key: value for key, value in pq.compute().items() if key in ("PQ", "SQ", "RQ")}
 
 
 def windows_by_reshape(x, ws):
@@ -173,52 +253,166 @@ def shift_mask_inverted(Hp, Wp, ws, s):
     return -100.0 - solutions.shifted_window_mask(Hp, Wp, ws, s)
 
 
-def shift_mask_wrapped_at_start(Hp, Wp, ws, s):
-    rows, cols = (torch.arange(Hp) < s).long(), (torch.arange(Wp) < s).long()  # the first s rows/columns
-    labels = (rows[:, None] * 2 + cols[None, :]).float()
-    windows = solutions.window_partition(labels[None, :, :, None], ws).reshape(-1, ws * ws)
+def mask_from_bands(Hp, Wp, ws, row_bands, col_bands, partition=solutions.window_partition):
+    """The student's usual recipe: label the regions slice by slice, cut into windows, compare labels."""
+    labels = torch.zeros(Hp, Wp)
+    for r, rows in enumerate(row_bands):
+        for c, cols in enumerate(col_bands):
+            labels[rows, cols] = 3 * r + c
+    windows = partition(labels[None, :, :, None], ws).reshape(-1, ws * ws)
     differ = windows[:, :, None] != windows[:, None, :]
     return torch.zeros(differ.shape).masked_fill(differ, -100.0)
+
+
+def shift_mask_wrapped_at_start(Hp, Wp, ws, s):
+    return mask_from_bands(Hp, Wp, ws, [slice(0, s), slice(s, None)], [slice(0, s), slice(s, None)])
+
+
+def shift_mask_off_by_one(Hp, Wp, ws, s):
+    # the last band should be slice(Hp - s, Hp): it starts one row (column) too early here
+    return mask_from_bands(Hp, Wp, ws, [slice(0, Hp - ws), slice(Hp - ws, Hp - s - 1), slice(Hp - s - 1, Hp)],
+                           [slice(0, Wp - ws), slice(Wp - ws, Wp - s - 1), slice(Wp - s - 1, Wp)])
 
 
 def shift_mask_two_bands(Hp, Wp, ws, s):
     """Not a mistake: bands [0, Hp − ws) and [Hp − ws, Hp − s) never share a window, so two bands
     per axis, split at Hp − s, give the same mask. The checker must accept it."""
-    labels = (torch.arange(Hp) >= Hp - s).long()[:, None] * 2 + (torch.arange(Wp) >= Wp - s).long()[None, :]
-    windows = solutions.window_partition(labels[None, :, :, None].float(), ws).reshape(-1, ws * ws)
-    differ = windows[:, :, None] != windows[:, None, :]
-    return torch.zeros(differ.shape).masked_fill(differ, -100.0)
+    return mask_from_bands(Hp, Wp, ws, [slice(0, Hp - s), slice(Hp - s, Hp)], [slice(0, Wp - s), slice(Wp - s, Wp)])
+
+
+def shift_mask_with_the_project_partition(Hp, Wp, ws, s):
+    bands = [slice(0, Hp - ws), slice(Hp - ws, Hp - s), slice(Hp - s, Hp)]
+    col_bands = [slice(0, Wp - ws), slice(Wp - ws, Wp - s), slice(Wp - s, Wp)]
+    return mask_from_bands(Hp, Wp, ws, bands, col_bands, partition=project_window_partition)
+
+
+def loss_without_no_object_weight(c, m, t, i, no_object_weight=0.1):
+    return solutions.mask_classification_loss(c, m, t, i, 1.0)
+
+
+def loss_ignoring_the_matching(c, m, t, i, no_object_weight=0.1):
+    in_order = [(torch.arange(len(q)), torch.arange(len(s))) for q, s in i]  # prediction k with segment k
+    return solutions.mask_classification_loss(c, m, t, in_order, no_object_weight)
+
+
+def loss_normalised_per_image(c, m, t, i, no_object_weight=0.1):
+    per_image = [solutions.mask_classification_loss(c[b:b + 1], m[b:b + 1], [t[b]], [i[b]], no_object_weight)
+                 for b in range(len(t))]
+    whole = solutions.mask_classification_loss(c, m, t, i, no_object_weight)
+    return {"loss_ce": whole["loss_ce"], "loss_focal": torch.stack([p["loss_focal"] for p in per_image]).mean(),
+            "loss_dice": torch.stack([p["loss_dice"] for p in per_image]).mean()}
+
+
+def loss_mean_over_matched(c, m, t, i, no_object_weight=0.1):
+    whole = solutions.mask_classification_loss(c, m, t, i, no_object_weight)
+    logits = torch.cat([m[b, q] for b, (q, _) in enumerate(i)])
+    masks = torch.cat([t[b]["masks"][s] for b, (_, s) in enumerate(i)])
+    return {"loss_ce": whole["loss_ce"], "loss_focal": solutions.sigmoid_focal_loss(logits, masks).mean(),
+            "loss_dice": solutions.dice_loss(logits, masks).mean()}  # NaN when the batch has no segment
+
+
+def loss_by_the_project(c, m, t, i, no_object_weight=0.1):
+    criterion = losses.MaskFormerLoss(c.shape[-1] - 1, matcher=torch.nn.Identity(), no_object_weight=no_object_weight,
+                                      num_aux_layers=0)
+    outputs = {"pred_logits": c, "pred_masks": m[:, :, None]}
+    targets = [{"labels": x["labels"], "masks": x["masks"][:, None]} for x in t]
+    num_masks = losses.count_masks(targets, c.device)
+    return {**criterion.loss_labels(outputs, targets, i), **criterion.loss_masks(outputs, targets, i, num_masks)}
+
+
+def student_panoptic(c, m, is_thing, object_mask_threshold=0.8, overlap_threshold=0.8, rank_by_score=True,
+                     overlap=True, merge_stuff=True):
+    """A vectorised student answer, with switches for three mistakes (defaults: right)."""
+    K = c.shape[-1] - 1
+    scores, classes = c.softmax(-1).max(-1)
+    keep = ((classes != K) & (scores > object_mask_threshold)).nonzero().flatten()
+    pan_seg = torch.zeros(m.shape[1:], dtype=torch.long)
+    if len(keep) == 0:
+        return pan_seg, []
+    masks = m[keep].sigmoid()
+    winner = ((scores[keep, None, None] if rank_by_score else 1) * masks).argmax(0)
+    won = torch.stack([(winner == k).sum() for k in range(len(keep))])
+    own = (masks >= 0.5).flatten(1).sum(1)
+    segments, stuff = [], {}
+    for k, query in enumerate(keep.tolist()):
+        if won[k] == 0 or (overlap and (own[k] == 0 or won[k] < overlap_threshold * own[k])):
+            continue
+        category = int(classes[query])
+        if merge_stuff and not is_thing[category] and category in stuff:
+            pan_seg[winner == k] = stuff[category]
+            continue
+        segments.append({"id": len(segments) + 1, "category_id": category})
+        stuff[category] = segments[-1]["id"]
+        pan_seg[winner == k] = segments[-1]["id"]
+    return pan_seg, segments
 
 
 WRONG = {
-    "dice": [(dice_without_smoothing, "smoothing"), (dice_on_logits, "logits"),
-             (dice_coefficient, "coefficient"), (dice_summed_over_masks, "one loss per mask"),
-             (dice_with_means, "not means"), (dice_thresholded, "not differentiable"),
-             (dice_in_place, "in place")],
-    "focal": [(focal_alpha_everywhere, "α everywhere"), (focal_without_gamma, "(1 − p_t)^γ factor is missing"),
-              (focal_summed, "mean over the pixels"), (focal_hard_coded, "ignored the alpha"),
-              (focal_plain_bce, "plain binary cross-entropy")],
-    "matching_cost": [(cost_with_log, "not −log p"), (cost_without_weights, "weights λ"),
-                      (cost_softmax_without_no_object, "dropped ∅"), (cost_transposed, "rows are predictions")],
-    "mask_embedding": [(masks_without_sigmoid, "sigmoid"), (masks_softmax_over_queries, "not a softmax across"),
-                       (masks_wrong_einsum, "expected shape")],
-    "semantic_inference": [(semantic_with_no_object, "∅ (the last class) takes no part"),
-                           (semantic_softmax_after_dropping, "drop ∅'s column after it"),
-                           (semantic_without_sigmoid, "sigmoid")],
-    "panoptic_quality": [(pq_non_strict, "strictly"), (pq_without_halves, "½"), (pq_pooled, "pooled"),
-                         (pq_any_category, "same class")],
-    "window_partition": [(windows_by_reshape, "permute"), (windows_column_major, "column-major"),
-                         (windows_not_flattened, "(B·nH·nW, ws, ws, C)")],
-    "shifted_window_mask": [(shift_mask_bool, "not booleans"), (shift_mask_inf, "−inf"),
-                            (shift_mask_inverted, "inverted"), (shift_mask_wrapped_at_start, "not the first")],
+    "dice": [(dice_without_smoothing, "no_smoothing"), (dice_on_logits, "logits_not_probabilities"),
+             (dice_coefficient, "coefficient_not_loss"), (dice_summed_over_masks, "summed_over_masks"),
+             (dice_with_means, "means_not_sums"), (dice_thresholded, "not_differentiable"),
+             (dice_in_place, "in_place"), (dice_by_the_project, "uses_project_code"),
+             (losses.dice_loss, "uses_project_code")],
+    "focal": [(focal_alpha_everywhere, "alpha_everywhere"), (focal_without_gamma, "gamma_missing"),
+              (focal_summed, "sum_over_pixels"), (focal_hard_coded, "arguments_ignored"),
+              (focal_plain_bce, "plain_bce"), (focal_naive_log, "unstable_log"),
+              (focal_bce_on_probabilities, "unstable_log"), (focal_clamped, "unstable_log"),
+              (focal_importing_the_project, "uses_project_code")],
+    "matching_cost": [(cost_with_plus_p, "class_term_sign"), (cost_with_log, "minus_log_p"),
+                      (cost_without_weights, "weights_missing"),
+                      (cost_softmax_without_no_object, "softmax_without_no_object"),
+                      (cost_transposed, "transposed"), (cost_by_the_project, "uses_project_code")],
+    "mask_embedding": [(masks_without_sigmoid, "sigmoid_missing"), (masks_softmax_over_queries, "softmax_over_queries"),
+                       (masks_wrong_einsum, "height_width_swapped"), (masks_by_the_project, "uses_project_code")],
+    "semantic_inference": [(semantic_with_no_object, "no_object_kept"),
+                           (semantic_softmax_after_dropping, "no_object_dropped_before_softmax"),
+                           (semantic_without_sigmoid, "sigmoid_missing"),
+                           (infer.semantic_inference, "uses_project_code"),
+                           (semantic_through_the_checker, "uses_project_code")],
+    "panoptic_quality": [(pq_non_strict, "iou_not_strict"), (pq_without_halves, "halves_missing"),
+                         (pq_pooled, "pooled_over_classes"), (pq_any_category, "any_category"),
+                         (pq_by_the_project, "uses_project_code")],
+    "window_partition": [(windows_by_reshape, "reshape_without_permute"), (windows_column_major, "column_major"),
+                         (windows_not_flattened, "not_flattened"), (project_window_partition, "uses_project_code"),
+                         (functools.partial(backbones.window_partition), "uses_project_code")],
+    "shifted_window_mask": [(shift_mask_bool, "booleans"), (shift_mask_inf, "minus_inf"),
+                            (shift_mask_inverted, "inverted"), (shift_mask_wrapped_at_start, "wrapped_at_start"),
+                            (shift_mask_off_by_one, "band_off_by_one"),
+                            (shift_mask_with_the_project_partition, "uses_project_code")],
+    "mask_classification_loss": [(loss_without_no_object_weight, "no_object_weight_missing"),
+                                 (loss_ignoring_the_matching, "matching_ignored"),
+                                 (loss_normalised_per_image, "num_masks_per_image"),
+                                 (loss_mean_over_matched, "no_masks_in_batch"),
+                                 (loss_by_the_project, "uses_project_code")],
+    "panoptic_inference": [(functools.partial(student_panoptic, rank_by_score=False), "rank_by_mask_only"),
+                           (functools.partial(student_panoptic, overlap=False), "overlap_filter_missing"),
+                           (functools.partial(student_panoptic, merge_stuff=False), "stuff_not_merged"),
+                           (infer.panoptic_inference, "uses_project_code")],
 }
+
+
+def listed_mistakes(name: str, monkeypatch) -> list:
+    """The Mistake list a checker passes to run_checks."""
+    listed = {}
+    run_checks = check.run_checks
+
+    def capture(title, fn, cases, reference, mistakes=(), **kwargs):
+        listed["mistakes"] = list(mistakes)
+        return run_checks(title, fn, cases, reference, mistakes, **kwargs)
+
+    monkeypatch.setattr(check, "run_checks", capture)
+    exercise = check.EXERCISES[name]
+    exercise.check(getattr(solutions, exercise.function), verbose=False)
+    monkeypatch.setattr(check, "run_checks", run_checks)
+    return listed["mistakes"]
 
 
 def test_every_exercise_has_wrong_answers_and_a_notebook():
     assert set(WRONG) == set(check.EXERCISES)
     notebooks = {p.name for p in EXERCISES_DIR.glob("*.ipynb")}
     assert notebooks == {exercise.notebook for exercise in check.EXERCISES.values()}
-    assert 6 <= len(check.EXERCISES) <= 10
+    assert 10 <= len(check.EXERCISES) <= 12
+    assert not (EXERCISES_DIR / "solutions.py").exists()  # the solutions live in instructor/
 
 
 @pytest.mark.parametrize("name", list(check.EXERCISES))
@@ -230,31 +424,27 @@ def test_checker_accepts_the_reference_solution(name, capsys):
 
 
 @pytest.mark.parametrize("name", list(check.EXERCISES))
-def test_checker_rejects_wrong_answers_with_a_hint(name):
+def test_checker_rejects_wrong_answers_with_a_named_hint(name):
     exercise = check.EXERCISES[name]
-    for wrong, expected_text in WRONG[name]:
+    assert len(WRONG[name]) >= 3 and "uses_project_code" in {hint for _, hint in WRONG[name]}
+    for wrong, hint in WRONG[name]:
         ok, message = exercise.check(wrong, verbose=False)
-        assert not ok, f"{name}: {wrong.__name__} was accepted"
-        assert expected_text in message, f"{name}: {wrong.__name__} got {message!r}"
+        label = getattr(wrong, "__name__", repr(wrong))
+        assert not ok, f"{name}: {label} was accepted"
+        assert f"Hint [{hint}]:" in message, f"{name}: {label} got {message!r}"
 
 
 @pytest.mark.parametrize("name", list(check.EXERCISES))
 def test_every_listed_mistake_is_caught_with_its_own_hint(name, monkeypatch):
     # a mistake equivalent to the right answer (or shadowed by an earlier one) would never show its hint
     exercise = check.EXERCISES[name]
-    listed = {}
-    run_checks = check.run_checks
-
-    def capture(title, fn, cases, reference, mistakes=(), **kwargs):
-        listed["mistakes"] = list(mistakes)
-        return run_checks(title, fn, cases, reference, mistakes, **kwargs)
-
-    monkeypatch.setattr(check, "run_checks", capture)
-    exercise.check(getattr(solutions, exercise.function), verbose=False)
-    assert len(listed["mistakes"]) >= 4
-    for wrong, hint in listed["mistakes"]:
-        ok, message = exercise.check(wrong, verbose=False)
-        assert not ok and message.endswith(hint), f"{name}: the mistake hinting {hint!r} gave {message!r}"
+    mistakes = listed_mistakes(name, monkeypatch)
+    assert len(mistakes) >= 4
+    for mistake in mistakes:
+        assert re.fullmatch(r"[a-z_]+", mistake.name)
+        ok, message = exercise.check(mistake.wrong, verbose=False)
+        assert not ok and message.endswith(f"Hint [{mistake.name}]: {mistake.text}"), \
+            f"{name}: the mistake {mistake.name!r} gave {message!r}"
 
 
 @pytest.mark.parametrize("name", list(check.EXERCISES))
@@ -276,7 +466,7 @@ def test_checker_reports_unsolved_and_crashing_functions(name, capsys):
 
 
 def test_equivalent_answers_are_accepted():
-    # a loop-free matching cost, two-band shift labels and einsum masks are as right as the references
+    # answers written differently from the references are as right as they are
     assert check.check_shifted_window_mask(shift_mask_two_bands, verbose=False)[0]
     assert check.check_mask_embedding(
         lambda e, p: torch.einsum("bnc,bchw->bnhw", e, p).sigmoid(), verbose=False)[0]
@@ -284,14 +474,77 @@ def test_equivalent_answers_are_accepted():
         lambda x, ws: x.unfold(1, ws, ws).unfold(2, ws, ws).permute(0, 1, 2, 4, 5, 3).reshape(-1, ws, ws, x.shape[-1]),
         verbose=False)[0]
 
+    def focal_with_logsigmoid(x, t, alpha=0.25, gamma=2.0):
+        x_t = torch.where(t > 0, x, -x)  # the logit of the true label
+        alpha_t = torch.where(t > 0, alpha, 1 - alpha)
+        return (-alpha_t * (1 - x_t.sigmoid()) ** gamma * F.logsigmoid(x_t)).mean(1)
 
-def test_generic_hints_name_offsets_and_factors():
+    assert check.check_focal(focal_with_logsigmoid, verbose=False)[0]
+    assert check.check_panoptic_inference(student_panoptic, verbose=False)[0]
+
+
+def test_the_guard_finds_every_way_of_using_the_project():
+    from infer import semantic_inference as project_semantic
+
+    def helper(x, m):
+        return infer.semantic_inference(x, m)
+
+    def calls_a_helper(x, m):
+        return helper(x, m)
+
+    def imports_inside(x, m):
+        from infer import semantic_inference
+
+        return semantic_inference(x, m)
+
+    def imports_by_name(x, m):
+        return importlib.import_module("infer").semantic_inference(x, m)
+
+    def default_argument(x, m, implementation=infer.semantic_inference):
+        return implementation(x, m)
+
+    def closure():
+        project = infer
+
+        return lambda x, m: project.semantic_inference(x, m)
+
+    ways = {infer.semantic_inference: "infer.semantic_inference",
+            lambda x, m: infer.semantic_inference(x, m): "infer.semantic_inference",
+            lambda x, m: project_semantic(x, m): "infer.semantic_inference",
+            calls_a_helper: "infer.semantic_inference", imports_inside: "import infer",
+            imports_by_name: "the module 'infer'", default_argument: "infer.semantic_inference",
+            closure(): "infer", semantic_through_the_checker: "infer",
+            lambda e, p: check._masks_reference(e, p): "maskformer.MaskFormer"}
+    for fn, used in ways.items():
+        assert check.project_code_used(fn) == used
+    # torch, the student's own helpers, the checker's own mistakes and the reference solutions are fine
+    for exercise in check.EXERCISES.values():
+        assert check.project_code_used(getattr(solutions, exercise.function)) is None
+    assert check.project_code_used(student_panoptic) is None
+    assert check.project_code_used(pq_non_strict) is None
+    assert check.project_code_used(lambda x, t: F.binary_cross_entropy_with_logits(x, t)) is None
+
+
+def test_generic_hints_name_offsets_factors_and_infinities():
     x = torch.tensor([1.0, 2.0, 4.0])
-    assert "same constant 0.5" in check.generic_hint(x + 0.5, x)
-    assert "3 × the reference" in check.generic_hint(3 * x, x)
-    assert "transposed" in check.generic_hint(torch.zeros(3, 2), torch.zeros(2, 3))
+    assert check.generic_hint(x + 0.5, x)[0] == "constant_offset" and "0.5" in check.generic_hint(x + 0.5, x)[1]
+    name, text = check.generic_hint(3 * x, x)
+    assert name == "constant_factor" and "3 × the reference" in text
+    assert check.generic_hint(torch.zeros(3, 2), torch.zeros(2, 3))[0] == "transposed"
+    assert check.generic_hint(torch.tensor([1.0, float("inf"), 4.0]), x)[0] == "not_finite"
     assert check.tensor_problem(x + 1e-7, x) is None
     assert "expected shape (3,)" in check.tensor_problem(torch.zeros(4), x)
+    assert "is inf at index (1,)" in check.tensor_problem(torch.tensor([1.0, float("inf"), 4.0]), x)
+
+
+def test_focal_hint_at_extreme_logits():
+    # the naive −log p_t passes every case but the one with logits of ±50: there it returns inf
+    ok, message = check.check_focal(focal_naive_log, verbose=False)
+    assert "extreme logits of ±50" in message and "inf" in message
+    assert "Hint [unstable_log]" in message and "F.logsigmoid" in message and "numerical stability" in message
+    x = torch.tensor([[50.0, -50.0]])
+    assert torch.isinf(focal_naive_log(x, torch.tensor([[0.0, 1.0]]))).all()
+    assert torch.isfinite(solutions.sigmoid_focal_loss(x, torch.tensor([[0.0, 1.0]]))).all()
 
 
 def test_pq_mistake_generator_and_scenes():
@@ -312,11 +565,29 @@ def test_pq_mistake_generator_and_scenes():
     assert result["RQ"] == pytest.approx((1.0 + 0.0) / 2)
 
 
+def test_loss_and_panoptic_generators_agree_with_the_project():
+    # the switchable loss and panoptic inference of check.py, every switch at its default, are the
+    # project's; and the scenes make every filter of panoptic inference act somewhere
+    for seed, sizes in [(70, (2, 3)), (71, (0, 1, 4)), (73, (0, 0))]:
+        args = check._loss_inputs(seed, sizes, N=6, K=4, P=30)
+        assert check.dict_problem(check._loss_variant(*args), check._loss_reference(*args)) is None
+    dropped_by_overlap = merged_stuff = 0
+    for seed in range(80, 87):
+        scene = check._panoptic_scene(seed)
+        assert check.panoptic_problem(check._panoptic_variant(*scene), infer.panoptic_inference(*scene)) is None
+        segments = len(infer.panoptic_inference(*scene)[1])
+        dropped_by_overlap += len(check._panoptic_variant(*scene, overlap=False)[1]) > segments
+        merged_stuff += len(check._panoptic_variant(*scene, merge_stuff=False)[1]) > segments
+    assert dropped_by_overlap > 0 and merged_stuff > 0
+
+
 def test_teacher_command_line():
     done = subprocess.run([sys.executable, str(EXERCISES_DIR / "check.py"), "--all", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(check.EXERCISES)} of {len(check.EXERCISES)} reference solutions pass" in done.stdout
+    for exercise in check.EXERCISES.values():
+        assert f"{exercise.difficulty}, {exercise.minutes} min" in done.stdout
 
 
 def test_teacher_command_line_fails_on_a_broken_solution(monkeypatch, capsys):
@@ -325,6 +596,71 @@ def test_teacher_command_line_fails_on_a_broken_solution(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "solutions", broken)
     assert check.main(["--all", "--quiet"]) == 1
     assert "FAILED: dice" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The instructor's folder: the student bundle and the guide
+# ---------------------------------------------------------------------------------------------
+
+
+def test_student_bundle_has_no_solutions_and_its_checkers_work(tmp_path):
+    out = tmp_path / "students"
+    done = subprocess.run([sys.executable, str(INSTRUCTOR_DIR / "bundle.py"), str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.startswith("instructor/") or "solutions" in f or "GUIDE" in f]
+    assert "tests/test_exercises.py" not in files
+    expected = {f"exercises/{e.notebook}" for e in check.EXERCISES.values()} | {"exercises/check.py", "losses.py"}
+    assert expected <= files
+    # --all says clearly that the solutions are not there ...
+    done = subprocess.run([sys.executable, "exercises/check.py", "--all"], cwd=out, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "reference solutions are not in this bundle" in done.stdout
+    # ... while a student's checker call works as in the full repository
+    student = ("import sys; sys.path.insert(0, 'exercises'); import check, torch; "
+               "ok, _ = check.check_dice(lambda x, t: 1 - (2 * (x.sigmoid() * t).sum(1) + 1) / "
+               "(x.sigmoid().sum(1) + t.sum(1) + 1)); sys.exit(0 if ok else 1)")
+    done = subprocess.run([sys.executable, "-c", student], cwd=out, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_bundle_as_zip_and_bad_output(tmp_path):
+    count = bundle.write_bundle(tmp_path / "students.zip")
+    names = zipfile.ZipFile(tmp_path / "students.zip").namelist()
+    assert len(names) == count == len(bundle.student_files())
+    assert "students/exercises/check.py" in names and not [n for n in names if "/instructor/" in n]
+    assert set(bundle.repository_files()) - set(bundle.student_files()) >= {
+        "instructor/solutions.py", "instructor/GUIDE.md", "instructor/bundle.py"}
+    with pytest.raises(SystemExit):
+        bundle.main([str(tmp_path / "students.zip")])  # exists already
+    with pytest.raises(SystemExit):
+        bundle.main([str(REPO / "exercises" / "inside.zip")])
+
+
+def test_guide_answers_every_exercise_and_names_every_hint(monkeypatch):
+    guide = (INSTRUCTOR_DIR / "GUIDE.md").read_text()
+    for name, exercise in check.EXERCISES.items():
+        section = guide.split(f"## {exercise.notebook}")[1].split("\n## ")[0] if f"## {exercise.notebook}" in guide \
+            else pytest.fail(f"GUIDE.md has no section '## {exercise.notebook}'")
+        assert "Answers" in section and "Common mistakes" in section and "What the checker tests" in section, name
+        for mistake in listed_mistakes(name, monkeypatch):
+            assert f"`{mistake.name}`" in section, f"GUIDE.md, {exercise.notebook}: hint {mistake.name} not described"
+        # every question of the notebook has a numbered answer
+        questions = len(re.findall(r"^\d\. ", "".join(
+            cell.source for cell in read_notebook(EXERCISES_DIR / exercise.notebook).cells
+            if cell.cell_type == "markdown" and "Question" in cell.source), re.M))
+        answers = len(re.findall(r"^\d\. ", section.split("Answers")[1].split("Common mistakes")[0], re.M))
+        assert answers >= max(questions, 1), f"{exercise.notebook}: {questions} questions, {answers} answers"
+    for hint in GENERAL_HINTS + ["unstable_log"]:
+        assert f"`{hint}`" in guide
+
+
+def test_exercise_files_cite_only_the_repository():
+    for path in [*EXERCISES_DIR.iterdir(), *INSTRUCTOR_DIR.iterdir()]:
+        if path.is_file():
+            text = path.read_text()
+            assert "PAPER.md" not in text and "REFERENCE.md" not in text and "shared/" not in text, path.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,21 +673,55 @@ def read_notebook(path: Path):
     return nbformat.read(path, as_version=4)
 
 
+def stub_cell(nb, exercise) -> str:
+    stubs = [cell.source for cell in nb.cells
+             if cell.cell_type == "code" and "raise NotImplementedError" in cell.source]
+    assert len(stubs) == 1, f"{exercise.notebook}: expected one stub cell"
+    return stubs[0]
+
+
 @pytest.mark.parametrize("name", list(check.EXERCISES))
-def test_notebook_stub_matches_the_checker(name):
+def test_notebook_stub_matches_the_checker_and_states_difficulty(name):
     exercise = check.EXERCISES[name]
     nb = read_notebook(EXERCISES_DIR / exercise.notebook)
-    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
-    stubs = [source for source in code if "raise NotImplementedError" in source]
-    assert len(stubs) == 1, f"{exercise.notebook}: expected one stub cell"
-    (stub,) = [node for node in ast.parse(stubs[0]).body if isinstance(node, ast.FunctionDef)]
-    assert stub.name == exercise.function
+    (stub,) = [node for node in ast.parse(stub_cell(nb, exercise)).body
+               if isinstance(node, ast.FunctionDef) and node.name == exercise.function]
     # same parameters and defaults as the reference solution, so the checker can call either
     reference = inspect.signature(getattr(solutions, exercise.function))
     assert [a.arg for a in stub.args.args] == list(reference.parameters)
     defaults = [ast.literal_eval(d) for d in stub.args.defaults]
     assert defaults == [p.default for p in reference.parameters.values() if p.default is not inspect.Parameter.empty]
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
     assert any(f"check.{exercise.check.__name__}({exercise.function})" in source for source in code)
+    intro = nb.cells[0].source
+    assert f"**Difficulty:** {exercise.difficulty} · **Expected time:** about {exercise.minutes} minutes" in intro
+
+
+@pytest.mark.parametrize("name", list(check.EXERCISES))
+def test_notebook_runs_with_the_reference_solution(name, monkeypatch, capsys):
+    """The cells after the checker (plots, demos) run once the exercise is solved: the stub cell is
+    replaced by the reference solution and the code cells run in this process."""
+    pytest.importorskip("matplotlib", reason="matplotlib is a dev requirement (requirements-dev.txt)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    exercise = check.EXERCISES[name]
+    nb = read_notebook(EXERCISES_DIR / exercise.notebook)
+    monkeypatch.chdir(EXERCISES_DIR)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the setup cell prepends to it
+    namespace = {"__name__": "__main__"}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if "raise NotImplementedError" in cell.source:
+            namespace[exercise.function] = getattr(solutions, exercise.function)
+            continue
+        exec(compile(cell.source, exercise.notebook, "exec"), namespace)  # noqa: S102
+    assert namespace["ok"], namespace["message"]
+    assert "solve the exercise first" not in capsys.readouterr().out
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 @pytest.mark.parametrize("name", list(check.EXERCISES))

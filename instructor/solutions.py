@@ -1,8 +1,9 @@
 """Reference solutions of the exercises, written as a student would: from the paper, with torch only.
 
 Nothing here imports the project's modules; `python exercises/check.py --all` checks every
-function against the project's implementation. Teachers: hand this file out after the class.
-Equation labels are those of PAPER.md (../shared/PAPER.md).
+function against the project's implementation. Equation labels are those of `docs/paper.md`.
+This folder (instructor/) is left out of the student bundle (`python instructor/bundle.py`);
+hand this file out after the class, with instructor/GUIDE.md for the answers to the questions.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def sigmoid_focal_loss(mask_logits: Tensor, target_masks: Tensor, alpha: float =
 
 
 def matching_cost(class_logits: Tensor, mask_logits: Tensor, labels: Tensor, target_masks: Tensor,
-                  cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0) -> Tensor:
+                  cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0) -> Tensor:
     """Exercise 3, Eq. (3.2c): C(i, j) = −λ_cls p_i(c_j) + λ_focal focal(m_i, m_j) + λ_dice dice(m_i, m_j).
 
     class_logits (N, K+1), mask_logits (N, P), labels (n,), target_masks (n, P) 0/1 → (N, n).
@@ -53,7 +54,7 @@ def matching_cost(class_logits: Tensor, mask_logits: Tensor, labels: Tensor, tar
             # the same mask on both sides of the pair, as (1, P) rows for the per-mask losses above
             pred, target = mask_logits[i:i + 1], target_masks[j:j + 1]
             cost[i, j] = (-cost_class * probs[i, labels[j]]
-                          + cost_mask * sigmoid_focal_loss(pred, target)[0]
+                          + cost_focal * sigmoid_focal_loss(pred, target)[0]
                           + cost_dice * dice_loss(pred, target)[0])
     return cost
 
@@ -155,3 +156,70 @@ def shifted_window_mask(Hp: int, Wp: int, window_size: int, shift_size: int) -> 
     mask = torch.zeros(same.shape)
     mask[~same] = -100.0
     return mask
+
+
+def mask_classification_loss(class_logits: Tensor, mask_logits: Tensor, targets: list[dict], indices: list,
+                             no_object_weight: float = 0.1) -> dict[str, Tensor]:
+    """Exercise 9, Eq. (3.2d) with the matching given, normalised as the official code does.
+
+    class_logits (B, N, K+1), mask_logits (B, N, P); targets[b] = {"labels" (n_b,), "masks" (n_b, P)};
+    indices[b] = (query_idx, segment_idx): prediction query_idx[k] is matched to segment segment_idx[k].
+    Returns the unweighted terms {"loss_ce", "loss_focal", "loss_dice"}.
+    """
+    B, N, K1 = class_logits.shape
+    # targets of the class term: c_j for the matched queries, ∅ (index K) for all others
+    target_classes = torch.full((B, N), K1 - 1, dtype=torch.long)
+    matched_logits, matched_targets = [], []
+    for b, (query_idx, segment_idx) in enumerate(indices):
+        target_classes[b, query_idx] = targets[b]["labels"][segment_idx]
+        matched_logits.append(mask_logits[b, query_idx])
+        matched_targets.append(targets[b]["masks"][segment_idx])
+    # −log p_i(target) of every query, weighted 1 for a real class and no_object_weight for ∅,
+    # then the weighted mean Σ w·(−log p) / Σ w
+    log_probs = class_logits.log_softmax(dim=-1)  # (B, N, K+1)
+    minus_log_p = -log_probs.gather(2, target_classes[..., None])[..., 0]  # (B, N)
+    weights = torch.where(target_classes == K1 - 1, no_object_weight, 1.0)  # (B, N)
+    loss_ce = (weights * minus_log_p).sum() / weights.sum()
+    # the mask terms of the matched pairs, summed and divided by the number of ground-truth masks
+    num_masks = max(sum(len(t["labels"]) for t in targets), 1)
+    logits, masks = torch.cat(matched_logits), torch.cat(matched_targets)  # (M, P) each
+    return {"loss_ce": loss_ce,
+            "loss_focal": sigmoid_focal_loss(logits, masks).sum() / num_masks,
+            "loss_dice": dice_loss(logits, masks).sum() / num_masks}
+
+
+def panoptic_inference(class_logits: Tensor, mask_logits: Tensor, is_thing: list[bool],
+                       object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+                       ) -> tuple[Tensor, list[dict]]:
+    """Exercise 10, Eq. (3.4a) with the filters of panoptic inference.
+
+    class_logits (N, K+1), mask_logits (N, H, W) → pan_seg (H, W) long (0 = void) and
+    segments_info [{"id", "category_id"}]. Steps: keep confident non-∅ queries; give every pixel
+    to the kept query with the largest p_i(c_i)·m_i[h, w]; drop queries that keep less than
+    overlap_threshold of their own mask; merge the queries of one stuff class.
+    """
+    K = class_logits.shape[1] - 1
+    scores, classes = class_logits.softmax(dim=-1).max(dim=-1)  # p_i(c_i), c_i over all K + 1 classes
+    kept = [i for i in range(len(scores)) if classes[i] != K and scores[i] > object_mask_threshold]
+    pan_seg = torch.zeros(mask_logits.shape[1:], dtype=torch.long)
+    if not kept:
+        return pan_seg, []
+    masks = mask_logits[kept].sigmoid()  # (M, H, W)
+    # Eq. (3.4a): pixel (h, w) goes to argmax_i p_i(c_i) · m_i[h, w]
+    winner = (scores[kept][:, None, None] * masks).argmax(dim=0)  # (H, W) index into kept
+    segments_info, stuff_ids = [], {}
+    for k, i in enumerate(kept):
+        won = winner == k
+        own = masks[k] >= 0.5
+        if won.sum() == 0 or own.sum() == 0 or won.sum() / own.sum() < overlap_threshold:
+            continue  # mostly hidden by other queries: no segment, its pixels stay void
+        c = int(classes[i])
+        if not is_thing[c] and c in stuff_ids:
+            segment_id = stuff_ids[c]  # one segment per stuff class
+        else:
+            segment_id = len(segments_info) + 1
+            segments_info.append({"id": segment_id, "category_id": c})
+            if not is_thing[c]:
+                stuff_ids[c] = segment_id
+        pan_seg[won] = segment_id
+    return pan_seg, segments_info
