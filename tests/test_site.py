@@ -44,17 +44,26 @@ def load_builder():
 builder = load_builder()
 
 
+SOURCES: dict[str, str] = {}  # what the site was built from: stem (or "README") → text
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    if not PAPER.is_file():
-        pytest.skip("docs/paper.md does not exist yet: the site links every equation label to it")
+    assert PAPER.is_file(), "docs/paper.md is missing: the site links every equation label to it"
     out = tmp_path_factory.mktemp("site") / "site"
+    SOURCES.update({p.stem: p.read_text(encoding="utf-8") for p in REPO.glob("*.py")})
+    SOURCES["README"] = (REPO / "README.md").read_text(encoding="utf-8")
     builder.build(out, PAPER)
     return out
 
 
 def modules() -> list[str]:
-    return sorted(p.stem for p in REPO.glob("*.py"))
+    """The modules the site was built from (tests that call this take the `site` fixture)."""
+    return sorted(stem for stem in SOURCES if stem != "README")
+
+
+def source_lines(stem: str) -> list[str]:
+    return SOURCES[stem].splitlines()
 
 
 def paper_entries() -> list[str]:
@@ -77,21 +86,21 @@ def back_links(paper_html: str) -> dict[str, list[tuple[str, str]]]:
 
 def test_every_label_in_the_code_and_readme_links_to_its_paper_entry(site):
     entries = set(paper_entries())
-    sources = {f"{stem}.py.html": REPO / f"{stem}.py" for stem in modules()} | {"index.html": REPO / "README.md"}
+    sources = {f"{stem}.py.html": f"{stem}.py" for stem in modules()} | {"index.html": "README"}
     total = 0
     for page, source in sources.items():
-        cited = Counter(a or b for a, b in CITED.findall(source.read_text(encoding="utf-8")))
+        cited = Counter(a or b for a, b in CITED.findall(SOURCES[source.removesuffix(".py")]))
         missing = sorted(label for label in cited if f"eq-{label}" not in entries)
-        assert not missing, f"{source.name} cites {missing}, which docs/paper.md has no entry for"
+        assert not missing, f"{source} cites {missing}, which docs/paper.md has no entry for"
         linked = Counter(PAPER_LINK.findall((site / page).read_text(encoding="utf-8")))
-        assert linked == cited, f"{page}: labels linked {dict(linked)} != labels cited in {source.name} {dict(cited)}"
+        assert linked == cited, f"{page}: labels linked {dict(linked)} != labels cited in {source} {dict(cited)}"
         total += sum(cited.values())
     assert total >= 50  # the code cites the paper throughout; a scan that finds nothing is broken
 
 
 def test_every_paper_entry_links_back_to_each_line_that_cites_it(site):
     links = back_links((site / "paper.html").read_text(encoding="utf-8"))
-    code_lines = {stem: (REPO / f"{stem}.py").read_text(encoding="utf-8").splitlines() for stem in modules()}
+    code_lines = {stem: source_lines(stem) for stem in modules()}
     for entry in paper_entries():
         assert links.get(entry), (f"docs/paper.md entry {entry} has no back-link (labels: cited in code or docs; "
                                   "Figure 2 boxes: a resolvable `file.py:name` in the README's paper-to-code map row)")
@@ -125,7 +134,7 @@ def test_no_page_loads_anything_from_the_network(site):
 
 def test_every_code_row_shows_its_source_line_and_every_line_is_on_the_page(site):
     for stem in modules():
-        source = (REPO / f"{stem}.py").read_text(encoding="utf-8").splitlines()
+        source = source_lines(stem)
         page = (site / f"{stem}.py.html").read_text(encoding="utf-8")
         rows = re.findall(r'<span class="line" id="L(\d+)">(.*?)</span>\n?(?=<span class="line"|</pre>)', page)
         assert len(rows) > len(source) / 3, stem
