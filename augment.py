@@ -8,16 +8,17 @@ or pad adds to a label map get 255, the ignore label (data.IGNORE_INDEX).
 
 Reading order: `AugmentationRecipe` and `recipe_for` (the sizes per dataset) ->
 `build_augmentations` (the official order) -> `ResizeShortestEdge` -> `RandomCrop` ->
-`ColorAugSSD` -> `RandomFlip` -> `apply_augmentations`.
+`RandomSizeCrop` and `DetrCropBranch` (COCO panoptic) -> `ColorAugSSD` -> `RandomFlip` ->
+`apply_augmentations`.
 
 Differences from the official code (detectron2's transforms): PIL/numpy only (no OpenCV); the
 SSD colour jitter does its HSV round trip with PIL, whose hue has 256 steps per turn (OpenCV:
-180), so the hue shift is converted to cover the same angle (±36°); COCO panoptic uses the
-DETR-style recipe without its random-crop branch (see `recipe_for`).
+180), so the hue shift is converted to cover the same angle (±36°).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,34 @@ class RandomCrop:
         classes, counts = np.unique(sem_seg, return_counts=True)
         counts = counts[classes != self.ignore_index]
         return len(counts) > 1 and counts.max() < self.single_category_max_area * counts.sum()
+
+
+class RandomSizeCrop:
+    """detectron2's RandomCrop("absolute_range", (low, high)): crop height drawn uniformly from
+    [min(H, low), min(H, high)], then the width likewise from W, then a random position."""
+
+    def __init__(self, low: int, high: int):
+        self.low, self.high = low, high
+
+    def __call__(self, image, maps, rng: np.random.Generator):
+        H, W = image.shape[:2]
+        h = int(rng.integers(min(H, self.low), min(H, self.high) + 1))
+        w = int(rng.integers(min(W, self.low), min(W, self.high) + 1))
+        return RandomCrop((h, w))(image, maps, rng)
+
+
+class DetrCropBranch:
+    """COCO panoptic's extra branch (official DETRPanopticDatasetMapper, from DETR): with probability
+    1/2, resize the short edge to one of {400, 500, 600} (no long-edge cap), then crop a random
+    384-600 x 384-600 window; otherwise leave the image as it is. The recipe's usual resize follows."""
+
+    def __init__(self, sizes: tuple[int, ...] = (400, 500, 600), crop_range: tuple[int, int] = (384, 600)):
+        self.resize, self.crop = ResizeShortestEdge(sizes, sys.maxsize), RandomSizeCrop(*crop_range)
+
+    def __call__(self, image, maps, rng: np.random.Generator):
+        if rng.random() > 0.5:  # the official `np.random.rand() > 0.5`: no crop
+            return image, maps
+        return self.crop(*self.resize(image, maps, rng), rng)
 
 
 class ColorAugSSD:
@@ -152,7 +181,10 @@ class AugmentationRecipe:
     """Resize/crop sizes of a dataset's official recipe. Training: random short edge from
     `train_sizes` (long edge <= train_max_size), random crop `crop_size` (h, w) (None = no crop),
     SSD colour jitter if `color_jitter`, horizontal flip; padded to crop_size with ignore.
-    Test: short edge `test_size`, long edge <= test_max_size."""
+    `detr_crop` (COCO panoptic): the official DETR-style order instead: flip, `DetrCropBranch`, resize.
+    Test: short edge `test_size`, long edge <= test_max_size. Multi-scale test (infer.py --tta):
+    short edges {0.5, ..., 1.75} x test_size, long edge <= tta_max_scale x test_size (official
+    TEST.AUG.MAX_SIZE: 3584 = 7 x 512 for ADE20K, 4096 = 4 x 1024 for Cityscapes)."""
 
     crop_size: tuple[int, int] | None
     train_sizes: tuple[int, ...]
@@ -161,6 +193,8 @@ class AugmentationRecipe:
     test_max_size: int
     color_jitter: bool = True
     single_category_max_area: float = 1.0
+    detr_crop: bool = False
+    tta_max_scale: int = 7
 
 
 def recipe_for(name: str, crop_size: int | None = None) -> AugmentationRecipe | None:
@@ -170,9 +204,9 @@ def recipe_for(name: str, crop_size: int | None = None) -> AugmentationRecipe | 
     long edge <= 4c, crop c x c; test short edge c (long <= 4c).
     cityscapes, crop c (default 512): crop c x 2c, short edge {0.5, ..., 2.0} x 2c (long <= 8c);
     test 2c (long <= 4c). c = 512 is the official 512x1024 crop, 1024 test size.
-    coco_panoptic (no crop; crop_size must be None): the DETR-style recipe of the official code:
-    short edge {480, 512, ..., 800} (long <= 1333), flip, no colour jitter; test 800 (long <= 1333).
-    Deviation: its extra 50% branch (resize to {400, 500, 600}, random 384-600 crop) is left out.
+    coco_panoptic (no crop_size; it must be None): the DETR-style recipe of the official code: flip,
+    with probability 1/2 a resize to {400, 500, 600} and a random 384-600 crop, then short edge
+    {480, 512, ..., 800} (long <= 1333); no colour jitter; test 800 (long <= 1333).
     ade20k_full: as ade20k (crop 512). ade20k_panoptic: as ade20k with crop 640 (short edge
     {0.5, ..., 2.0} x 640, long <= 2560; test 640, long <= 2560).
     coco_stuff_10k, crop c (default 640): short edge {0.5, 0.6, ..., 1.5} x c, long <= 4c, crop c x c;
@@ -186,7 +220,8 @@ def recipe_for(name: str, crop_size: int | None = None) -> AugmentationRecipe | 
         return AugmentationRecipe((c, c), tuple(int(x * 0.1 * c) for x in range(5, 21)), 4 * c, c, 4 * c)
     if name == "cityscapes":
         c = crop_size or 512
-        return AugmentationRecipe((c, 2 * c), tuple(int(x * 0.1 * 2 * c) for x in range(5, 21)), 8 * c, 2 * c, 4 * c)
+        return AugmentationRecipe((c, 2 * c), tuple(int(x * 0.1 * 2 * c) for x in range(5, 21)), 8 * c, 2 * c, 4 * c,
+                                  tta_max_scale=4)
     if name == "coco_stuff_10k":
         c = crop_size or 640
         return AugmentationRecipe((c, c), tuple(int(x * 0.1 * c) for x in range(5, 16)), 4 * c, c, 4 * c)
@@ -198,7 +233,8 @@ def recipe_for(name: str, crop_size: int | None = None) -> AugmentationRecipe | 
         if crop_size is not None:
             raise ValueError(f"crop_size={crop_size}: coco_panoptic follows the official DETR-style recipe, "
                                "which has no crop (short edge 480..800, long <= 1333); pass crop_size=None")
-        return AugmentationRecipe(None, tuple(range(480, 801, 32)), 1333, 800, 1333, color_jitter=False)
+        return AugmentationRecipe(None, tuple(range(480, 801, 32)), 1333, 800, 1333, color_jitter=False,
+                                  detr_crop=True)
     return None
 
 
@@ -214,6 +250,8 @@ def build_augmentations(recipe: AugmentationRecipe | None, train: bool, ignore_i
         return []
     if not train:
         return [ResizeShortestEdge((recipe.test_size,), recipe.test_max_size)]
+    if recipe.detr_crop:  # COCO panoptic: the official DETR-style order
+        return [RandomFlip(), DetrCropBranch(), ResizeShortestEdge(recipe.train_sizes, recipe.train_max_size)]
     augs: list = [ResizeShortestEdge(recipe.train_sizes, recipe.train_max_size)]
     if recipe.crop_size is not None:
         augs.append(RandomCrop(recipe.crop_size, recipe.single_category_max_area, ignore_index))

@@ -22,9 +22,8 @@ Differences from the official code (facebookresearch/MaskFormer + detectron2), e
 where it happens:
   * Written with PIL/numpy/torch only (no detectron2, no OpenCV); see augment.py for the
     augmentation's differences.
-  * Official training pads the image with 128 (raw 0-255 value) before normalisation; here the
-    image is padded with 0 *after* normalisation (the mean colour), like the model-side padding
-    of the official code and like `collate`.
+  * COCO panoptic batches are padded to a multiple of 32 like every other set (`collate`); the
+    official COCO config pads them only to the largest image of the batch (SIZE_DIVISIBILITY 0).
   * EXIF orientation is not applied: label files are aligned with the stored pixels.
   * Segments that a transform removes entirely get no (empty) target mask.
   * Randomness comes from an explicit numpy Generator per item, seeded from torch's global RNG
@@ -180,12 +179,16 @@ def check_values(label: np.ndarray, allowed: np.ndarray, path: Path, expected: s
         raise DatasetError(f"{path}: label value {int(bad[0])} is out of range (expected {expected})")
 
 
+PAD_VALUE = 128  # raw 0-255 value of the pixels that pad a training crop (official semantic mapper)
+
+
 def normalize(image: np.ndarray, pad_to: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 (H, W, 3) RGB -> float (3, H, W), (x - MEAN) / STD, then zero-padded at the bottom/right
-    up to `pad_to` (0 after normalisation = the mean colour). numpy: faster than torch here."""
-    x = (image - np.array(MEAN, np.float32)) / np.array(STD, np.float32)  # (H, W, 3) float32
+    """uint8 (H, W, 3) RGB -> float (3, H', W'): padded at the bottom/right up to `pad_to` with the raw
+    value PAD_VALUE = 128, then (x - MEAN) / STD, as the official mapper pads a training crop before the
+    model normalises it (a padded pixel becomes (128 - MEAN) / STD). numpy: faster than torch here."""
     if pad_to is not None:
-        x = pad_map(x, pad_to, 0.0)
+        image = pad_map(image, pad_to, PAD_VALUE)
+    x = (image - np.array(MEAN, np.float32)) / np.array(STD, np.float32)  # (H', W', 3) float32
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H', W')
 
 
@@ -285,9 +288,10 @@ class SegmentationDataset(Dataset):
         else:
             image = sample.image
 
-        # training crops smaller than crop_size are padded: image 0 (after normalisation), labels
-        # ignore, pan_seg void. Official: the raw image is padded with 128 before normalisation
-        # (0.07-0.43 after it); 0 keeps one padding value for the dataset and `collate`.
+        # training crops smaller than crop_size are padded as the official semantic mapper pads them
+        # (to its SIZE_DIVISIBILITY = the crop): the raw image with 128 (before normalisation), labels
+        # with ignore, pan_seg with void. `collate` pads further with 0 after normalisation (the
+        # model-side padding of the official code).
         pad_to = self.recipe.crop_size if self.train and self.recipe and self.recipe.crop_size else None
         if pad_to is not None:
             maps = {k: pad_map(m, pad_to, self.ignore_index if k == "sem_seg" else 0) for k, m in maps.items()}
@@ -377,13 +381,14 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
     the test resize (and items carry orig_size / orig_sem_seg / orig_pan_seg).
     kwargs: crop_size (int, rescales the recipe, e.g. 640 for Swin-B/L on ADE20K; for shapes: the
     generated image size), single_category_max_area, ignore_index (folder), task
-    ("semantic"/"panoptic"; coco_panoptic, shapes), image_size / num_images / seed (shapes).
+    ("semantic"/"panoptic"; coco_panoptic, shapes), image_size / num_images / seed (shapes),
+    test_size / test_max_size (the test resize's short edge / long-edge cap, replacing the recipe's).
     """
     if name not in DATASETS:
         raise DatasetError(f"dataset {name!r} unknown; expected one of {', '.join(DATASETS)}")
     allowed = {"crop_size", "task"} | (
         {"image_size", "num_images", "seed"} if name == "shapes" else
-        {"single_category_max_area"} | ({"ignore_index"} if name == "folder" else set()))
+        {"single_category_max_area", "test_size", "test_max_size"} | ({"ignore_index"} if name == "folder" else set()))
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise DatasetError(f"{name}: unknown argument {unknown[0]!r}; expected some of {', '.join(sorted(allowed))}")
@@ -403,6 +408,10 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
         raise DatasetError(str(e)) from None
     if "single_category_max_area" in kwargs:
         recipe = replace(recipe, single_category_max_area=float(kwargs.pop("single_category_max_area")))
+    for key in ("test_size", "test_max_size"):  # an evaluation at another size than the recipe's
+        if kwargs.get(key) is not None:
+            recipe = replace(recipe, **{key: int(kwargs.pop(key))})
+        kwargs.pop(key, None)
     import datasets  # the on-disk datasets build on SegmentationDataset (above), so they are imported here
 
     cls = {"ade20k": datasets.ADE20KDataset, "coco_panoptic": datasets.CocoPanopticDataset,

@@ -402,7 +402,10 @@ def test_padding_to_crop_is_ignore(tmp_path):
     assert item["image"].shape == (3, 128, 128)
     assert (item["sem_seg"][40:] == 255).all() and (item["sem_seg"][:, 60:] == 255).all()
     assert (item["sem_seg"][:40, :60] != 255).all()
-    assert (item["image"][:, 40:] == 0).all() and (item["image"][:, :, 60:] == 0).all()
+    # official semantic mapper: the raw crop is padded with 128, then normalised
+    padded = torch.tensor([(128 - 123.675) / 58.395, (128 - 116.28) / 57.12, (128 - 103.53) / 57.375])
+    assert torch.allclose(item["image"][:, 40:], padded[:, None, None].expand(3, 88, 128))
+    assert torch.allclose(item["image"][:, :, 60:], padded[:, None, None].expand(3, 128, 68))
     assert not item["masks"][:, 40:].any() and not item["masks"][:, :, 60:].any()
 
 
@@ -626,4 +629,5 @@ def test_denormalize_inverts_normalize():
     assert np.array_equal(data.denormalize(x), image)
     assert math.isclose(float(x[0, 0, 0]), (image[0, 0, 0] - 123.675) / 58.395, rel_tol=1e-5)
     padded = data.normalize(image, pad_to=(7, 6))
-    assert padded.shape == (3, 7, 6) and torch.equal(padded[:, :5], x) and (padded[:, 5:] == 0).all()
+    assert padded.shape == (3, 7, 6) and torch.equal(padded[:, :5], x)
+    assert math.isclose(float(padded[2, 6, 0]), (128 - 103.53) / 57.375, rel_tol=1e-5)  # raw 128, normalised
