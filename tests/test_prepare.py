@@ -545,3 +545,23 @@ def test_ade20k_panoptic_segments_equal_a_naive_loop():
                              "bbox": [min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1], "iscrowd": 0})
     assert pan.tolist() == expected_pan.tolist()
     assert segments == expected
+
+
+def test_mapillary_v2_download_layout_and_a_deleted_prepared_file(tmp_path):
+    """The v2.0 download keeps the v1.2 labels in <split>/v1.2/labels/ and config_v1.2.json; a prepared
+    folder that lost a file is refused with the count it expected."""
+    import data
+
+    root = write_mapillary(tmp_path / "m", {"train_a": np.array([[0, 1]]), "val_a": np.array([[2, 65]])})
+    base = root / "mapillary_vistas"
+    (base / "config.json").rename(base / "config_v1.2.json")
+    for split in ("training", "validation"):
+        (base / split / "v1.2").mkdir()
+        (base / split / "labels").rename(base / split / "v1.2" / "labels")
+    assert data.build_dataset("mapillary", root, split="val")[0]["orig_sem_seg"].tolist() == [[2, 255]]
+
+    root = write_stuff10k(tmp_path / "s", {"a": STUFF_A, "b": STUFF_B}, test=("b",))
+    prepare.prepare("coco_stuff_10k", root)
+    (root / "coco_stuff_10k" / "annotations_detectron2" / "test" / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"test holds 0 label files, prepared_coco_stuff_10k\.json says 1; run"):
+        data.build_dataset("coco_stuff_10k", root, split="val")
