@@ -40,8 +40,15 @@ Differences from the official scripts, and format details that public documentat
     the download is ever unpickled. Resizing uses PIL (bilinear with antialiasing, nearest for
     labels) instead of OpenCV; images that need no resize are copied byte for byte instead of
     being re-encoded.
+  * ADE20K-Full: the class of a `_seg.png` pixel is R / 10 * 256 + G, as the release's own loader
+    and the official script decode it; values outside the official 847 (3,000+ classes exist)
+    become ignore, as there. The meaning of R's last digit (dropped by the division) is not
+    documented; the tests write values with a non-zero last digit to pin the division down.
   * Mapillary Vistas v1.2 needs no conversion (as in the official repository): `check_mapillary`
-    only verifies config.json, the image/label pairs and every label value.
+    only verifies config.json (its "labels" list, compared by name and order with the official
+    66; other fields are not read), the image/label pairs and every label value.
+  * ADE20K instance PNGs: R = instance category, G = instance id (the Places Challenge 2017
+    instructions); the B channel is not documented there and is not read.
   * ADE20K-Panoptic: segment ids are 1, 2, 3, ... in writing order (stuff by class, then things by
     instance id) instead of panopticapi's random colour-based ids, so no panopticapi is needed;
     segment areas and boxes are measured after things are pasted over stuff (the official script
