@@ -105,6 +105,7 @@ class Site:
     titles: dict[str, str] = field(default_factory=dict)  # site file name → title
     modules: list[str] = field(default_factory=list)  # module stems, reading order
     definitions: dict[str, dict[str, int]] = field(default_factory=dict)  # stem → qualname → line
+    spans: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)  # stem → (first, last, qualname)
     anchors: set[str] = field(default_factory=set)  # ids defined in paper.md
     citations: dict[str, list[Citation]] = field(default_factory=dict)  # anchor id → citations
     unresolved: list[str] = field(default_factory=list)  # "file: (3.9z)" labels with no anchor
@@ -399,16 +400,15 @@ def highlighted_lines(source: str, site: Site, page: str) -> list[str]:
     return lines
 
 
-def definitions(tree: ast.Module) -> dict[str, int]:
-    """Qualified name of every class and function → the line of its `def`/`class`."""
-    found = {}
+def definition_nodes(tree: ast.Module) -> list[tuple[str, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(qualified name, node) of every class and function, outer before inner."""
+    found = []
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                name = prefix + child.name
-                found.setdefault(name, child.lineno)
-                visit(child, name + ".")
+                found.append((prefix + child.name, child))
+                visit(child, prefix + child.name + ".")
 
     visit(tree, "")
     return found
@@ -453,22 +453,43 @@ LATEX_WORDS = {
 BLACKBOARD = {"R": "ℝ", "N": "ℕ", "Z": "ℤ"}
 
 
+FONT_COMMAND = r"\\(?:text|mathrm|operatorname|mathbf|boldsymbol|mathcal|mathit|textbf|mathsf)"
+BRACED = r"\{((?:[^{}]|\{[^{}]*\})*)\}"  # a {group}, which may hold {groups} of its own
+
+
 def latex_to_unicode(tex: str) -> str:
     """LaTeX maths as the plain Unicode the docstrings use: \\mathcal{E}_\\text{pixel} \\in
-    \\mathbb{R}^{C \\times N} → E_pixel ∈ ℝ^(C × N). Readable, not typeset; the source stays in a tooltip."""
-    text = re.sub(r"\\(?:big|Big|bigg|Bigg|left|right)\b\s*", "", tex)
+    \\mathbb{R}^{C \\times N} → E_pixel ∈ ℝ^{C × N}. Readable, not typeset; the source stays in a tooltip."""
+    text = re.sub(r"\\begin\{cases\}(.*?)\\end\{cases\}", lambda m: cases(m.group(1)), tex, flags=re.S)
+    text = re.sub(r"\\(?:big|Big|bigg|Bigg|left|right)\b\s*", "", text)
     text = re.sub(r"\\(?:begin|end)\{[^}]*\}", "", text)
     for _ in range(3):  # nested groups, innermost first
-        text = re.sub(r"\\(?:text|mathrm|operatorname|mathbf|boldsymbol|mathcal|mathit|textbf|mathsf)\s*\{([^{}]*)\}",
-                      r"\1", text)
+        text = re.sub(FONT_COMMAND + r"\*?\s*\{([^{}]*)\}", r"\1", text)
         text = re.sub(r"\\mathbb\s*\{([^{}]*)\}", lambda m: BLACKBOARD.get(m.group(1), m.group(1)), text)
-        text = re.sub(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"(\1) / (\2)", text)
         text = re.sub(r"([_^])\{([\w.]+)\}", r"\1\2", text)  # x_{gt} → x_gt
+        text = re.sub(r"\\frac\s*" + BRACED + r"\s*" + BRACED,
+                      lambda m: f"{group(m.group(1))} / {group(m.group(2))}", text)
     text = re.sub(r"\^\s*ᵀ|\^\\top\b", "ᵀ", text)
     text = re.sub(r"\\([A-Za-z]+|.)", lambda m: LATEX_WORDS.get(m.group(1), m.group(1)), text)
     text = re.sub(r"\^\s*ᵀ", "ᵀ", text)
     text = text.replace("&", " ")
     return re.sub(r"[ \t]+", " ", text).strip()
+
+
+def group(term: str) -> str:
+    """A fraction's numerator or denominator, in parentheses unless it is one symbol or number."""
+    return term.strip() if re.fullmatch(r"\s*(\w|\d+(\.\d+)?)\s*", term) else f"({term.strip()})"
+
+
+def cases(body: str) -> str:
+    """\\begin{cases} a & c \\\\ b & \\text{otherwise} \\end{cases} → { a if c; b otherwise }"""
+    rows = []
+    for row in re.split(r"\\\\", body):
+        value, _, condition = row.partition("&")
+        condition = latex_to_unicode(condition)
+        rows.append(latex_to_unicode(value) + (f" if {condition}" if condition and condition != "otherwise"
+                                                 else f" {condition}" if condition else ""))
+    return "{ " + "; ".join(rows) + " }"
 
 
 def math_html(tex: str, display: bool) -> str:
@@ -517,30 +538,41 @@ def markdown_html(text: str) -> str:
 
 
 def add_back_links(rendered: str, site: Site) -> str:
-    """After each entry's heading in the rendered paper notes: the places that cite it."""
+    """After each entry's heading in the rendered paper notes: the places that cite it, code lines
+    grouped by file and by the class or function they sit in, other pages once each."""
 
     def add(match: re.Match) -> str:
         anchor = match.group(2)
-        cited = site.citations.get(anchor, [])
-        code, other = {}, {}
-        for c in cited:
-            (code if c.page.endswith(".py.html") else other).setdefault(c.page, [])
-            group = code if c.page.endswith(".py.html") else other
-            if c.anchor not in [a for a, _ in group[c.page]]:
-                group[c.page].append((c.anchor, c.where))
-        if not cited:
+        places: dict[str, list[str]] = {}  # citing page → its anchors, in order, once each
+        for citation in site.citations.get(anchor, []):
+            if citation.anchor not in places.setdefault(citation.page, []):
+                places[citation.page].append(citation.anchor)
+        if not places:
             return match.group(0)
         items = []
-        for page_file in sorted(code, key=site_order(site)):
-            lines = " ".join(f'<a href="{page_file}#{a}">{w}</a>' for a, w in code[page_file])
-            items.append(f'<span class="file">{site.titles[page_file]}</span> {lines}')
-        for page_file in sorted(other, key=site_order(site)):
-            first = other[page_file][0][0]
-            items.append(f'<a href="{page_file}#{first}">{site.titles[page_file]}</a>')
+        for page_file in sorted(places, key=site_order(site)):
+            if page_file.endswith(".py.html"):
+                items.append(code_back_links(site, page_file, places[page_file]))
+            else:
+                items.append(f'<a href="{page_file}#{places[page_file][0]}">{site.titles[page_file]}</a>')
         heading = "Cited in" if anchor.startswith("eq-") else "Implemented in"
         return match.group(0) + f'<p class="cited-by">{heading}: {" · ".join(items)}</p>'
 
     return re.sub(r'(<a id="((?:eq|fig2)-[^"]+)"></a>.*?</h[1-6]>)', add, rendered, flags=re.S)
+
+
+def code_back_links(site: Site, page_file: str, anchors: list[str]) -> str:
+    """"losses.py: sigmoid_focal_loss L60 L69, dice_loss L78": line links after the name of the
+    innermost class or function around them ("top level" for the module's own lines)."""
+    stem = page_file[: -len(".py.html")]
+    groups: dict[str, list[str]] = {}
+    for anchor in anchors:
+        line = int(anchor[1:])
+        around = [(start, name) for start, end, name in site.spans[stem] if start <= line <= end]
+        name = max(around)[1] if around else "top level"
+        groups.setdefault(name, []).append(f'<a href="{page_file}#{anchor}">{anchor}</a>')
+    listed = ", ".join(f'<span class="def">{name}</span> {" ".join(links)}' for name, links in groups.items())
+    return f'<span class="file">{site.titles[page_file]}:</span> {listed}'
 
 
 def site_order(site: Site):
@@ -697,7 +729,12 @@ def build(out: Path, paper: Path) -> dict[str, float]:
             print(f"warning: {stem}.py left out of the site: {error}", file=sys.stderr)
             site.modules.remove(stem)
             continue
-        site.definitions[stem] = definitions(tree)
+        nodes = definition_nodes(tree)
+        site.definitions[stem] = {}
+        for name, node in nodes:  # the first definition when a name is defined twice
+            site.definitions[stem].setdefault(name, node.lineno)
+        site.spans[stem] = [(min([node.lineno] + [d.lineno for d in node.decorator_list]), node.end_lineno, name)
+                            for name, node in nodes]
         site.pages[f"{stem}.py"] = f"{stem}.py.html"
         site.titles[f"{stem}.py.html"] = f"{stem}.py"
     notebooks = sorted(REPO.glob("notebooks/*.ipynb")) + sorted(REPO.glob("exercises/*.ipynb"))
@@ -758,6 +795,7 @@ main.doc, main.notebook { max-width: 980px; margin: 0 auto; }
 main.module { padding: 0; }
 section.pair { display: grid; grid-template-columns: minmax(280px, 38%) 1fr; border-bottom: 1px solid #eee; }
 section.pair .doc { padding: 6px 20px; background: #fbfbf8; border-right: 1px solid #eee; font-size: 14px; }
+p:has(> span.anchor:target), pre:has(> span.anchor:target) { background: #fff0a0; }
 section.pair .doc p { margin: 6px 0; } section.pair .doc p.item { margin-left: 1.2em; text-indent: -1.2em; }
 section.pair .code { overflow-x: auto; padding: 6px 0; }
 section.pair .code pre { margin: 0; background: none; font: 12.5px/1.45 ui-monospace, Menlo, Consolas, monospace; }
@@ -775,7 +813,7 @@ pre code { background: none; padding: 0; }
 table { border-collapse: collapse; margin: 8px 0; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; font-size: 14px; }
 p.cited-by { font-size: 13px; background: #f4f8ff; border-left: 3px solid #1a5fb4; padding: 4px 10px; }
-p.cited-by .file { font-weight: bold; }
+p.cited-by .file { font-weight: bold; } p.cited-by .def { font-family: ui-monospace, Menlo, Consolas, monospace; }
 h1.module { font-size: 22px; margin: 8px 0 4px; }
 p.toc { font-size: 13px; border-bottom: 1px solid #e4e4dc; padding-bottom: 6px; }
 p.banner { font-weight: bold; font-size: 15px; margin-top: 10px; }

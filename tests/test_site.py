@@ -200,6 +200,17 @@ def test_notebooks_keep_their_stored_outputs_and_their_maths_is_unicode(tmp_path
     assert ">m_i ∈ {0, 1}^{H × W}</span>" in page and "<script" not in page
 
 
+@pytest.mark.parametrize("tex, text", [
+    (r"\mathcal{E}_\text{pixel} \in \mathbb{R}^{C_\mathcal{E} \times H/4}", "E_pixel ∈ ℝ^{C_E × H/4}"),
+    (r"\frac{1}{HW} \sum_{h,w} -\alpha_t", "1 / (HW) Σ_{h,w} -α_t"),
+    (r"p_t = \begin{cases} m & m^\text{gt} = 1 \\ 1 - m & \text{otherwise} \end{cases}",
+     "p_t = { m if m^gt = 1; 1 - m otherwise }"),
+    (r"\operatorname*{arg\,max}_{c} \big(E[:, i]^\top \cdot x\big)", "arg max_c (E[:, i]ᵀ · x)"),
+])
+def test_latex_becomes_the_plain_unicode_of_the_docstrings(tex, text):
+    assert builder.latex_to_unicode(tex) == text
+
+
 def test_results_folder_tables_plots_and_json_are_shown(tmp_path):
     from PIL import Image
 
