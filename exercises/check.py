@@ -91,6 +91,11 @@ def _in_project(path: str | None) -> bool:
     return path is not None and Path(path).resolve().parent == REPO
 
 
+def _in_repository(path: str | None) -> bool:
+    """True for any file of this repository (the project's code, this checker, a test)."""
+    return path is not None and REPO in Path(path).resolve().parents
+
+
 def _project_name(value) -> str | None:
     """'infer' or 'infer.semantic_inference' when value is a module, function, class or object of
     the project's code, else None."""
@@ -149,7 +154,8 @@ def project_code_used(fn, _seen: set[int] | None = None) -> str | None:
         for k, ins in enumerate(instructions):
             if ins.opname == "IMPORT_NAME" and str(ins.argval).split(".")[0] in PROJECT_MODULES:
                 return f"import {ins.argval}"
-            if dynamic_import and ins.opname == "LOAD_CONST" and ins.argval in PROJECT_MODULES:
+            if dynamic_import and ins.opname == "LOAD_CONST" and isinstance(ins.argval, str) \
+                    and ins.argval in PROJECT_MODULES:
                 return f"the module {ins.argval!r}"
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval in namespace:
                 found = _follow(namespace[ins.argval], fn, seen, co.co_names)
@@ -178,7 +184,7 @@ def _follow(value, fn, seen: set[int], attributes: tuple[str, ...] = ()) -> str 
     if isinstance(value, types.ModuleType):
         # a module of this repository that is not project code (this checker): look at the
         # attributes fn reads from it, e.g. check.losses
-        if not str(getattr(value, "__file__", "") or "").startswith(str(REPO)):
+        if not _in_repository(getattr(value, "__file__", None)):
             return None
         found = (_follow(getattr(value, a), fn, seen) for a in attributes if hasattr(value, a))
         return next(filter(None, found), None)
@@ -186,8 +192,7 @@ def _follow(value, fn, seen: set[int], attributes: tuple[str, ...] = ()) -> str 
         inner = getattr(value, "__func__", getattr(value, "func", value))
         module = sys.modules.get(getattr(inner, "__module__", None) or "")
         same_module = getattr(inner, "__module__", None) == getattr(fn, "__module__", None)
-        in_repo = str(getattr(module, "__file__", "") or "").startswith(str(REPO))
-        if same_module or in_repo:
+        if same_module or _in_repository(getattr(module, "__file__", None)):
             return project_code_used(value, seen)
     return None
 

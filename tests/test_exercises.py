@@ -725,12 +725,20 @@ def test_notebook_runs_with_the_reference_solution(name, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("name", list(check.EXERCISES))
-def test_unsolved_notebook_runs_and_says_not_implemented(name):
-    pytest.importorskip("nbclient", reason="nbclient is a dev requirement (requirements-dev.txt)")
+def test_unsolved_notebook_runs_and_says_not_implemented(name, monkeypatch):
+    """As a student opens it: a python3 Jupyter kernel, working directory exercises/."""
+    nbclient = pytest.importorskip("nbclient", reason="nbclient is a dev requirement (requirements-dev.txt)")
     pytest.importorskip("ipykernel", reason="ipykernel is a dev requirement (requirements-dev.txt)")
-    from tests.test_notebooks import execute_notebook
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    nb = execute_notebook(EXERCISES_DIR / check.EXERCISES[name].notebook)
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        pytest.skip("no Jupyter kernel named python3: run `python -m ipykernel install --user --name python3`")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it; tiny tensors, a busy machine
+    nb = read_notebook(EXERCISES_DIR / check.EXERCISES[name].notebook)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(EXERCISES_DIR)}}).execute()
     outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
