@@ -2,14 +2,15 @@
 
 Without a browser: every equation label cited in the code and the README is a link to its entry
 in docs/paper.md, and every entry links back to exactly the code lines that cite it (both counted
-here straight from the sources); the reading order and the notes/code split on small hand-made
-inputs; no page loads anything from the network.
+here straight from the sources); every code row shows its source line; no page loads anything
+from the network; the reading order, the notes/code split, LaTeX as Unicode, notebooks with their
+stored outputs and the results page on small hand-made inputs.
 
 In a real browser: headless Chromium (the Debian package `chromium`; the test skips when it is not
 installed) opens every page; the test fails on a console error, a failed or external request, an
-empty page, a broken internal link or anchor, or a one-click round trip paper → code → paper that
-does not land; it saves screenshots of the maskformer.py page and of the paper notes into
-$ARTIFACTS_DIR (default artifacts/).
+empty page, an image not shown, a broken internal link or anchor, or a one-click round trip
+code → paper entry → citing code line that does not land in view; it saves screenshots of the
+maskformer.py page and of the paper notes into $ARTIFACTS_DIR (default artifacts/).
 """
 
 from __future__ import annotations
