@@ -249,7 +249,8 @@ PAGE_FACTS = """() => ({
 
 def open_browser(playwright):
     """Headless Chromium that may only load local files: any other request is recorded and refused."""
-    browser = playwright.chromium.launch(executable_path=chromium())
+    # --disable-dev-shm-usage: CI containers often have a small /dev/shm
+    browser = playwright.chromium.launch(executable_path=chromium(), args=["--disable-dev-shm-usage"])
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     problems: list[str] = []
 
