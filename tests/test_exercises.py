@@ -118,6 +118,14 @@ def focal_naive_log(x, t, alpha=0.25, gamma=2.0):
     return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).mean(1)  # inf once p_t rounds to 0
 
 
+def focal_log_of_each_term(x, t, alpha=0.25, gamma=2.0):
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))  # 0 · (−inf) = NaN at a logit of 50
+    return (alpha_t * (1 - p_t) ** gamma * ce).mean(1)
+
+
 def focal_bce_on_probabilities(x, t, alpha=0.25, gamma=2.0):
     p = torch.sigmoid(x)
     p_t = p * t + (1 - p) * (1 - t)
@@ -356,7 +364,8 @@ WRONG = {
     "focal": [(focal_alpha_everywhere, "alpha_everywhere"), (focal_without_gamma, "gamma_missing"),
               (focal_summed, "sum_over_pixels"), (focal_hard_coded, "arguments_ignored"),
               (focal_plain_bce, "plain_bce"), (focal_naive_log, "unstable_log"),
-              (focal_bce_on_probabilities, "unstable_log"), (focal_clamped, "unstable_log"),
+              (focal_bce_on_probabilities, "unstable_log"),
+              (focal_log_of_each_term, "unstable_log"), (focal_clamped, "unstable_log"),
               (focal_importing_the_project, "uses_project_code")],
     "matching_cost": [(cost_with_plus_p, "class_term_sign"), (cost_with_log, "minus_log_p"),
                       (cost_without_weights, "weights_missing"),
@@ -654,6 +663,13 @@ def test_guide_answers_every_exercise_and_names_every_hint(monkeypatch):
         assert answers >= max(questions, 1), f"{exercise.notebook}: {questions} questions, {answers} answers"
     for hint in GENERAL_HINTS + ["unstable_log"]:
         assert f"`{hint}`" in guide
+
+
+def test_students_readme_lists_every_exercise():
+    readme = (EXERCISES_DIR / "README.md").read_text()
+    for exercise in check.EXERCISES.values():
+        row = next((line for line in readme.splitlines() if f"[`{exercise.notebook}`]" in line), "")
+        assert f"| {exercise.difficulty} | {exercise.minutes} min |" in row, exercise.notebook
 
 
 def test_exercise_files_cite_only_the_repository():
