@@ -4,8 +4,9 @@ Not a part of the paper: the file format shared by train.py (writes `last.pt`/`b
 them back for `--resume` and `--weights`), infer.py and convert.py (read/write
 `{"model": state_dict, "config": dict, ...}`).
 
-Reading order: `save_checkpoint` (atomic) -> `read_checkpoint` (`weights_only=True`, used by train.py,
-infer.py and convert.py) -> `load_checkpoint` ->
+Reading order: `save_checkpoint` (atomic; a failed write keeps the previous file) ->
+`remove_partial_saves` -> `read_checkpoint` (`weights_only=True`, used by train.py, infer.py and
+convert.py) -> `read_usable_checkpoint` (loads and is finite) -> `load_checkpoint` ->
 `rng_states` / `set_rng_states` (exact resume) -> `load_pretrained` (`train.py --weights`) ->
 `rename_old_keys` (names used by checkpoints and metrics files written before the focal term
 was called `focal`).
@@ -40,18 +41,38 @@ def rename_old_keys(record: dict) -> dict:
     return renamed
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint that could not be written (e.g. a full disk); the previous file is untouched."""
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write `state` atomically: a temp file in the same folder, fsync, then rename over `path`.
 
-    A crash (even SIGKILL) at any moment leaves either the old file or the new one, never a torn one.
+    A crash (even SIGKILL) at any moment leaves either the old file or the new one, never a torn one
+    (`remove_partial_saves` deletes the temp files such a crash leaves). A failed write (a full disk)
+    removes its temp file, keeps the previous `path` and raises CheckpointSaveError naming both.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise CheckpointSaveError(f"{path}: could not save the checkpoint ({reason}); {kept}") from None
+
+
+def remove_partial_saves(folder: Path) -> list[Path]:
+    """Delete the temp files (".NAME.tmpPID") that saves interrupted by a crash left in `folder`."""
+    leftovers = sorted(Path(folder).glob(".*.pt.tmp*")) if Path(folder).is_dir() else []
+    for tmp in leftovers:
+        tmp.unlink(missing_ok=True)
+    return leftovers
 
 
 class CheckpointError(ValueError):
@@ -95,6 +116,25 @@ def load_checkpoint(path: str | Path) -> dict:
         raise SystemExit(f"error: checkpoint {e}") from None
 
 
+def read_usable_checkpoint(path: str | Path) -> dict:
+    """`read_checkpoint`, also checking that it holds a model whose floating tensors are all finite
+    (a checkpoint one can really go back to); CheckpointError saying what is wrong otherwise."""
+    ckpt = read_checkpoint(path)
+    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds no model state dict")
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]})")
+    return ckpt
+
+
+def config_differences(expected: dict, found: dict) -> str:
+    """'num_classes 150 (found 3), dec_layers 6 (found 2)': the fields where two configs differ."""
+    keys = [k for k in expected if k in found and expected[k] != found[k]]
+    return ", ".join(f"{k} {expected[k]!r} (found {found[k]!r})" for k in keys)
+
+
 def rng_states() -> dict:
     """Every random generator the run draws from, as tensors and plain numbers (weights_only-safe)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -133,6 +173,13 @@ def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> 
                          f"(first keys: {list(state)[:3]}); convert it with convert.py first")
     reshaped = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
     usable = {k: v for k, v in state.items() if k in ours and k not in reshaped}
+    if len(usable) < len(state) / 2:  # mostly another architecture: fine-tuning from it would be from scratch
+        found = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
+        expected = getattr(getattr(model, "config", None), "__dict__", {})
+        differences = config_differences(expected, found) if found else ""
+        raise SystemExit(f"error: --weights {path} fits only {len(usable)} of its {len(state)} tensors into this "
+                         f"model ({differences or f'e.g. {(reshaped or unknown)[0]}'}): a checkpoint of another "
+                         f"config; pass the matching --config/--set or another file")
     model.load_state_dict(usable, strict=False)
     missing = sorted(k for k in ours if k not in usable)
     log(f"loaded {len(usable)} tensors from {path}")

@@ -43,6 +43,7 @@ import argparse
 import csv
 import json
 import math
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -476,31 +477,100 @@ def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, seg
     drawing.draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")
 
 
+# Command-line value checks (used by train.py too): argparse calls them on a flag's text, and a failure
+# becomes one line "argument --flag: expected …, got …".
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return check
+
+
+def number_in(low: float, high: float = math.inf, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] (or (low, high] with low_open)."""
+    expected = f"a number {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+
+    def check(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return check
+
+
+def device_name(text: str) -> str:
+    """An argparse type: cpu, cuda, cuda:N or mps, available on this machine."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use --device cpu)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine (use --device cpu)")
+    return text
+
+
+def writable_folder(text: str) -> str:
+    """An argparse type: a folder that exists or can be made, and that we may write in."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    parent = path
+    while not parent.exists():  # the nearest existing folder is where the write permission counts
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):  # the real test (permissions, read-only disks, root)
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {parent} ({e.strerror})") from None
+    return text
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(description="MaskFormer inference (§3.4) and evaluation (mIoU / PQ).")
     p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / convert.py)")
     p.add_argument("--config", choices=list(maskformer.CONFIGS), help="architecture (default: the checkpoint's)")
     p.add_argument("--random-init", action="store_true", help="no weights: random model of --config (demos, tests)")
     p.add_argument("--input", help="an image file or a folder of images")
-    p.add_argument("--output", default="outputs/infer", help="folder for the PNGs / JSON / evaluation tables")
+    p.add_argument("--output", default="outputs/infer", type=writable_folder,
+                   help="folder for the PNGs / JSON / evaluation tables")
     p.add_argument("--task", choices=("semantic", "panoptic"), default="semantic")
     p.add_argument("--data", choices=data.DATASETS, help="dataset for class names, colours and (panoptic) which "
                    "classes are things; and the split for --eval. Without it: the checkpoint's names, all stuff")
     p.add_argument("--data-root", help="the dataset's folder (needed by --eval; without --eval only by --data "
                    "cityscapes, coco_panoptic and folder: the other class lists ship with this code)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=int, help="test resize of --input images: short edge (default: the --data "
-                   "recipe's test size, e.g. ADE20K 512; else 512). --eval uses the dataset's own test resize")
-    p.add_argument("--max-size", type=int, help="test resize: long edge at most (default: the recipe's, else 2048)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
+    p.add_argument("--size", type=int_at_least(32),
+                   help="test resize of --input images: short edge (default: the --data recipe's test size, e.g. "
+                   "ADE20K 512; else 512). --eval uses the dataset's own test resize")
+    p.add_argument("--max-size", type=int_at_least(32),
+                   help="test resize: long edge at most (default: the recipe's, else 2048)")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast the forward pass to this dtype")
-    p.add_argument("--object-mask-threshold", type=float, help="panoptic: min p_i(c_i) to keep a query "
+    p.add_argument("--object-mask-threshold", type=number_in(0, 1), help="panoptic: min p_i(c_i) to keep a query "
                    "(default: the --data recipe's, 0.7 for ade20k_panoptic, else 0.8)")
-    p.add_argument("--overlap-threshold", type=float, help="panoptic: min visible part of a mask (default 0.8)")
+    p.add_argument("--overlap-threshold", type=number_in(0, 1),
+                   help="panoptic: min visible part of a mask (default 0.8)")
     p.add_argument("--eval", action="store_true", help="evaluate on the --data validation split instead")
-    p.add_argument("--batch-size", type=int, default=1, help="--eval batch size")
-    p.add_argument("--workers", type=int, default=2, help="--eval data-loading processes")
-    p.add_argument("--max-batches", type=int, help="--eval: stop after this many batches")
+    p.add_argument("--batch-size", type=int_at_least(1), default=1, help="--eval batch size")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="--eval data-loading processes")
+    p.add_argument("--max-batches", type=int_at_least(1), help="--eval: stop after this many batches")
     return p.parse_args(argv), p
 
 

@@ -29,6 +29,7 @@ Differences from the official pipeline (all deliberate, none changes a number on
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -63,6 +64,10 @@ class SemanticMetrics:
         """Add one batch: `pred` and `target` are integer label maps of the same shape, e.g. (B,H,W)."""
         if pred.shape != target.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have one shape")
+        for name, labels in (("pred", pred), ("target", target)):
+            if labels.is_floating_point() or labels.is_complex():
+                raise ValueError(f"SemanticMetrics.update: {name} must be an integer label map (e.g. "
+                                 f"scores.argmax(1)), got dtype {labels.dtype}")
         K = self.num_classes
         if self.confusion is None:
             self.confusion = torch.zeros(K, K + 1, dtype=torch.int64, device=target.device)
@@ -145,6 +150,11 @@ class PanopticMetrics:
         # id -> (category, iscrowd)
         pred_segments = {int(s["id"]): (int(s["category_id"]), 0) for s in pred_segments_info}
         gt_segments = {int(s["id"]): (int(s["category_id"]), int(s.get("iscrowd", 0))) for s in gt_segments_info}
+        for side, segments in (("predicted", pred_segments), ("ground-truth", gt_segments)):
+            for segment_id, (category, _) in segments.items():
+                if not 0 <= category < len(self.is_thing):
+                    raise ValueError(f"PanopticMetrics: {side} segment {segment_id} has category_id {category}; "
+                                     f"expected 0..{len(self.is_thing) - 1} (is_thing has {len(self.is_thing)})")
 
         if pred_ids.numel() and not 0 <= pred_ids.min() <= pred_ids.max() < OFFSET:
             raise ValueError(f"predicted segment ids must be in 0..{OFFSET - 1}")
@@ -236,3 +246,17 @@ class PanopticMetrics:
             for c in range(len(self.is_thing))
         ]
         return results
+
+
+def strict_json(value, indent: int | None = None) -> str:
+    """`json.dumps` for metric records: NaN / ±inf (an undefined mIoU, a class never seen) become
+    null, so every file written is strict JSON (Python's default writes the non-standard NaN)."""
+
+    def finite(v):
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return json.dumps(finite(value), indent=indent, allow_nan=False)

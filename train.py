@@ -41,7 +41,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+import checkpoint
 import data
 import drawing
 import infer
@@ -59,6 +60,7 @@ import maskformer
 import matcher
 from checkpoint import load_checkpoint, load_pretrained, rename_old_keys, rng_states, save_checkpoint, set_rng_states
 from distributed import setup_distributed, sum_over_processes
+from metrics import strict_json
 
 
 # -----------------------------------------------------------------------------------------------
@@ -160,8 +162,11 @@ def resolve_recipe(args: argparse.Namespace) -> TrainingRecipe:
 def train(args: argparse.Namespace) -> dict:
     """Runs training; returns the final validation metrics (rank 0) and writes everything to --output."""
     device, rank, world_size = setup_distributed(args.device)
-    is_main, out, recipe = rank == 0, Path(args.output), resolve_recipe(args)
+    is_main, recipe = rank == 0, resolve_recipe(args)
     log = print_on_main(is_main)
+    out, last = run_folder(args, is_main)  # a new run never lands in an existing run's folder; last.pt if --resume
+    if last is not None and is_finished(out, last, recipe, log):
+        return read_final_metrics(out)  # a finished run's files are left alone
     set_up_process(args, out, is_main)
     train_set, val_set = build_datasets(args, recipe)
     per_device, accum = split_batch(recipe.batch_size, world_size, device, args)
@@ -175,14 +180,12 @@ def train(args: argparse.Namespace) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # Everything a checkpoint holds: these objects' states, the step, the RNGs and a description.
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    about = {"config": asdict(model.config), "recipe": asdict(recipe), "class_names": list(train_set.class_names),
-             "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
-    start_step, best_metric = resume(out, stateful, log) if args.resume else (0, -math.inf)
+    about = run_description(model, recipe, train_set.class_names, args)
+    start_step, best_metric = resume(out, last, stateful, about, log) if last else (0, -math.inf)
     metrics_log = MetricsLog(out / "metrics.jsonl", start_step, is_main)
     train_model = wrap_for_training(model, device, world_size, args.compile)
     batches = iter(build_train_loader(train_set, per_device, accum, start_step, rank, world_size, device, args))
-    val_loader = DataLoader(val_set, batch_size=1 if args.data != "shapes" else 8, collate_fn=data.collate,
-                            num_workers=args.workers)
+    val_loader = build_val_loader(val_set, args)
     settings = StepSettings(accum, device, amp_dtype, recipe.clip_grad_norm)
     log(f"training {recipe.config} ({args.head}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"params) on {args.data}: {recipe.max_iter} iterations, batch {recipe.batch_size} = {world_size} "
@@ -195,11 +198,7 @@ def train(args: argparse.Namespace) -> dict:
     for step in range(start_step, recipe.max_iter):
         # forward (Figure 2) -> match (Eq. 3.2c) + loss (Eq. 3.2d) -> backward -> AdamW step
         stats = train_step(train_model, batches, criterion, optimizer, scaler, settings)
-        if not math.isfinite(stats["loss"]):
-            raise NonFiniteLoss(
-                f"error: the loss became {stats['loss']} at step {step} (terms: "
-                f"{ {k: v for k, v in stats.items() if k.startswith('loss_')} }); stopping. The last good "
-                f"checkpoint is {out / 'last.pt'}; try a lower --lr, --amp bf16 instead of fp16, or --clip-grad.")
+        stop_unless_finite(stats, step, out, fp16_scaler=scaler.is_enabled())  # then no step, no checkpoint
         scheduler.step()
         done = step + 1
         window_images += stats.pop("images") * world_size
@@ -216,21 +215,24 @@ def train(args: argparse.Namespace) -> dict:
             progress.set_postfix({k: record[k] for k in ("loss", "lr", "img_per_s", "max_mem_mb") if k in record})
         progress.update(1)
 
-        # -- periodic validation (mIoU of Eq. 3.4b, or PQ) and checkpoints
-        if done % recipe.eval_period == 0 or done == recipe.max_iter:
-            last_metrics = validate(model, val_loader, recipe.task, device, amp_dtype, args.data)
+        # -- checkpoints, then periodic validation (mIoU of Eq. 3.4b, or PQ): a failing validation loses nothing
+        validating = done % recipe.eval_period == 0 or done == recipe.max_iter
+        if is_main and (validating or done % recipe.checkpoint_period == 0):
+            save_checkpoint(out / "last.pt", checkpoint_state(stateful, done, best_metric, about))
+        if validating:
+            last_metrics = validate_at(done, out, model, val_loader, recipe.task, device, amp_dtype, args.data, log)
             metrics_log.append({"step": done, "val_" + metric_name: last_metrics[metric_name]})
-            log(f"step {done}: validation {metric_name} = {100 * last_metrics[metric_name]:.2f}")
             if is_main and last_metrics[metric_name] > best_metric:
                 best_metric = last_metrics[metric_name]
                 save_checkpoint(out / "best.pt", checkpoint_state(stateful, done, best_metric, about))
-        if is_main and (done % recipe.checkpoint_period == 0 or done == recipe.max_iter):
-            save_checkpoint(out / "last.pt", checkpoint_state(stateful, done, best_metric, about))
     progress.close()
 
+    if not last_metrics:  # resumed at the last step: its validation had not finished
+        last_metrics = validate_at(recipe.max_iter, out, model, val_loader, recipe.task, device, amp_dtype,
+                                   args.data, log)
     if is_main:
         save_figures(model, val_set, train_set, metrics_log.history, device, out)
-        (out / "final_metrics.json").write_text(json.dumps(last_metrics, indent=1))
+        (out / "final_metrics.json").write_text(strict_json(last_metrics, indent=1))
         log(f"done: {metric_name} {100 * last_metrics.get(metric_name, float('nan')):.2f}; outputs in {out}")
     if world_size > 1:
         dist.destroy_process_group()
@@ -279,7 +281,9 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     clip = settings.clip_grad_norm if settings.clip_grad_norm > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     stats = dict(zip([*sums, "grad_norm"], torch.stack([*sums.values(), grad_norm.float()]).tolist()))
-    if math.isfinite(stats["loss"]):  # a non-finite step is never applied
+    # a step with a non-finite loss or gradient norm is never applied (fp16: the GradScaler skips a step
+    # with inf gradients itself and lowers its scale)
+    if math.isfinite(stats["loss"]) and (math.isfinite(stats["grad_norm"]) or scaler.is_enabled()):
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -288,7 +292,50 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss or the gradient norm became NaN/inf: that step was not applied and nothing was saved."""
+
+
+class ValidationFailed(RuntimeError):
+    """Validation raised (e.g. a bad label file); the checkpoint of the same step was written before it."""
+
+
+def stop_unless_finite(stats: dict[str, float], step: int, out: Path, fp16_scaler: bool) -> None:
+    """Raises NonFiniteLoss naming the step and the last checkpoint that really is good, unless the
+    loss and the gradient norm are finite. With fp16 an inf gradient norm is the GradScaler's job:
+    it skips that step and lowers its scale."""
+    loss, grad_norm = stats["loss"], stats["grad_norm"]
+    if math.isfinite(loss) and (math.isfinite(grad_norm) or fp16_scaler):
+        return
+    terms = ", ".join(f"{k} {v:.3g}" for k, v in stats.items() if k.startswith("loss_"))
+    what = f"the loss became {loss}" if not math.isfinite(loss) else \
+        f"the gradient norm became {grad_norm} (loss {loss:.3g})"
+    raise NonFiniteLoss(f"error: {what} at step {step} (computing step {step + 1}; terms: {terms}); stopped "
+                        f"without applying that step or saving. {last_good_checkpoint(out)}; try a lower --lr, "
+                        f"--amp bf16 instead of fp16, or --clip-grad.")
+
+
+def last_good_checkpoint(out: Path) -> str:
+    """'The last good checkpoint is …' for last.pt, else best.pt, if it loads and all its weights are finite."""
+    problems = []
+    for name in ("last.pt", "best.pt"):
+        if (out / name).exists():
+            try:
+                ckpt = checkpoint.read_usable_checkpoint(out / name)
+            except checkpoint.CheckpointError as e:
+                problems.append(str(e))
+                continue
+            return (f"The last good checkpoint is {out / name} (step {ckpt.get('step')}: it loads and its "
+                    f"weights are finite)" + (f"; {problems[0]}" if problems else ""))
+    return f"No good checkpoint in {out} yet" + (f" ({'; '.join(problems)})" if problems else "")
+
+
+def error_line(error: BaseException) -> str:
+    """The message of `error`, one line: for an error re-raised from a DataLoader worker process,
+    the worker's own message (the last line of the traceback it carries)."""
+    text = str(error).strip()
+    if "DataLoader worker" in text and "Original Traceback" in text:
+        text = text.splitlines()[-1].partition(": ")[2]  # "data.DatasetError: <message>"
+    return " ".join(text.split()) or type(error).__name__
 
 
 # -----------------------------------------------------------------------------------------------
@@ -299,11 +346,76 @@ def print_on_main(is_main: bool):
     return (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
 
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json")  # a folder with one holds a run
+
+
+def run_folder(args: argparse.Namespace, is_main: bool) -> tuple[Path, dict | None]:
+    """(the run's folder, its last.pt if --resume). The folder: --output, or a new runs/<date-time>
+    (runs/latest points at it; --resume without --output continues runs/latest). A fresh run refuses
+    a folder that holds a run unless --overwrite (which deletes that run's files)."""
+    if args.output is None:
+        out = latest_run() if args.resume else new_run_folder(is_main)
+    else:
+        out = Path(args.output)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not args.resume and held and not args.overwrite:
+        raise SystemExit(f"error: --output {out} already holds a run ({', '.join(held)}): continue it with "
+                         f"--resume, or give a new --output (--overwrite deletes that run)")
+    if is_main and not args.resume and held:
+        for path in [*(out / name for name in RUN_FILES), out / "loss_curve.png", *out.glob("prediction_*.png")]:
+            path.unlink(missing_ok=True)
+    return out, load_checkpoint(out / "last.pt") if args.resume else None
+
+
+def new_run_folder(is_main: bool, root: Path = Path("runs")) -> Path:
+    """runs/<YYYYmmdd-HHMMSS>[-n], made by the first process (the others receive its name), and
+    runs/latest pointing at it."""
+    name = [None]
+    if is_main:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        taken = {p.name for p in root.glob(stamp + "*")} if root.is_dir() else set()
+        name[0] = next(n for n in [stamp] + [f"{stamp}-{i}" for i in range(1, len(taken) + 2)] if n not in taken)
+        (root / name[0]).mkdir(parents=True)
+        point_latest(root, name[0])
+    if dist.is_initialized():
+        dist.broadcast_object_list(name, src=0)
+    return root / name[0]
+
+
+def point_latest(root: Path, name: str) -> None:
+    """runs/latest -> runs/<name>: a symbolic link, or where links are unavailable a text file
+    naming the run. A real folder called latest (an older run) is left alone."""
+    latest = root / "latest"
+    if latest.is_dir() and not latest.is_symlink():
+        return
+    tmp = root / ".latest.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(name, target_is_directory=True)
+        tmp.replace(latest)
+    except (OSError, NotImplementedError):
+        tmp.unlink(missing_ok=True)
+        latest.write_text(name + "\n")
+
+
+def latest_run(root: Path = Path("runs")) -> Path:
+    """The folder runs/latest points at (a link, a text file naming it, or an older run's folder)."""
+    latest = root / "latest"
+    if latest.is_file():
+        return root / latest.read_text().strip()
+    if not latest.exists():
+        raise SystemExit(f"error: --resume without --output: there is no {latest} to continue; "
+                         f"give --output RUN_FOLDER")
+    return latest
+
+
 def set_up_process(args: argparse.Namespace, out: Path, is_main: bool) -> None:
-    """Output folder, CPU threads, and the same seeds on every process (identical initial weights;
-    DDP broadcasts them anyway)."""
+    """Output folder (without the temp files of interrupted saves), CPU threads, and the same seeds
+    on every process (identical initial weights; DDP broadcasts them anyway)."""
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for tmp in checkpoint.remove_partial_saves(out):
+            print(f"removed {tmp}, left by an interrupted checkpoint save", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -321,20 +433,51 @@ def split_batch(batch_size: int, world_size: int, device: torch.device, args: ar
     return per_device, accum
 
 
+def run_description(model: nn.Module, recipe: TrainingRecipe, class_names, args: argparse.Namespace) -> dict:
+    """What a checkpoint says about its run: the model config, the recipe, the class names, the flags."""
+    return {"config": asdict(model.config), "recipe": asdict(recipe), "class_names": list(class_names),
+            "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
+
+
 def checkpoint_state(stateful: dict, step: int, best_metric: float, about: dict) -> dict:
     """What last.pt/best.pt hold: every object's state_dict, the step, the RNGs, the description."""
     return {**{name: obj.state_dict() for name, obj in stateful.items()}, "step": step, "rng": rng_states(),
             "best_metric": best_metric, **about}
 
 
-def resume(out: Path, stateful: dict, log) -> tuple[int, float]:
-    """`--resume`: everything needed to continue bit for bit; returns (step, best metric so far)."""
-    ckpt = load_checkpoint(out / "last.pt")
+def resume(out: Path, ckpt: dict, stateful: dict, about: dict, log) -> tuple[int, float]:
+    """`--resume`: everything needed to continue bit for bit; returns (step, best metric so far).
+    A checkpoint of another model (config, class count) stops with one line naming the differences."""
+    expected, found = about["config"], ckpt.get("config", {})
+    differences = checkpoint.config_differences(expected, found) if isinstance(found, dict) else ""
+    if differences:
+        raise SystemExit(f"error: --resume: {out / 'last.pt'} holds another model than this run builds: "
+                         f"this run has {differences}; resume with the run's own "
+                         f"--config/--set/--data, or start a new run in another --output")
     for name, obj in stateful.items():
         obj.load_state_dict(ckpt[name])
     set_rng_states(ckpt["rng"])
     log(f"resumed from {out / 'last.pt'} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["best_metric"]
+    best_metric = ckpt["best_metric"]
+    with contextlib.suppress(checkpoint.CheckpointError):  # a crash after best.pt, before the next last.pt
+        best_metric = max(best_metric, checkpoint.read_checkpoint(out / "best.pt").get("best_metric", -math.inf))
+    return ckpt["step"], best_metric
+
+
+def is_finished(out: Path, ckpt: dict, recipe: TrainingRecipe, log) -> bool:
+    """`--resume` of a run that reached --iters and wrote final_metrics.json: nothing to do (says so)."""
+    if ckpt["step"] > recipe.max_iter or ckpt["step"] == recipe.max_iter and (out / "final_metrics.json").exists():
+        log(f"{out} is a finished run (step {ckpt['step']} of --iters {recipe.max_iter}); its files are left "
+            f"as they are. To train further, resume with a larger --iters.")
+        return True
+    return False
+
+
+def read_final_metrics(out: Path) -> dict:
+    try:
+        return json.loads((out / "final_metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 class MetricsLog:
@@ -343,17 +486,30 @@ class MetricsLog:
 
     def __init__(self, path: Path, start_step: int, is_main: bool):
         self.path, self.is_main = path, is_main
-        old = [rename_old_keys(json.loads(line)) for line in path.read_text().splitlines()] \
-            if start_step > 0 and path.exists() else []
+        old = read_records(path) if start_step > 0 and path.exists() else []
         self.history = [r for r in old if r["step"] <= start_step]
         if is_main:
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            path.write_text("".join(strict_json(r) + "\n" for r in self.history))
 
     def append(self, record: dict) -> None:
         self.history.append(record)
         if self.is_main:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(strict_json(record) + "\n")
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (old key names read as today's). A line that is not a JSON
+    record, such as the torn last line of a crash, is skipped; NaN written by older versions reads."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(rename_old_keys(record))
+    return records
 
 
 def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool) -> nn.Module:
@@ -371,6 +527,11 @@ def build_train_loader(train_set, per_device: int, accum: int, start_step: int, 
     return DataLoader(data.SeededItems(train_set), batch_sampler=sampler, collate_fn=data.collate,
                       num_workers=args.workers, pin_memory=device.type == "cuda",
                       persistent_workers=args.workers > 0)
+
+
+def build_val_loader(val_set, args: argparse.Namespace) -> DataLoader:
+    return DataLoader(val_set, batch_size=1 if args.data != "shapes" else 8, collate_fn=data.collate,
+                      num_workers=args.workers)
 
 
 def mean_over_processes(values: dict[str, float], world_size: int) -> dict[str, float]:
@@ -493,6 +654,25 @@ def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.devi
     return metrics
 
 
+def validate_at(step: int, out: Path, model: nn.Module, loader: DataLoader, task: str, device: torch.device,
+                amp_dtype, data_name: str | None, log) -> dict:
+    """`validate` at `step`, logged; a failure raises ValidationFailed saying that the state is kept.
+    An undefined metric (no labelled pixel, no segment) gets a warning instead of a silent nan."""
+    try:
+        metrics = validate(model, loader, task, device, amp_dtype, data_name)
+    except (data.DatasetError, ValueError, RuntimeError, OSError) as e:
+        raise ValidationFailed(f"error: validation at step {step} failed: {error_line(e)}. The training state of "
+                               f"step {step} is kept in {out / 'last.pt'}; fix the validation data, then continue "
+                               f"with --resume --output {out}") from None
+    name = "PQ" if task == "panoptic" else "mIoU"
+    if math.isfinite(metrics[name]):
+        log(f"step {step}: validation {name} = {100 * metrics[name]:.2f}")
+    else:
+        log(f"warning: step {step}: validation {name} is undefined ({metrics[name]}): the {len(loader.dataset)} "
+            f"validation images hold no labelled pixel/segment (all ignore?); best.pt is not updated")
+    return metrics
+
+
 def make_progress(start: int, total: int, disable: bool):
     from tqdm import tqdm
 
@@ -515,14 +695,17 @@ def save_figures(model: nn.Module, val_set, train_set, history: list[dict], devi
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # every value is checked here (one line naming the flag and what it expects), before any work
+    at_least, number_in, device_name, writable_folder = \
+        infer.int_at_least, infer.number_in, infer.device_name, infer.writable_folder
     g = p.add_argument_group("data")
     g.add_argument("--data", default="shapes", choices=sorted(DATA_RECIPES),
                    help="dataset; the official R50 result to expect with its recipe: "
                    + ", ".join(f"{name} {result}" for name, result in EXPECTED_R50.items()))
     g.add_argument("--data-root", default=None, help="the dataset's own folder (not needed for shapes)")
-    g.add_argument("--ignore-index", type=int, default=255, help="label value to ignore (--data folder)")
-    g.add_argument("--crop-size", dest="crop_size", type=int, help="training crop (recipe default)")
-    g.add_argument("--workers", type=int, default=0 if sys.platform == "darwin" else 2,
+    g.add_argument("--ignore-index", type=at_least(0), default=255, help="label value to ignore (--data folder)")
+    g.add_argument("--crop-size", dest="crop_size", type=at_least(32), help="training crop (recipe default)")
+    g.add_argument("--workers", type=at_least(0), default=0 if sys.platform == "darwin" else 2,
                    help="data-loading worker processes per GPU/process")
 
     g = p.add_argument_group("model (paper §3.3 and the §4 ablations)")
@@ -533,44 +716,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the per-pixel classification baselines PerPixelBaseline / PerPixelBaseline+ of §4")
     g.add_argument("--matcher", default="hungarian", choices=["hungarian", "fixed"],
                    help="bipartite (Eq. 3.2c) or fixed matching (needs --num-queries = number of classes)")
-    g.add_argument("--num-queries", type=int, default=None, help="N, the number of queries (config default)")
+    g.add_argument("--num-queries", type=at_least(1), default=None, help="N, the number of queries (config default)")
     g.add_argument("--set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any MaskFormerConfig field, e.g. --set dec_layers=2 (repeatable)")
     g.add_argument("--weights", default=None,
                    help="start from these weights (a convert.py/train.py checkpoint: whole model or backbone)")
 
     g = p.add_argument_group("optimisation (docs/recipe.md; omitted flags take the recipe's value)")
-    g.add_argument("--batch-size", dest="batch_size", type=int, help="global batch size")
-    g.add_argument("--iters", dest="max_iter", type=int, help="training iterations")
-    g.add_argument("--lr", dest="lr", type=float, help="base learning rate")
-    g.add_argument("--weight-decay", dest="weight_decay", type=float)
-    g.add_argument("--backbone-lr-mult", dest="backbone_lr_mult", type=float)
-    g.add_argument("--warmup-iters", dest="warmup_iters", type=int)
-    g.add_argument("--clip-grad", dest="clip_grad_norm", type=float, help="whole-model grad-norm clip (0: off)")
-    g.add_argument("--accum-steps", type=int, default=None,
+    g.add_argument("--batch-size", dest="batch_size", type=at_least(1), help="global batch size")
+    g.add_argument("--iters", dest="max_iter", type=at_least(1), help="training iterations")
+    g.add_argument("--lr", dest="lr", type=number_in(0, low_open=True), help="base learning rate")
+    g.add_argument("--weight-decay", dest="weight_decay", type=number_in(0))
+    g.add_argument("--backbone-lr-mult", dest="backbone_lr_mult", type=number_in(0))
+    g.add_argument("--warmup-iters", dest="warmup_iters", type=at_least(0))
+    g.add_argument("--clip-grad", dest="clip_grad_norm", type=number_in(0), help="whole-model grad-norm clip (0: off)")
+    g.add_argument("--accum-steps", type=at_least(1), default=None,
                    help="gradient accumulation steps (default: whatever reaches --batch-size)")
-    g.add_argument("--per-device-batch", type=int, default=None,
+    g.add_argument("--per-device-batch", type=at_least(1), default=None,
                    help="images per process per step (default: 2 on CUDA, as the official 8x2 setup)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=at_least(0), default=0)
 
     g = p.add_argument_group("devices")
-    g.add_argument("--device", default=None, help="cpu | cuda | mps (default: the best available)")
+    g.add_argument("--device", default=None, type=device_name, help="cpu | cuda | mps (default: the best available)")
     g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    g.add_argument("--threads", type=at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
 
     g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--output", default="runs/latest", help="folder for checkpoints, logs and figures")
-    g.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt exactly")
-    g.add_argument("--eval-period", dest="eval_period", type=int, help="validate every N iterations")
-    g.add_argument("--checkpoint-period", dest="checkpoint_period", type=int,
+    g.add_argument("--output", default=None, type=writable_folder,
+                   help="folder for checkpoints, logs and figures (default: a new runs/<date-time>, which "
+                        "runs/latest then points at); a folder holding a run is refused without --resume/--overwrite")
+    g.add_argument("--resume", action="store_true",
+                   help="continue OUTPUT/last.pt exactly (default OUTPUT: runs/latest); a finished run is left alone")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an --output holding a run, deleting it")
+    g.add_argument("--eval-period", dest="eval_period", type=at_least(1), help="validate every N iterations")
+    g.add_argument("--checkpoint-period", dest="checkpoint_period", type=at_least(1),
                    help="write last.pt every N iterations")
-    g.add_argument("--val-images", type=int, default=None, help="limit validation to N images")
-    g.add_argument("--log-period", type=int, default=10, help="log to metrics.jsonl every N iterations")
+    g.add_argument("--val-images", type=at_least(1), default=None, help="limit validation to N images")
+    g.add_argument("--log-period", type=at_least(1), default=10, help="log to metrics.jsonl every N iterations")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     args = p.parse_args(argv)
     if args.matcher == "fixed" and args.head != "mask_classification":
         p.error("--matcher fixed only applies to --head mask_classification")
+    if args.resume and args.overwrite:
+        p.error("--resume continues a run, --overwrite deletes it: give one of them")
     try:
         args.model_overrides_cli = dict(parse_assignment(s) for s in args.model_set)
     except ValueError as e:
@@ -583,20 +772,36 @@ def parse_assignment(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"--set expects FIELD=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    key = key.strip()
     try:
-        return key.strip(), ast.literal_eval(value)
+        value = ast.literal_eval(value)
     except (ValueError, SyntaxError):
-        return key.strip(), value
+        pass  # a plain string
+    names = [f.name for f in fields(maskformer.MaskFormerConfig)]
+    if key not in names:
+        raise ValueError(f"--set {text}: MaskFormerConfig has no field {key!r} (fields: {', '.join(names)})")
+    expected = type(getattr(maskformer.CONFIGS["r50"], key))  # the field's type, from a full config
+    fits = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else \
+        type(value) is expected
+    if not fits:
+        kind = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(
+            expected, f"a {expected.__name__}")
+        raise ValueError(f"--set {text}: {key} expects {kind}, got {value!r}")
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         train(args)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, ValidationFailed) as e:
         raise SystemExit(str(e)) from None
-    except data.DatasetError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (data.DatasetError, checkpoint.CheckpointSaveError) as e:
+        raise SystemExit(f"error: {error_line(e)}") from None
+    except Exception as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        raise SystemExit(f"error: {error_line(e)}") from None  # e.g. a bad training image, named by the worker
 
 
 if __name__ == "__main__":
