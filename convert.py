@@ -626,6 +626,25 @@ def imagenet_backbone(state: dict[str, Tensor], source: Source) -> tuple[str, in
     return found[0], width
 
 
+# The official test resize (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST) of each published model's dataset, told
+# by its class count: ADE20K-150 (Swin-B/L: 640, the res640 configs), COCO panoptic (detectron2's
+# defaults), COCO-Stuff-10K, ADE20K-Full, Cityscapes, Mapillary Vistas.
+OFFICIAL_TEST_RESIZE = {150: (512, 2048), 133: (800, 1333), 171: (640, 2560), 847: (512, 2048),
+                        19: (1024, 2048), 65: (2048, 2048)}
+
+
+def official_test_resize(config: dict) -> dict | None:
+    """{"test_size", "test_max_size"} a converted model was evaluated at officially, from its config
+    (num_classes, backbone); None for a class count no published model has. infer.py reads it from
+    the checkpoint's "recipe". (ADE20K-Panoptic, also 150 classes, is tested at 640: pass --size.)"""
+    K, backbone = config.get("num_classes"), config.get("backbone")
+    if K == 150 and backbone in ("swin_base", "swin_large"):
+        return {"test_size": 640, "test_max_size": 2560}
+    if K not in OFFICIAL_TEST_RESIZE:
+        return None
+    return dict(zip(("test_size", "test_max_size"), OFFICIAL_TEST_RESIZE[K]))
+
+
 def class_names_for(num_classes: int) -> list[str]:
     """Names for a checkpoint that carries none: ADE20K-150's for 150 classes, else "class k"."""
     return list(datasets.ADE20K_CLASSES) if num_classes == len(datasets.ADE20K_CLASSES) else \
@@ -712,7 +731,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ConversionError, UnsafePickleError) as e:
         raise SystemExit(f"error: {e}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(Path(args.output), {"model": state, "config": asdict(model.config), "class_names": class_names})
+    checkpoint = {"model": state, "config": asdict(model.config), "class_names": class_names}
+    if args.source in ("hf", "detectron2"):  # a whole published model: the test resize it was evaluated at
+        checkpoint["recipe"] = official_test_resize(checkpoint["config"])
+    save_checkpoint(Path(args.output), checkpoint)
     print(f"wrote {len(state)} tensors ({sum(v.numel() for v in state.values()) / 1e6:.2f}M values) of "
           f"{model.config.backbone} / {model.config.head} (K = {model.config.num_classes}) to {args.output}")
 

@@ -310,6 +310,8 @@ class SegmentationDataset(Dataset):
         item["ignore_index"] = self.ignore_index  # 255, or 65535 where 255 is a class (ADE20K-Full)
         if not self.train:  # evaluation compares at the original resolution
             item["orig_size"] = tuple(sample.sem_seg.shape)
+            item["orig_image"] = torch.from_numpy(np.array(sample.image))  # (H0, W0, 3) uint8, for TTA (a copy:
+            # PIL's arrays are read-only)
             item["orig_sem_seg"] = _long_tensor(sample.sem_seg)
             if sample.pan_seg is not None:
                 item["orig_pan_seg"] = _long_tensor(sample.pan_seg)

@@ -23,7 +23,8 @@ draws its overlays with drawing.py):
     python infer.py --eval --data ade20k --data-root datasets --weights run/best.pt --output out/
 
 Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
-resize_to_original → predict_semantic / predict_panoptic → evaluate → main (CLI).
+resize_to_original → predict_semantic / tta_class_scores / predict_panoptic → test_resize →
+evaluation_dataset → evaluate → main (CLI).
 
 How this differs from the official code (facebookresearch/MaskFormer, mask_former_model.py):
 - Same order of operations: mask logits are upsampled to the padded input size before the
@@ -33,8 +34,12 @@ How this differs from the official code (facebookresearch/MaskFormer, mask_forme
   writes the map query by query; the result is the same, edge cases included.
 - `segments_info` also carries each segment's "score" p_i(c_i) (a merged stuff segment keeps the
   score of its first query) and its "area" in pixels.
-- Test-time augmentation rescales the already resized, normalised test image (bilinear) instead
-  of re-reading and resizing the original file; the long-edge cap of the TTA sizes is not applied.
+- Test-time augmentation resizes the original image once per scale; the official
+  DatasetMapperTTA resizes the image its test loader already resized to the test size (two
+  interpolations, the same target sizes).
+- The test resize of `--eval` comes from the checkpoint (the recipe it was trained with, or the
+  official test size of a converted model), so that train.py's validation and `--eval` give one
+  number; the official code takes it from the config file passed on the command line.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import csv
 import json
 import math
 import tempfile
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import augment
+import convert
 import data
 import datasets
 import drawing
@@ -242,17 +248,14 @@ def _sizes(images: Tensor, image_sizes: list | None, orig_sizes: list | None) ->
 
 
 def predict_semantic(model: nn.Module, images: Tensor, image_sizes: list | None = None, orig_sizes: list | None = None,
-                     amp_dtype: torch.dtype | None = None, tta: bool = False) -> list[Tensor]:
+                     amp_dtype: torch.dtype | None = None) -> list[Tensor]:
     """Semantic maps (H0, W0) long, one per image; Eq. (3.4b) or the per-pixel argmax.
 
     images (B, 3, H, W) normalised (zero padding is added up to a multiple of 32);
     image_sizes: each image's (h, w) inside the batch before padding (default: all of (H, W));
-    orig_sizes: the size to predict at (default: image_sizes). tta: multi-scale + flip.
+    orig_sizes: the size to predict at (default: image_sizes). Multi-scale test: `tta_class_scores`.
     """
     image_sizes, orig_sizes = _sizes(images, image_sizes, orig_sizes)
-    if tta:
-        return [tta_class_scores(model, images[b, :, :h, :w], orig, amp_dtype).argmax(0)
-                for b, ((h, w), orig) in enumerate(zip(image_sizes, orig_sizes))]
     images = pad_to_multiple(images)
     outputs = run_model(model, images, amp_dtype)
     padded_size = tuple(images.shape[-2:])
@@ -260,20 +263,24 @@ def predict_semantic(model: nn.Module, images: Tensor, image_sizes: list | None 
             for b in range(len(images))]
 
 
-def tta_class_scores(model: nn.Module, image: Tensor, orig_size: tuple[int, int],
+def tta_class_scores(model: nn.Module, image: np.ndarray | Tensor, test_size: int, max_size: int,
                      amp_dtype: torch.dtype | None = None, scales: tuple[float, ...] = TTA_SCALES) -> Tensor:
-    """Class scores (K, H0, W0) of one image (3, h, w) averaged over scales × {as is, flipped}.
+    """Class scores (K, H0, W0) of one original image (H0, W0, 3) uint8, averaged over scales × {as is, flipped}.
 
-    As the official SemanticSegmentorWithTTA: every version is predicted at the original size
-    (flipped ones flipped back) and the scores are averaged: Eq. (3.4b) scores for MaskFormer,
-    logits for the per-pixel baselines (the official TTA averages whatever the model returns).
-    Scales are relative to the test size (ADE20K: short edge 512 → 256 … 896).
+    As the official SemanticSegmentorWithTTA with detectron2's DatasetMapperTTA: per scale s the
+    image is resized (bilinear) to short edge int(s · test_size), long edge <= max_size (ADE20K:
+    256 … 896, max 3584; the official TEST.AUG.MIN_SIZES / MAX_SIZE), normalised, and predicted
+    as is and flipped; every version is brought to the original size (flipped ones flipped back)
+    and the scores are averaged: Eq. (3.4b) scores for MaskFormer, logits for the per-pixel
+    baselines (the official TTA averages whatever the model returns).
     """
-    h, w = image.shape[-2:]
+    image = np.asarray(image)
+    orig_size = image.shape[:2]
+    device = next(model.parameters()).device
     total = None
     for scale in scales:
-        size = (max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1))  # detectron2's rounding
-        scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)  # (1, 3, hs, ws)
+        size = augment.shortest_edge_size(*orig_size, int(scale * test_size), max_size)
+        scaled = data.normalize(augment.resize(image, {}, size)[0])[None].to(device)  # (1, 3, hs, ws)
         pair = pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp): flip before padding
         outputs = run_model(model, pair, amp_dtype)
         padded_size = tuple(pair.shape[-2:])
@@ -309,6 +316,68 @@ def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], ima
 # ---------------------------------------------------------------------------------------------
 
 
+def recipe_test_resize(name: str, crop_size: int | None = None) -> tuple[int, int]:
+    """(short edge, long-edge cap) of the test resize of dataset `name`'s recipe at training crop
+    `crop_size` (augment.recipe_for): ADE20K crop 512 -> (512, 2048), crop 640 -> (640, 2560).
+    shapes: (crop, crop), the size its scenes are generated at (128 by default)."""
+    if name == "shapes":
+        return crop_size or 128, crop_size or 128
+    recipe = augment.recipe_for(name, crop_size)
+    return recipe.test_size, recipe.test_max_size
+
+
+def resolve_test_resize(data_name: str | None, config: maskformer.MaskFormerConfig, checkpoint: dict | None,
+                        size: int | None = None, max_size: int | None = None) -> tuple[int, int, str]:
+    """(short edge, long-edge cap, where they come from) of the test resize: the first found of
+    1. the checkpoint's recipe: "test_size" / "test_max_size" (train.py and convert.py write them);
+       an older train.py checkpoint: its dataset's recipe at its training crop;
+    2. the --data recipe (ADE20K with Swin-B/L: at 640, as train.py trains them);
+    3. the model's official test size (convert.official_test_resize: a published model's dataset
+       is told by its class count), else 512 / 2048.
+    --size / --max-size replace either number."""
+    recipe = (checkpoint or {}).get("recipe")
+    trained_on = ((checkpoint or {}).get("args") or {}).get("data")
+    if isinstance(recipe, dict) and "test_size" in recipe:
+        short, long, source = recipe["test_size"], recipe["test_max_size"], "the checkpoint's recipe"
+    elif isinstance(recipe, dict) and trained_on in data.DATASETS:
+        short, long = recipe_test_resize(trained_on, recipe.get("crop_size"))
+        source = f"the checkpoint's recipe ({trained_on}, crop {recipe.get('crop_size')})"
+    elif data_name is not None:
+        crop = 640 if data_name == "ade20k" and config.backbone in ("swin_base", "swin_large") else None
+        (short, long), source = recipe_test_resize(data_name, crop), f"the {data_name} recipe"
+    else:
+        official = convert.official_test_resize(asdict(config))
+        short, long = (official["test_size"], official["test_max_size"]) if official else (512, 2048)
+        source = "the model's official test size" if official else "the default"
+    if size is not None or max_size is not None:
+        source = "--size / --max-size"
+    return size or short, max_size or long, source
+
+
+def evaluation_dataset(name: str, root: str | Path | None, task: str, resize: tuple[int, int],
+                       num_images: int | None = None, ignore_index: int | None = None):
+    """The validation split as train.py validates on it and `--eval` evaluates it: items at the test
+    resize `resize` = (short edge, long-edge cap) (shapes: generated at that size), the first
+    `num_images` only if given; ignore_index for --data folder."""
+    kwargs: dict = {"task": task} if name in ("coco_panoptic", "ade20k_panoptic", "shapes") else {}
+    if name == "shapes":
+        kwargs["image_size"] = resize[0]
+    else:
+        kwargs.update(test_size=resize[0], test_max_size=resize[1])
+    if name == "folder" and ignore_index is not None:
+        kwargs["ignore_index"] = ignore_index
+    dataset = data.build_dataset(name, root, split="val", train=False, **kwargs)
+    return torch.utils.data.Subset(dataset, range(min(num_images, len(dataset)))) if num_images else dataset
+
+
+def tta_resize(dataset, orig_size: tuple[int, int]) -> tuple[int, int]:
+    """(test size, long-edge cap) the multi-scale test scales from: the dataset's recipe (ADE20K: 512,
+    3584 = 7 x 512); without one (shapes) the image's own short edge."""
+    recipe = getattr(dataset, "recipe", None)
+    test_size = recipe.test_size if recipe is not None else min(orig_size)
+    return test_size, (recipe.tta_max_scale if recipe is not None else 7) * test_size
+
+
 def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.device | str | None = None,
              amp_dtype: torch.dtype | None = None, tta: bool = False, max_batches: int | None = None,
              object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
@@ -318,6 +387,7 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
     Batches are `data.collate` outputs of an evaluation dataset (train=False): predictions are
     compared with each target's "orig_sem_seg" / "orig_pan_seg" at the original resolution, as
     detectron2 does. Runs in eval mode without gradients and restores the model's mode after.
+    tta: the multi-scale + flip test (`tta_class_scores`) on each item's "orig_image".
     is_thing defaults to loader.dataset.is_thing. Returns SemanticMetrics.compute() (mIoU …) or
     PanopticMetrics.compute() (PQ …), plus "num_images". Under torch.distributed each process
     evaluates what its own loader yields; nothing is all-reduced here (train.py evaluates on rank 0).
@@ -347,8 +417,12 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
             if "orig_size" not in targets[0]:
                 raise ValueError("evaluate needs items of an evaluation dataset (train=False): no 'orig_size'")
             orig_sizes = [t["orig_size"] for t in targets]
+            if task == "semantic" and tta:  # multi-scale + flip, each scale resized from the original image
+                preds = [tta_class_scores(model, t["orig_image"].numpy(), *tta_resize(dataset, t["orig_size"]),
+                                          amp_dtype).argmax(0) for t in targets]
+            elif task == "semantic":
+                preds = predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
             if task == "semantic":
-                preds = predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype, tta)
                 for pred, target in zip(preds, targets):
                     metric.update(pred, target["orig_sem_seg"].to(device))
             else:
@@ -411,13 +485,14 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], path: str, desc
 
 
 def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                    num_classes: int | None) -> tuple[nn.Module, list[str] | None]:
+                    num_classes: int | None) -> tuple[nn.Module, list[str] | None, dict]:
     """The model of --config / the checkpoint's config with --weights loaded (or random with --random-init),
-    and the class names the checkpoint carries (convert.py writes them), if any."""
+    the class names the checkpoint carries (convert.py writes them), if any, and the checkpoint's
+    other entries (its "recipe", "args", ...; empty without one)."""
     if args.random_init:
         if args.weights is not None or args.config is None:
             parser.error("--random-init goes with --config and without --weights (random weights, for demos/tests)")
-        return maskformer.build_model(args.config, num_classes=num_classes or 150), None
+        return maskformer.build_model(args.config, num_classes=num_classes or 150), None, {}
     if args.weights is None:
         parser.error("--weights is required (or --config NAME --random-init for a model with random weights)")
     state, extras = load_weights(args.weights)
@@ -439,7 +514,7 @@ def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
     model.load_state_dict(state)
     class_names = extras.get("class_names")
     valid_names = isinstance(class_names, list) and len(class_names) == model.config.num_classes
-    return model, list(map(str, class_names)) if valid_names else None
+    return model, list(map(str, class_names)) if valid_names else None, extras
 
 
 def list_inputs(path: str, parser: argparse.ArgumentParser) -> list[Path]:
@@ -557,10 +632,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
                    "cityscapes, coco_panoptic and folder: the other class lists ship with this code)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
     p.add_argument("--size", type=int_at_least(32),
-                   help="test resize of --input images: short edge (default: the --data recipe's test size, e.g. "
-                   "ADE20K 512; else 512). --eval uses the dataset's own test resize")
+                   help="test resize (--input and --eval): short edge. Default: the checkpoint's recipe (the size "
+                   "it was trained and validated at; a published model's official test size, e.g. 640 for "
+                   "Swin-B/L on ADE20K), else the --data recipe's (ADE20K 512), else 512")
     p.add_argument("--max-size", type=int_at_least(32),
-                   help="test resize: long edge at most (default: the recipe's, else 2048)")
+                   help="test resize: long edge at most (default: from the same place as --size's, else 2048)")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast the forward pass to this dtype")
     p.add_argument("--object-mask-threshold", type=number_in(0, 1), help="panoptic: min p_i(c_i) to keep a query "
@@ -608,7 +684,7 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
         names, palette, is_thing = class_metadata(args.data, args.data_root, None)
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
-    model, saved_names = build_model_for(args, parser, len(names) if args.data else None)
+    model, saved_names, checkpoint = build_model_for(args, parser, len(names) if args.data else None)
     model = model.to(device).eval()
     check_task(model, args.task)
     K = model.config.num_classes
@@ -617,11 +693,10 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
     if not args.data:  # names from the checkpoint if it has them, else "class k"
         names, palette, is_thing = class_metadata(None, None, K)
         names = saved_names or names
-    # the test resize: --size / --max-size, else the --data recipe's (shapes: none), else 512 / 2048
+    short_edge, long_edge, source = resolve_test_resize(args.data, model.config, checkpoint, args.size, args.max_size)
+    print(f"test resize: short edge {short_edge}, long edge <= {long_edge} (from {source})")
     recipe = augment.RECIPES.get(args.data) if args.data else None
-    keep_size = args.size is None and args.data is not None and recipe is None
-    short_edge = args.size or (recipe.test_size if recipe else 512)
-    long_edge = args.max_size or (recipe.test_max_size if recipe else 2048)
+    tta_max_size = (recipe.tta_max_scale if recipe else 7) * short_edge  # official TEST.AUG.MAX_SIZE
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(inputs, desc="infer", unit="image"):
@@ -629,12 +704,13 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
             image = data.read_image(path)  # (H0, W0, 3) uint8
         except data.DatasetError as e:
             raise SystemExit(f"error: {e}") from None
-        size = image.shape[:2] if keep_size else augment.shortest_edge_size(*image.shape[:2], short_edge, long_edge)
+        size = augment.shortest_edge_size(*image.shape[:2], short_edge, long_edge)
         resized, _ = augment.resize(image, {}, size)
         x = data.normalize(resized)[None].to(device)  # (1, 3, h, w)
         orig = [image.shape[:2]]  # predictions at the photo's own size
         if args.task == "semantic":
-            labels = predict_semantic(model, x, orig_sizes=orig, amp_dtype=amp_dtype, tta=args.tta)[0]
+            labels = tta_class_scores(model, image, short_edge, tta_max_size, amp_dtype).argmax(0) if args.tta \
+                else predict_semantic(model, x, orig_sizes=orig, amp_dtype=amp_dtype)[0]
             write_semantic(out, path.stem, image, labels, names, palette)
         else:
             pan_seg, segments_info = predict_panoptic(model, x, is_thing, orig_sizes=orig, amp_dtype=amp_dtype,
@@ -650,18 +726,24 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
     if args.data is None:
         parser.error("--eval needs --data (and --data-root, except for shapes)")
     try:
-        dataset = data.build_dataset(args.data, args.data_root, split="val", train=False,
-                                     **({"task": args.task}
-                                        if args.data in ("coco_panoptic", "ade20k_panoptic", "shapes") else {}))
+        dataset = evaluation_dataset(args.data, args.data_root, args.task, recipe_test_resize(args.data))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
     if args.task == "panoptic" and not getattr(dataset, "panoptic", False):
         parser.error(f"--task panoptic: --data {args.data} has no panoptic labels")
-    model = build_model_for(args, parser, dataset.num_classes)[0].to(device)
+    model, _, checkpoint = build_model_for(args, parser, dataset.num_classes)
+    model = model.to(device)
     check_task(model, args.task)
     if model.config.num_classes != dataset.num_classes:
         raise SystemExit(f"error: the model predicts {model.config.num_classes} classes but --data {args.data} "
                          f"has {dataset.num_classes}")
+    # the checkpoint's test resize (the size train.py validated at), unless --size / --max-size
+    short_edge, long_edge, source = resolve_test_resize(args.data, model.config, checkpoint, args.size, args.max_size)
+    print(f"test resize: short edge {short_edge}, long edge <= {long_edge} (from {source})")
+    ignore_index = (checkpoint.get("args") or {}).get("ignore_index") if args.data == "folder" else None
+    if (short_edge, long_edge) != recipe_test_resize(args.data) or ignore_index not in (None, dataset.ignore_index):
+        dataset = evaluation_dataset(args.data, args.data_root, args.task, (short_edge, long_edge),
+                                     ignore_index=ignore_index)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=data.collate,
                                          num_workers=args.workers)
     results = evaluate(model, loader, args.task, device, amp_dtype, args.tta, args.max_batches,
@@ -677,7 +759,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
         rows = [{"class": n, "isthing": t, **c} for n, t, c in zip(names, dataset.is_thing, results["per_class"])]
         summary = {k: results[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")}
     print_table(rows, summary, results["num_images"])
-    report = {**summary, "num_images": results["num_images"], "per_class": rows}
+    report = {**summary, "num_images": results["num_images"], "test_size": short_edge, "test_max_size": long_edge,
+              "tta": args.tta, "per_class": rows}
     (out / f"eval_{args.task}.json").write_text(json.dumps(_nan_to_none(report), indent=1))  # strict JSON
     with open(out / f"eval_{args.task}_per_class.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -34,7 +34,8 @@ How this differs from the paper's formulas, following the official code (SetCrit
 - Eq. (3.2d) is written as a sum over segments. The code normalises instead: the cross-entropy
   is a *weighted mean* over all B·N queries, Σ w_c·(−log p) / Σ w_c with w = 1 for real classes
   and 0.1 for ∅; the focal and dice terms are summed over matched masks and divided by
-  num_masks = the number of GT masks in the batch, averaged over processes, at least 1.
+  num_masks = the number of GT masks in the batch, averaged over processes, at least 1 (with
+  gradient accumulation: of the whole accumulated batch, divided by the accumulation steps).
 - Focal loss per mask is a mean over pixels (Eq. (3.2f) says so; the dice of Eq. (3.2g) sums).
 - Ignore and padding pixels are background (0) in every GT mask, so the mask losses push
   predictions towards 0 there, exactly as the official code does (it never uses its `valid`
@@ -142,8 +143,9 @@ class MaskFormerLoss(nn.Module):
             raise ValueError(f"MaskFormerLoss: all targets' masks must share the padded batch size "
                              f"(collate pads them), got sizes {sorted(sizes)}")
 
-        # one normaliser for all layers: the number of GT masks, Eq. (3.2d) divided by it
-        num_masks = count_masks(targets, outputs["pred_logits"].device)
+        # one normaliser for all layers: the number of GT masks, Eq. (3.2d) divided by it (train.py passes
+        # batch["num_masks"] under gradient accumulation: that of the whole accumulated batch, per micro-batch)
+        num_masks = batch["num_masks"] if "num_masks" in batch else count_masks(targets, outputs["pred_logits"].device)
         losses = self.layer_losses(outputs, targets, num_masks)
         # deep supervision: every decoder layer is matched anew and gets the same terms
         for i, layer_outputs in enumerate(aux_outputs):

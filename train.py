@@ -95,8 +95,8 @@ DATA_RECIPES: dict[str, dict] = {
     # Cityscapes (official config): batch 16, 90k iterations, crop 512x1024 (handled by augment.py).
     "cityscapes": dict(config="r50", crop_size=512, batch_size=16, max_iter=90_000, eval_period=5000,
                        checkpoint_period=5000, task="semantic"),
-    # COCO panoptic: batch 64, 554,400 iterations, lr x0.1 at 369,600; 6 transformer encoder
-    # layers for the ResNet configs (docs/recipe.md); no crop (short edge 480-800, augment.py's recipe).
+    # COCO panoptic: batch 64, 554,400 iterations, lr x0.1 at 369,600; 6 transformer encoder layers for
+    # ResNets only (`pixel_decoder_overrides`); DETR-style resize and 50 % crop branch (augment.py's recipe).
     "coco_panoptic": dict(config="r50", crop_size=None, batch_size=64, max_iter=554_400, eval_period=5000,
                           checkpoint_period=5000, task="panoptic", schedule="step", lr_steps=(369_600,),
                           model_overrides={"enc_layers": 6}),
@@ -145,7 +145,7 @@ def resolve_recipe(args: argparse.Namespace) -> TrainingRecipe:
     config = args.config or base["config"]
     values = dict(schedule="poly", lr_steps=(), clip_grad_norm=0.01, model_overrides={})
     values.update(family_defaults(config))
-    values.update(base)
+    values.update(base, **pixel_decoder_overrides(config, base))
     values["config"] = config
     if config in ("swin_b", "swin_l") and args.data == "ade20k":
         values["crop_size"] = 640  # docs/recipe.md: Swin-B/L train and test at 640
@@ -258,8 +258,14 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     """
     sums: dict[str, torch.Tensor] = {}
     images = 0
-    for micro in range(settings.accum):
-        batch = move_batch(next(batches), settings.device)
+    micro_batches = [next(batches) for _ in range(settings.accum)]
+    # The normaliser of the mask terms of Eq. (3.2d): the official objective (8 GPUs x 2 images) divides the
+    # global batch's summed mask losses by its mask count. Dividing each micro-batch by the global count /
+    # accumulation steps (the count is also averaged over processes) makes the mean of the micro-steps'
+    # gradients that objective's gradient.
+    num_masks = losses.count_masks([t for b in micro_batches for t in b["targets"]], settings.device) / settings.accum
+    for micro, batch in enumerate(micro_batches):
+        batch = {**move_batch(batch, settings.device), "num_masks": num_masks}
         images += batch["images"].shape[0]
         # Under DDP, all-reduce gradients only on the last micro-step.
         last = micro == settings.accum - 1
@@ -434,8 +440,11 @@ def split_batch(batch_size: int, world_size: int, device: torch.device, args: ar
 
 
 def run_description(model: nn.Module, recipe: TrainingRecipe, class_names, args: argparse.Namespace) -> dict:
-    """What a checkpoint says about its run: the model config, the recipe, the class names, the flags."""
-    return {"config": asdict(model.config), "recipe": asdict(recipe), "class_names": list(class_names),
+    """What a checkpoint says about its run: the model config, the recipe (with the test resize it was
+    validated at, which `infer.py --eval` takes from it), the class names, the flags."""
+    test_resize = dict(zip(("test_size", "test_max_size"), infer.recipe_test_resize(args.data, recipe.crop_size)))
+    return {"config": asdict(model.config), "recipe": {**asdict(recipe), **test_resize},
+            "class_names": list(class_names),
             "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
 
 
@@ -554,10 +563,20 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     if args.data == "folder":
         kwargs["ignore_index"] = args.ignore_index
     train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs)
-    val_set = data.build_dataset(args.data, args.data_root, "val", train=False, **kwargs)
-    if args.val_images:
-        val_set = torch.utils.data.Subset(val_set, range(min(args.val_images, len(val_set))))
+    # the same validation set as `infer.py --eval` on this run's checkpoints (one function, same inputs)
+    val_set = infer.evaluation_dataset(args.data, args.data_root, recipe.task,
+                                       infer.recipe_test_resize(args.data, recipe.crop_size), args.val_images,
+                                       args.ignore_index)
     return train_set, val_set
+
+
+def pixel_decoder_overrides(config: str, base: dict) -> dict:
+    """The official panoptic configs give ResNets 6 transformer-encoder layers on res5 in the pixel
+    decoder (TransformerEncoderPixelDecoder, the transformer decoder attends to its output); Swin
+    keeps the plain FPN (BasePixelDecoder) and the transformer decoder attends to res5 itself."""
+    if config.startswith("swin") and "enc_layers" in base.get("model_overrides", {}):
+        return {"model_overrides": {k: v for k, v in base["model_overrides"].items() if k != "enc_layers"}}
+    return {}
 
 
 def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, num_classes: int,

@@ -270,7 +270,9 @@ def column_items(sizes: list[tuple[int, int]], scale: int = 2) -> list[dict]:
         sem[: H0 // 4, :3] = 255  # some ignored pixels
         pan = torch.where(sem == 1, 2, 1)
         pan[sem == 255] = 0
-        items.append({"image": image, "sem_seg": torch.zeros(h, w, dtype=torch.long),
+        orig_image = torch.zeros(H0, W0, 3, dtype=torch.uint8)  # the photo: channel 0 normalises to -1.0 / +1.1
+        orig_image[:, : W0 // 2, 0], orig_image[:, W0 // 2 :, 0] = 65, 188
+        items.append({"image": image, "sem_seg": torch.zeros(h, w, dtype=torch.long), "orig_image": orig_image,
                       "labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, h, w, dtype=torch.bool),
                       "orig_size": (H0, W0), "orig_sem_seg": sem, "orig_pan_seg": pan,
                       "segments_info": [{"id": 1, "category_id": 0, "iscrowd": 0},

@@ -1,0 +1,105 @@
+"""One number per checkpoint: `infer.py --eval` reproduces train.py's validation (same function, same
+test resize), and takes the test resize from the checkpoint, e.g. 640 for Swin-B/L on ADE20K."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import benchmark
+import convert
+import infer
+import maskformer
+import train
+from checkpoint import read_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny model trained 3 iterations on an ADE20K-layout folder with a 96 crop (recipe default 512)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    root = benchmark.write_ade_like_fixture(tmp / "ade", num_images=4, size=(120, 160))
+    out = tmp / "run"
+    metrics = train.train(train.parse_args([
+        "--data", "ade20k", "--data-root", str(root), "--config", "tiny", "--crop-size", "96", "--batch-size", "2",
+        "--iters", "3", "--eval-period", "3", "--workers", "0", "--no-progress", "--threads", "1",
+        "--output", str(out)]))
+    return root, out, metrics
+
+
+def run_eval(capsys, root, weights, out, *flags) -> tuple[dict, str, dict]:
+    results = infer.main(["--eval", "--data", "ade20k", "--data-root", str(root), "--weights", str(weights),
+                          "--workers", "0", "--output", str(out), *flags])
+    printed = capsys.readouterr().out
+    return results, printed, json.loads((out / "eval_semantic.json").read_text())
+
+
+def test_eval_reproduces_the_validation_the_run_logged(tiny_run, capsys, tmp_path):
+    root, run, logged = tiny_run
+    checkpoint = read_checkpoint(run / "last.pt")
+    assert (checkpoint["recipe"]["test_size"], checkpoint["recipe"]["test_max_size"]) == (96, 384)
+    results, printed, report = run_eval(capsys, root, run / "last.pt", tmp_path / "a")
+    assert printed.splitlines()[0] == "test resize: short edge 96, long edge <= 384 (from the checkpoint's recipe)"
+    assert (report["test_size"], report["test_max_size"], report["tta"]) == (96, 384, False)
+    # the very same number as the run's last validation (final_metrics.json, the log line)
+    assert results["mIoU"] == logged["mIoU"] == json.loads((run / "final_metrics.json").read_text())["mIoU"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_mIoU"] for r in records if "val_mIoU" in r] == [logged["mIoU"]]
+    assert re.search(rf"mIoU {100 * logged['mIoU']:.2f}\b", printed)
+
+
+def test_an_older_checkpoint_without_test_size_uses_its_crop(tiny_run, capsys, tmp_path):
+    root, run, logged = tiny_run
+    checkpoint = read_checkpoint(run / "last.pt")
+    for key in ("test_size", "test_max_size"):  # as train.py wrote them before they were stored
+        del checkpoint["recipe"][key]
+    save_checkpoint(tmp_path / "old.pt", checkpoint)
+    results, printed, report = run_eval(capsys, root, tmp_path / "old.pt", tmp_path / "b")
+    assert printed.splitlines()[0].startswith("test resize: short edge 96, long edge <= 384 (from the checkpoint's")
+    assert results["mIoU"] == logged["mIoU"]
+
+
+def test_size_flag_changes_the_evaluation_and_is_recorded(tiny_run, capsys, tmp_path):
+    root, run, logged = tiny_run
+    results, printed, report = run_eval(capsys, root, run / "last.pt", tmp_path / "c", "--size", "200")
+    assert printed.splitlines()[0] == "test resize: short edge 200, long edge <= 384 (from --size / --max-size)"
+    assert (report["test_size"], report["test_max_size"]) == (200, 384)
+    # 120 x 160 photos: at 96 the long edge is 128, at 200 it is capped by 384 -> 200 x 267: another input
+    assert results["mIoU"] != logged["mIoU"]
+    # and directly through the shared functions: the dataset items are at the size asked for
+    dataset = infer.evaluation_dataset("ade20k", root, "semantic", (200, 384))
+    assert tuple(dataset[0]["image"].shape[-2:]) == (200, 267)
+
+
+def test_resolution_order_by_hand():
+    r50, swin_b = maskformer.CONFIGS["r50"], maskformer.CONFIGS["swin_b"]
+    coco = maskformer.MaskFormerConfig(**{**asdict(r50), "num_classes": 133})
+    resolve = infer.resolve_test_resize
+    assert resolve("ade20k", r50, None) == (512, 2048, "the ade20k recipe")
+    assert resolve("ade20k", swin_b, None)[:2] == (640, 2560)  # Swin-B/L train and test at 640
+    assert resolve("cityscapes", r50, None)[:2] == (1024, 2048)
+    assert resolve(None, coco, None)[:2] == (800, 1333)  # a published COCO model, no --data
+    assert resolve(None, r50, {"recipe": {"test_size": 300, "test_max_size": 900}}, max_size=700) == \
+        (300, 700, "--size / --max-size")
+    assert resolve("ade20k", r50, {"recipe": {"crop_size": 640}, "args": {"data": "cityscapes"}})[:2] == (1280, 2560)
+    assert convert.official_test_resize(asdict(coco)) == {"test_size": 800, "test_max_size": 1333}
+    assert convert.official_test_resize({**asdict(swin_b), "num_classes": 150}) == \
+        {"test_size": 640, "test_max_size": 2560}
+
+
+def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, capsys):
+    """A random Swin-B model saved as convert.py saves a converted ADE20K model (recipe included)."""
+    root = benchmark.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(40, 40))
+    torch.manual_seed(0)
+    model = maskformer.build_model("swin_b", num_classes=150)
+    config = asdict(model.config)
+    save_checkpoint(tmp_path / "swin_b.pt", {"model": model.state_dict(), "config": config,
+                                             "recipe": convert.official_test_resize(config)})
+    del model
+    results, printed, report = run_eval(capsys, root, tmp_path / "swin_b.pt", tmp_path / "out", "--max-batches", "1")
+    assert printed.splitlines()[0] == "test resize: short edge 640, long edge <= 2560 (from the checkpoint's recipe)"
+    assert (report["test_size"], report["test_max_size"], report["num_images"]) == (640, 2560, 1)
