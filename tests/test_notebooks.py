@@ -1,35 +1,56 @@
-"""Tests for notebooks/: every notebook runs top to bottom, and every notebook is stored clean.
+"""Tests for notebooks/: stored executed (figures visible when browsing), and re-executed top to bottom.
 
-The notebooks run as a student runs them: a `python3` Jupyter kernel (nbclient), working
-directory notebooks/, with MASKFORMER_NOTEBOOK_FAST=1 so that the training notebooks use tiny
-budgets (CI has 2 CPU cores), and one torch thread (OMP_NUM_THREADS=1). Any cell error fails
-the test with the cell's traceback.
-Stored notebooks carry no outputs and no execution counts (clean diffs), open with a markdown
-cell citing the paper (PAPER.md labels) and put the repository root on sys.path.
+The stored notebooks carry the outputs of `python notebooks/run_all.py`: every code cell ran, in order, no
+cell stored an error, every notebook shows at least one figure. CI re-executes each one as a student runs
+it (a `python3` Jupyter kernel, working directory notebooks/, one torch thread) with
+MASKFORMER_NOTEBOOK_FAST=1, the notebooks' switch to tiny training budgets; the narrative asserts inside the
+notebooks (the objects, counts and comparisons their text names) run in both modes, so a change in the
+generator or the model that falsifies a sentence fails here. exercises/ notebooks are stored clean (no
+outputs) for students to fill in.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import re
 import time
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 EXPECTED = ["01_data", "02_model", "03_matching", "04_losses", "05_inference", "06_training", "07_pretrained"]
-ALL_STORED = sorted(NOTEBOOKS.glob("*.ipynb")) + sorted((REPO / "exercises").glob("*.ipynb"))
+STORED = sorted(NOTEBOOKS.glob("*.ipynb"))
+EXERCISES = sorted((REPO / "exercises").glob("*.ipynb"))
 PAPER_REFERENCE = re.compile(r"Eq\. \(3\.[1-4][a-g]\)|§[34]")
 
 
-def execute_notebook(path: Path, env: dict[str, str] | None = None, timeout: int = 600):
-    """Run the notebook at `path` in a fresh python3 kernel (cwd = its folder); returns the executed
-    notebook. Raises nbclient's CellExecutionError on the first failing cell."""
+def read(path: Path):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is a dev requirement (requirements-dev.txt)")
-    nbclient = pytest.importorskip("nbclient", reason="nbclient is a dev requirement (requirements-dev.txt)")
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    return nb
+
+
+def outputs_of(nb) -> list:
+    return [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
+
+
+def figures(nb) -> int:
+    return sum("image/png" in output.get("data", {}) for output in outputs_of(nb))
+
+
+def run_all_module():
+    spec = importlib.util.spec_from_file_location("run_all", NOTEBOOKS / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def execute(path: Path, env: dict[str, str] | None = None):
+    """Execute as `notebooks/run_all.py` does; skips (with the fix) where the dev tools are missing."""
+    pytest.importorskip("nbclient", reason="nbclient is a dev requirement (requirements-dev.txt)")
     pytest.importorskip("ipykernel", reason="ipykernel is a dev requirement (requirements-dev.txt)")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -37,31 +58,28 @@ def execute_notebook(path: Path, env: dict[str, str] | None = None, timeout: int
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
         pytest.skip("no Jupyter kernel named python3: run `python -m ipykernel install --user --name python3`")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                    resources={"metadata": {"path": str(path.parent)}})
-    # One thread: the notebooks' models are tiny, and on a busy 2-core machine OpenMP threads waiting
-    # for each other made them up to 8x slower in our measurements.
-    env = {"OMP_NUM_THREADS": "1", **(env or {})}
-    with mock.patch.dict(os.environ, env):  # the kernel inherits this process's environment
-        client.execute()
-    return nb
+    return run_all_module().execute(path, env=env)
 
 
 def test_the_notebooks_are_all_there():
-    assert [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))] == EXPECTED
+    assert [p.stem for p in STORED] == EXPECTED
 
 
-@pytest.mark.parametrize("path", ALL_STORED, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_stored_clean_with_paper_link_and_sys_path(path):
-    nbformat = pytest.importorskip("nbformat", reason="nbformat is a dev requirement (requirements-dev.txt)")
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
+@pytest.mark.parametrize("path", STORED, ids=lambda p: p.name)
+def test_stored_executed_with_figures_and_no_error(path):
+    nb = read(path)
     assert nb.metadata.kernelspec.name == "python3"
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"{path.name}: cell {index} has stored outputs (clear them before committing)"
-            assert cell.execution_count is None, f"{path.name}: cell {index} has an execution count"
+    counts = [cell.execution_count for cell in nb.cells if cell.cell_type == "code"]
+    assert None not in counts, f"{path.name}: stored without outputs; run `python notebooks/run_all.py {path.stem[:2]}`"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: cells were not run top to bottom in one go"
+    errors = [o for o in outputs_of(nb) if o.output_type == "error"]
+    assert not errors, f"{path.name}: a stored cell failed: {errors[0].ename}: {errors[0].evalue}"
+    assert figures(nb) >= 1, f"{path.name}: no figure stored"
+
+
+@pytest.mark.parametrize("path", STORED + EXERCISES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_opens_with_the_paper_and_sys_path(path):
+    nb = read(path)
     first = nb.cells[0]
     assert first.cell_type == "markdown" and PAPER_REFERENCE.search(first.source), \
         f"{path.name}: the first cell must be markdown citing the paper (e.g. 'Eq. (3.2c)' or '§3.3')"
@@ -69,14 +87,31 @@ def test_stored_clean_with_paper_link_and_sys_path(path):
     assert "sys.path" in setup.source, f"{path.name}: the first code cell must put the repository root on sys.path"
 
 
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_exercises_stored_clean(path):
+    for index, cell in enumerate(read(path).cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: cell {index} has stored outputs (clear them before committing)"
+            assert cell.execution_count is None, f"{path.name}: cell {index} has an execution count"
+
+
+def test_the_stored_checks_fail_on_a_notebook_without_outputs(tmp_path):
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is a dev requirement (requirements-dev.txt)")
+    nb = read(NOTEBOOKS / "05_inference.ipynb")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, tmp_path / "05_inference.ipynb")
+    with pytest.raises(AssertionError, match="stored without outputs"):
+        test_stored_executed_with_figures_and_no_error(tmp_path / "05_inference.ipynb")
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_runs_top_to_bottom(name):
     start = time.perf_counter()
-    nb = execute_notebook(NOTEBOOKS / f"{name}.ipynb", env={"MASKFORMER_NOTEBOOK_FAST": "1"})
-    outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    if name != "07_pretrained":  # 07 draws only when published weights are present
-        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: no matplotlib figure"
+    nb = execute(NOTEBOOKS / f"{name}.ipynb", env={"MASKFORMER_NOTEBOOK_FAST": "1"})
+    assert not [o for o in outputs_of(nb) if o.output_type == "error"]
+    assert figures(nb) >= 1, f"{name}: no matplotlib figure"
     print(f"{name}: {time.perf_counter() - start:.1f} s")
 
 
@@ -99,9 +134,8 @@ def test_pretrained_notebook_with_a_hugging_face_folder(tmp_path):
     photo = data.denormalize(data.build_dataset("shapes", split="val")[0]["image"])  # (128, 128, 3)
     Image.fromarray(photo).save(tmp_path / "photo.png")
     env = {"MASKFORMER_HF_WEIGHTS": str(tmp_path / "hf"), "MASKFORMER_PHOTO": str(tmp_path / "photo.png")}
-    nb = execute_notebook(NOTEBOOKS / "07_pretrained.ipynb", env=env)
-    outputs = [output for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    nb = execute(NOTEBOOKS / "07_pretrained.ipynb", env=env)
+    text = "".join(o.get("text", "") for o in outputs_of(nb) if o.output_type == "stream")
     assert "loaded hf: backbone resnet18, 3 classes" in text and "photo: (128, 128, 3)" in text
     assert "skipped" not in text
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the overlay and the queries
+    assert figures(nb) == 3  # the photo, the overlay and the queries
