@@ -5,6 +5,7 @@ checkpoints, and ImageNet backbones (torchvision ResNet, Microsoft Swin).
     python convert.py --from detectron2 --input model_final_d8dbeb.pkl --config swin_t --output ours.pt
     python convert.py --from torchvision --input resnet50-0676ba61.pth --output r50_in1k.pt
     python convert.py --from swin --input swin_tiny_patch4_window7_224.pth --output swin_t_in1k.pt
+    python convert.py --from d2-imagenet --input R-103.pkl --output r101c_in1k.pt    # R101c's backbone
 
 Why a from-scratch implementation needs this file: a trained checkpoint is a fixed function. When
 its tensors, renamed onto our parameters, load with `strict=True` (none left over, none missing,
@@ -43,7 +44,7 @@ onto maskformer.py's `enc_layers`; the Hugging Face port has no such pixel decod
 
 Reading order: HF_RULES → DETECTRON2_RULES → TORCHVISION_RULES / SWIN_IMAGENET_RULES → the
 transforms → `convert_state_dict` (the machinery) → the public functions → the readers
-(`RestrictedUnpickler`, `load_hf_folder`) → `config_from_state_dict` → `main` (the CLI).
+(`RestrictedUnpickler`, `read_safetensors`, `load_hf_folder`) → `config_from_state_dict` → `main` (the CLI).
 """
 
 from __future__ import annotations
@@ -159,10 +160,11 @@ D2_ENC = D2_DECODER + r"transformer\.encoder\.layers\.(\d+)\."  # TransformerEnc
 D2_PREDICTOR = r"sem_seg_head\.predictor\."  # TransformerPredictor
 D2_DEC = D2_PREDICTOR + r"transformer\.decoder\.layers\.(\d+)\."
 
-DETECTRON2_RULES: Rules = [
+D2_RESNET_RULES: Rules = [
     # ResNet: detectron2 names res2..res5 and keeps each FrozenBN under its conv's `norm.`
-    (r"backbone\.stem\.conv1\.weight", "backbone.conv1.weight"),
-    (r"backbone\.stem\.conv1\.norm\." + BN, r"backbone.bn1.\1"),
+    # the stem: conv1 (basic, 7x7), or conv1..conv3 (R101c's DeepLab stem, three 3x3)
+    (r"backbone\.stem\.conv([123])\.weight", r"backbone.conv\1.weight"),
+    (r"backbone\.stem\.conv([123])\.norm\." + BN, r"backbone.bn\1.\2"),
     *[(rf"backbone\.res{s + 2}\.(\d+)\.conv(\d)\.weight", rf"backbone.layer{s + 1}.\1.conv\2.weight")
       for s in range(4)],
     *[(rf"backbone\.res{s + 2}\.(\d+)\.conv(\d)\.norm\." + BN, rf"backbone.layer{s + 1}.\1.bn\2.\3")
@@ -171,6 +173,9 @@ DETECTRON2_RULES: Rules = [
       for s in range(4)],
     *[(rf"backbone\.res{s + 2}\.(\d+)\.shortcut\.norm\." + BN, rf"backbone.layer{s + 1}.\1.downsample.1.\2")
       for s in range(4)],
+]
+DETECTRON2_RULES: Rules = [
+    *D2_RESNET_RULES,
     # Swin (D2SwinTransformer): Microsoft's names, ours too
     (r"backbone\.((?:patch_embed|layers\.\d+|norm\d)\..+)", r"backbone.\1"),
     # pixel decoder (BasePixelDecoder): adapter_n = lateral 1x1 of res{n+1}, layer_n = its 3x3
@@ -222,6 +227,13 @@ TORCHVISION_RULES: Rules = [
 TORCHVISION_IGNORED: Ignored = [
     (r"fc\." + WB, "the 1000-way ImageNet classifier; MaskFormer has its own heads"),
 ]
+# detectron2's ImageNet pickles (ImageNetPretrained/torchvision/R-50.pkl, DeepLab/R-103.pkl for R101c):
+# the names of tools/convert-torchvision-to-d2.py (stem.conv1, res2.0.conv1.norm, ...), without the
+# model's "backbone." prefix, which `add_backbone_prefix` puts back; then the ResNet rules above.
+D2_IMAGENET_IGNORED: Ignored = [
+    (r"backbone\.(?:stem\.)?(?:fc|linear)\." + WB, "the ImageNet classifier (convert-torchvision-to-d2.py files it "
+                                                 "under stem.fc); MaskFormer has its own heads"),
+]
 SWIN_IMAGENET_RULES: Rules = [
     (r"((?:patch_embed|layers\.\d+)\..+)", r"backbone.\1"),  # backbones.SwinTransformer uses Microsoft's names
 ]
@@ -237,6 +249,11 @@ SWIN_IMAGENET_IGNORED: Ignored = [
 # ---------------------------------------------------------------------------------------------
 # Tensor transforms (run before the renaming)
 # ---------------------------------------------------------------------------------------------
+
+
+def add_backbone_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A detectron2 ImageNet pickle's names (`stem.conv1.weight`) → a model's (`backbone.stem.conv1.weight`)."""
+    return {name if name.startswith("backbone.") else f"backbone.{name}": tensor for name, tensor in state.items()}
 
 
 def split_in_proj(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -309,6 +326,7 @@ DETECTRON2 = Source("official detectron2 MaskFormer", DETECTRON2_RULES, DETECTRO
                     (split_in_proj, check_relative_position_index))
 TORCHVISION = Source("torchvision ResNet", TORCHVISION_RULES, TORCHVISION_IGNORED)
 SWIN_IMAGENET = Source("Microsoft Swin", SWIN_IMAGENET_RULES, SWIN_IMAGENET_IGNORED, (check_relative_position_index,))
+D2_IMAGENET = Source("detectron2 ImageNet ResNet", D2_RESNET_RULES, D2_IMAGENET_IGNORED, (add_backbone_prefix,))
 
 
 def rename(name: str, rules: Rules) -> str | None:
@@ -458,18 +476,63 @@ def load_torch_weights(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """{name: tensor} of a `.safetensors` file; ConversionError (one line) on any malformed part.
+
+    Why our own reader rather than the optional `safetensors` package: the format is small and fully
+    specified (an 8-byte little-endian header length N, N bytes of JSON {name: {"dtype", "shape",
+    "data_offsets": [begin, end]}, "__metadata__": {...}}, then the raw little-endian tensor bytes,
+    offsets counted from the end of the header), so these lines read it exactly, checking every
+    offset and size, and a fresh clone loads the published Hugging Face files with requirements.txt
+    alone. tests/test_weights.py compares it with the package on every dtype.
+    """
+    path = Path(path)
+    raw = bytearray(path.read_bytes())  # writable: torch.frombuffer shares it without a copy
+    if sys.byteorder != "little":
+        raise ConversionError(f"{path}: reading .safetensors needs a little-endian machine")
+    if len(raw) < 8:
+        raise ConversionError(f"{path}: too short for a .safetensors file ({len(raw)} bytes)")
+    header_size = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8:8 + header_size].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConversionError(f"{path}: not a .safetensors file (header: {e})") from None
+    body = memoryview(raw)[8 + header_size:]
+    tensors, covered = {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        begin, end = info.get("data_offsets", (-1, -1))
+        shape = info.get("shape", [])
+        if dtype is None:
+            raise ConversionError(f"{path}: {name} has dtype {info.get('dtype')!r}; "
+                                  f"supported: {', '.join(SAFETENSORS_DTYPES)}")
+        nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+        if not 0 <= begin <= end <= len(body) or end - begin != nbytes:
+            raise ConversionError(f"{path}: {name} {info.get('dtype')} {shape} needs {nbytes} bytes, "
+                                  f"its offsets [{begin}, {end}) do not fit the {len(body)}-byte body")
+        flat = torch.frombuffer(body[begin:end], dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.reshape(shape)
+        covered.append((begin, end))
+    if sum(e - b for b, e in covered) != len(body) or any(
+            b1 < e0 for (_, e0), (b1, _) in zip(sorted(covered), sorted(covered)[1:])):
+        raise ConversionError(f"{path}: the tensors' byte ranges overlap or leave gaps in the body")
+    return tensors
+
+
 def read_hf_weights(folder: Path) -> dict[str, Tensor]:
-    """model.safetensors (if the optional `safetensors` package is installed) or pytorch_model.bin."""
+    """model.safetensors (read by `read_safetensors`) or pytorch_model.bin (torch.load, weights only)."""
     safetensors_file, bin_file = folder / "model.safetensors", folder / "pytorch_model.bin"
     if safetensors_file.is_file():
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            if not bin_file.is_file():
-                raise ConversionError(f"{safetensors_file}: reading it needs `pip install safetensors` "
-                                      f"(or put the pytorch_model.bin of the same model beside it)") from None
-        else:
-            return load_file(str(safetensors_file))
+        return read_safetensors(safetensors_file)
     if bin_file.is_file():
         return load_torch_weights(bin_file)
     raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin (expected a Hugging Face "
@@ -608,10 +671,12 @@ def config_from_state_dict(state: dict[str, Tensor]) -> dict:
 
 def imagenet_backbone(state: dict[str, Tensor], source: Source) -> tuple[str, int | None]:
     """(backbones.py name, ResNet stem width or None) of a converted ImageNet backbone, from its shapes."""
-    if source is TORCHVISION:
+    if source in (TORCHVISION, D2_IMAGENET):
         depths = [len({k.split(".")[2] for k in state if k.startswith(f"backbone.layer{i}.")}) for i in range(1, 5)]
         block = backbones.Bottleneck if "backbone.layer1.0.conv3.weight" in state else backbones.BasicBlock
         found = [n for n, (b, layers) in backbones.RESNETS.items() if b is block and layers == depths]
+        if "backbone.conv2.weight" in state:  # three stem convs: the DeepLab stem (R101c)
+            found = [n for n, (base, _) in backbones.RESNET_VARIANTS.items() if base in found]
         width = state["backbone.conv1.weight"].shape[0]
     else:
         depths = [len({k.split(".")[4] for k in state if k.startswith(f"backbone.layers.{i}.blocks.")})
@@ -656,6 +721,11 @@ def class_names_for(num_classes: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_stage_norm(name: str) -> bool:
+    """A Swin stage-output LayerNorm (norm0..norm3): absent from ImageNet classifiers, fresh officially too."""
+    return re.fullmatch(r"backbone\.norm\d\.(weight|bias)", name) is not None
+
+
 def load_into(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
     """load_state_dict(strict=False) that also fails on shape mismatches → (missing, unexpected)."""
     ours = model.state_dict()
@@ -669,7 +739,8 @@ def load_into(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], li
 
 def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Module, dict[str, Tensor], list[str]]:
     """CLI core → (model with the weights loaded, state dict to save, class names); prints a report."""
-    source = {"hf": HF, "detectron2": DETECTRON2, "torchvision": TORCHVISION, "swin": SWIN_IMAGENET}[source_name]
+    source = {"hf": HF, "detectron2": DETECTRON2, "torchvision": TORCHVISION, "swin": SWIN_IMAGENET,
+              "d2-imagenet": D2_IMAGENET}[source_name]
     class_names: list[str] = []
     if source is HF:
         name, overrides, class_names = read_hf_config(Path(path))
@@ -686,7 +757,9 @@ def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Mo
         model = maskformer.build_model(config, num_classes=K, **overrides_against(config, values))
         class_names = class_names_for(K)
     else:
-        state, left_out = convert_state_dict(unwrap(load_torch_weights(path), "model"), source)
+        raw = as_tensors(load_detectron2_pickle(path)) if source is D2_IMAGENET else \
+            unwrap(load_torch_weights(path), "model")
+        state, left_out = convert_state_dict(raw, source)
         backbone, width = imagenet_backbone(state, source)
         if config is not None and maskformer.CONFIGS[config].backbone != backbone:
             raise ConversionError(f"--config {config} uses {maskformer.CONFIGS[config].backbone}, "
@@ -703,7 +776,7 @@ def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Mo
         return model, model.state_dict(), class_names
     # ImageNet: only the backbone comes from the file; everything else keeps its initialisation
     fresh = [k for k in missing if k.startswith("backbone.")]
-    stage_norms = [k for k in fresh if re.fullmatch(r"backbone\.norm\d\.(weight|bias)", k)]
+    stage_norms = [k for k in fresh if is_stage_norm(k)]
     if unexpected or len(fresh) != len(stage_norms):
         raise ConversionError(f"{path} does not fit {model.config.backbone}: backbone tensors missing "
                               f"{[k for k in fresh if k not in stage_norms][:10]}, unexpected {unexpected[:10]}")
@@ -718,9 +791,11 @@ def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Mo
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Convert published MaskFormer / ImageNet weights to ours "
                                             "(a checkpoint for infer.py and train.py --weights).")
-    p.add_argument("--from", dest="source", required=True, choices=("hf", "detectron2", "torchvision", "swin"),
+    p.add_argument("--from", dest="source", required=True,
+                   choices=("hf", "detectron2", "torchvision", "swin", "d2-imagenet"),
                    help="hf: a Hugging Face model folder; detectron2: an official model_final_*.pkl; "
-                        "torchvision / swin: an ImageNet classifier .pth")
+                        "torchvision / swin: an ImageNet classifier .pth; d2-imagenet: a detectron2 ImageNet "
+                        ".pkl (R-50.pkl, R-103.pkl of R101c)")
     p.add_argument("--input", required=True, help="the folder (hf) or file to convert")
     p.add_argument("--output", required=True, help="where to write {'model', 'config', 'class_names'} (.pt)")
     p.add_argument("--config", choices=list(maskformer.CONFIGS),

@@ -20,6 +20,8 @@ draws its overlays with drawing.py):
 
     python infer.py --config tiny --random-init --input photo.jpg --output out/      # a demo
     python infer.py --weights run/best.pt --input photos/ --data ade20k --output out/
+    python infer.py --weights maskformer-swin-tiny-ade --input photo.jpg --output out/   # by name
+    python infer.py --list                              # the published models (docs/weights.md)
     python infer.py --eval --data ade20k --data-root datasets --weights run/best.pt --output out/
 
 Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
@@ -67,6 +69,7 @@ import datasets
 import drawing
 import maskformer
 import prepare
+import weights
 from checkpoint import CheckpointError, read_checkpoint
 from metrics import PanopticMetrics, SemanticMetrics
 
@@ -484,6 +487,15 @@ def class_metadata(name: str | None, root: str | None,
     return list(dataset.class_names), dataset.palette, list(dataset.is_thing)
 
 
+def published_weights(spec: str, mirror: str | None) -> str:
+    """--weights NAME: the converted checkpoint of a published model (weights.py: downloaded, checked and
+    converted on first use, then read from the cache); a path stays as it is."""
+    try:
+        return weights.resolve(spec, mirror)
+    except (weights.WeightsError, convert.ConversionError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def load_weights(path: str) -> tuple[dict, dict]:
     """(state_dict, the rest) of a checkpoint {"model": state_dict, "config": dict, ...} or a bare state dict."""
     try:
@@ -523,6 +535,7 @@ def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
         return maskformer.build_model(args.config, num_classes=num_classes or 150), None, {}
     if args.weights is None:
         parser.error("--weights is required (or --config NAME --random-init for a model with random weights)")
+    args.weights = published_weights(args.weights, args.weights_mirror)
     state, extras = load_weights(args.weights)
     saved_config = extras.get("config") if isinstance(extras.get("config"), dict) else None
     if args.config is not None:
@@ -676,7 +689,11 @@ def writable_folder(text: str) -> str:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(description="MaskFormer inference (§3.4) and evaluation (mIoU / PQ).")
-    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / convert.py)")
+    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / convert.py), "
+                   "or a published model's name or alias (see --list): downloaded, checked and converted once")
+    p.add_argument("--list", action="store_true", help="print the published models (names, aliases, paper numbers)")
+    p.add_argument("--weights-mirror", help=f"base URL or file:// folder replacing the publishers' for --weights "
+                   f"NAME (default: ${weights.MIRROR_ENV}); same layout as the cache, e.g. NAME/model.safetensors")
     p.add_argument("--config", choices=list(maskformer.CONFIGS), help="architecture (default: the checkpoint's)")
     p.add_argument("--random-init", action="store_true", help="no weights: random model of --config (demos, tests)")
     p.add_argument("--input", help="an image file or a folder of images")
@@ -710,6 +727,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 def main(argv: list[str] | None = None) -> dict | None:
     """The CLI: predictions for --input images, or with --eval the metrics of the --data validation split."""
     args, parser = parse_args(argv)
+    if args.list:
+        weights.print_table()
+        return None
     for flag, default in zip(("object_mask_threshold", "overlap_threshold"), panoptic_thresholds(args.data)):
         if getattr(args, flag) is None:
             setattr(args, flag, default)

@@ -91,6 +91,7 @@ _SWIN = {"drop_path_rate": 0.3}
 CONFIGS: dict[str, MaskFormerConfig] = {
     "r50": MaskFormerConfig(backbone="resnet50"),
     "r101": MaskFormerConfig(backbone="resnet101"),
+    "r101c": MaskFormerConfig(backbone="resnet101c"),  # R101c: DeepLab stem + res5 multi-grid (backbones.py)
     "swin_t": MaskFormerConfig(backbone="swin_tiny", backbone_kwargs=dict(_SWIN)),
     "swin_s": MaskFormerConfig(backbone="swin_small", backbone_kwargs=dict(_SWIN)),
     "swin_b": MaskFormerConfig(backbone="swin_base", backbone_kwargs=dict(_SWIN)),
@@ -585,8 +586,9 @@ def count_flops(model: nn.Module, size: int | tuple[int, int]) -> float:
 # Table 1 of the paper (ADE20K-150): crop size, params (M), FLOPs (G multiply-adds); the exact
 # parameter counts of the Hugging Face port with 150 classes (docs/recipe.md) beside them.
 PAPER_TABLE1 = {
-    "r50": (512, 41, 53, 41.31), "r101": (512, 60, 73, 60.30), "swin_t": (512, 42, 55, 41.76),
-    "swin_s": (512, 63, 79, 63.08), "swin_b": (640, 102, 195, 101.83), "swin_l": (640, 212, 375, 211.58),
+    "r50": (512, 41, 53, 41.31), "r101": (512, 60, 73, 60.30), "r101c": (512, 60, 80, None),  # R101c: no HF port
+    "swin_t": (512, 42, 55, 41.76), "swin_s": (512, 63, 79, 63.08), "swin_b": (640, 102, 195, 101.83),
+    "swin_l": (640, 212, 375, 211.58),
 }
 
 

@@ -52,12 +52,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import checkpoint
+import convert
 import data
 import drawing
 import infer
 import losses
 import maskformer
 import matcher
+import weights
 from checkpoint import load_checkpoint, load_pretrained, rename_old_keys, rng_states, save_checkpoint, set_rng_states
 from distributed import setup_distributed, sum_over_processes
 from metrics import strict_json
@@ -171,8 +173,7 @@ def train(args: argparse.Namespace) -> dict:
     train_set, val_set = build_datasets(args, recipe)
     per_device, accum = split_batch(recipe.batch_size, world_size, device, args)
     model, criterion = build_model_and_criterion(args, recipe, train_set.num_classes, train_set.ignore_index)
-    if args.weights:
-        load_pretrained(model, args.weights, log)
+    load_initial_weights(model, args, recipe, is_main, log)
     model.to(device)
     optimizer, scheduler = build_optimizer(model, recipe)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -579,6 +580,35 @@ def pixel_decoder_overrides(config: str, base: dict) -> dict:
     return {}
 
 
+def initial_weights(args: argparse.Namespace, recipe: TrainingRecipe) -> str:
+    """--weights, or its default: "imagenet" for a paper config on real data (every official config
+    starts from an ImageNet backbone, §4), "none" for the `tiny` config and the synthetic shapes."""
+    if args.weights is not None:
+        return args.weights
+    return "none" if recipe.config == "tiny" or args.data == "shapes" else "imagenet"
+
+
+def load_initial_weights(model: nn.Module, args: argparse.Namespace, recipe: TrainingRecipe, is_main: bool,
+                         log) -> None:
+    """--weights imagenet | none | NAME | PATH into `model`, with a log line saying what was loaded.
+    The first process downloads and converts (weights.py); the others wait, then read its cache."""
+    choice = initial_weights(args, recipe)
+    if choice == "none":
+        log("--weights none: training from scratch (every tensor starts at its random initialisation)")
+        return
+    for first in (True, False):
+        if is_main == first:
+            try:
+                if choice == "imagenet":
+                    weights.load_imagenet(model, args.weights_mirror, log)
+                else:
+                    load_pretrained(model, weights.resolve(choice, args.weights_mirror, log), log)
+            except (weights.WeightsError, convert.ConversionError) as e:
+                raise SystemExit(f"error: {e}") from None
+        if dist.is_initialized():
+            dist.barrier()
+
+
 def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, num_classes: int,
                               ignore_index: int = data.IGNORE_INDEX):
     """Figure 2's model (or a §4 baseline) and its criterion: Eq. (3.2d) with its matcher, or Eq. (3.1b)."""
@@ -739,7 +769,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any MaskFormerConfig field, e.g. --set dec_layers=2 (repeatable)")
     g.add_argument("--weights", default=None,
-                   help="start from these weights (a convert.py/train.py checkpoint: whole model or backbone)")
+                   help="imagenet: the backbone's ImageNet weights, downloaded once (default for the paper configs "
+                        "on real data, as every official config); none: from scratch (default for tiny and shapes); "
+                        "a published model's name (python infer.py --list) or a convert.py/train.py checkpoint "
+                        "(whole model or backbone), to fine-tune")
+    g.add_argument("--weights-mirror", default=None,
+                   help="base URL or file:// folder replacing the publishers' addresses (docs/weights.md)")
 
     g = p.add_argument_group("optimisation (docs/recipe.md; omitted flags take the recipe's value)")
     g.add_argument("--batch-size", dest="batch_size", type=at_least(1), help="global batch size")

@@ -41,10 +41,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import math
 import os
-import re
 import sys
 import urllib.error
 import urllib.request
@@ -101,7 +98,7 @@ class ImageNet:
     """An ImageNet classifier whose backbone starts a paper model's training (§4)."""
 
     backbone: str  # backbones.py name
-    source: str  # convert.py's --from: "torchvision" or "swin"
+    source: str  # convert.py's --from: "torchvision", "swin" or "d2-imagenet"
     pretraining: str  # "IN-1k 224", "IN-22k 384"
     file: Download
 
@@ -155,6 +152,7 @@ MODELS: tuple[Published, ...] = (
     *[_zoo(name, alias, config, ADE, crop, f"mIoU {miou}", md5) for name, alias, config, crop, miou, md5 in (
         ("maskformer_R50_bs16_160k", "r50-ade", "r50", "512", 44.5, "d8dbeb"),
         ("maskformer_R101_bs16_160k", "r101-ade", "r101", "512", 45.5, "1aeb94"),
+        ("maskformer_R101c_bs16_160k", "r101c-ade", "r101c", "512", 46.0, "b432ea"),
         ("maskformer_swin_tiny_bs16_160k", "swin-t-ade-d2", "swin_t", "512", 46.7, "8657a5"),
         ("maskformer_swin_small_bs16_160k", "swin-s-ade-d2", "swin_s", "512", 49.8, "528157"),
         ("maskformer_swin_base_IN21k_384_bs16_160k_res640", "swin-b-ade-d2", "swin_b", "640", 52.7, "45388b"),
@@ -171,6 +169,9 @@ IMAGENET: tuple[ImageNet, ...] = (
              Download("https://download.pytorch.org/models/resnet50-0676ba61.pth", sha256="0676ba61")),
     ImageNet("resnet101", "torchvision", "IN-1k 224",
              Download("https://download.pytorch.org/models/resnet101-63fe2227.pth", sha256="63fe2227")),
+    # R101c: detectron2's own ImageNet training of the DeepLab-stem ResNet-101 (MODEL_ZOO.md "R-103.pkl")
+    ImageNet("resnet101c", "d2-imagenet", "IN-1k 224",
+             Download("https://dl.fbaipublicfiles.com/detectron2/DeepLab/R-103.pkl")),
     ImageNet("swin_tiny", "swin", "IN-1k 224", Download(f"{SWIN_RELEASE}/swin_tiny_patch4_window7_224.pth")),
     ImageNet("swin_small", "swin", "IN-1k 224", Download(f"{SWIN_RELEASE}/swin_small_patch4_window7_224.pth")),
     ImageNet("swin_base", "swin", "IN-22k 384", Download(f"{SWIN_RELEASE}/swin_base_patch4_window12_384_22k.pth")),
@@ -197,12 +198,13 @@ def cache_root() -> Path:
 def resolve(spec: str, mirror: str | None = None, log=print) -> str:
     """A `--weights` value → the path of a checkpoint infer.py / train.py read.
 
-    An existing file is returned as is; a name or alias of MODELS is downloaded, checked and
-    converted on first use and read from the cache afterwards. Anything else: WeightsError.
+    A name or alias of MODELS is downloaded, checked and converted on first use and read from the
+    cache afterwards. A path (an existing file, or anything with a folder or a file suffix) is
+    returned as is, for the caller to read or report; any other word: WeightsError.
     """
-    if Path(spec).exists():
-        return spec
     entry = lookup(spec)
+    if entry is None and (Path(spec).exists() or "/" in spec or os.sep in spec or Path(spec).suffix):
+        return spec
     if entry is None:
         names = ", ".join(m.alias for m in MODELS)
         raise WeightsError(f"--weights {spec}: no such file, and not a published model name "
@@ -232,20 +234,15 @@ def load_imagenet(model: torch.nn.Module, mirror: str | None = None, log=print) 
     path = imagenet_checkpoint(model.config.backbone, mirror, log)
     state = torch.load(path, map_location="cpu", weights_only=True)["model"]
     missing, unexpected = convert.load_into(model, state)
-    if unexpected or any(k.startswith("backbone.") and not is_stage_norm(k) for k in missing):
+    if unexpected or any(k.startswith("backbone.") and not convert.is_stage_norm(k) for k in missing):
         raise WeightsError(f"{path} does not fit {model.config.backbone}: unexpected {unexpected[:3]}, "
                            f"missing {[k for k in missing if k.startswith('backbone.')][:3]}")
     ours = model.state_dict()
     loaded = sum(k in ours for k in state)
-    fresh_norms = ", Swin stage-output norms" if any(map(is_stage_norm, missing)) else ""
+    fresh_norms = ", Swin stage-output norms" if any(map(convert.is_stage_norm, missing)) else ""
     log(f"ImageNet weights ({imagenet_entry(model.config.backbone).file.filename}, cached at {path}): "
         f"{loaded} tensors loaded into the backbone, {len(ours) - loaded} left at their random initialisation "
         f"(pixel decoder, transformer module, heads{fresh_norms})")
-
-
-def is_stage_norm(name: str) -> bool:
-    """A Swin stage-output LayerNorm (norm0..norm3): absent from ImageNet classifiers, fresh officially too."""
-    return re.fullmatch(r"backbone\.norm\d\.(weight|bias)", name) is not None
 
 
 def cached_conversion(name: str, files: tuple[Download, ...], mirror: str | None, log, convert_fn) -> Path:
@@ -328,69 +325,19 @@ def check_file(path: Path, file: Download) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading .safetensors without the `safetensors` package
-# ---------------------------------------------------------------------------------------------
-
-# Why our own reader rather than an optional dependency: the format is small and fully specified
-# (an 8-byte little-endian header length N, N bytes of JSON {name: {"dtype", "shape",
-# "data_offsets": [begin, end]}, "__metadata__": {...}}, then the raw little-endian tensor bytes,
-# offsets relative to the end of the header), so 30 lines read it exactly, with every offset and
-# size checked, and a fresh clone needs nothing beyond requirements.txt to load the published files.
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """{name: tensor} of a `.safetensors` file; ConversionError (one line) on any malformed part."""
-    path = Path(path)
-    raw = bytearray(path.read_bytes())  # writable: torch.frombuffer shares it without a copy
-    if sys.byteorder != "little":
-        raise convert.ConversionError(f"{path}: reading .safetensors needs a little-endian machine")
-    if len(raw) < 8:
-        raise convert.ConversionError(f"{path}: too short for a .safetensors file ({len(raw)} bytes)")
-    header_size = int.from_bytes(raw[:8], "little")
-    try:
-        header = json.loads(raw[8:8 + header_size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise convert.ConversionError(f"{path}: not a .safetensors file (header: {e})") from None
-    body = memoryview(raw)[8 + header_size:]
-    tensors, covered = {}, []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
-        begin, end = info.get("data_offsets", (-1, -1))
-        shape = info.get("shape", [])
-        if dtype is None:
-            raise convert.ConversionError(f"{path}: {name} has dtype {info.get('dtype')!r}; "
-                                          f"supported: {', '.join(SAFETENSORS_DTYPES)}")
-        nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
-        if not 0 <= begin <= end <= len(body) or end - begin != nbytes:
-            raise convert.ConversionError(f"{path}: {name} {info.get('dtype')} {shape} needs {nbytes} bytes, "
-                                          f"its offsets [{begin}, {end}) do not fit the {len(body)}-byte body")
-        data = body[begin:end]
-        tensors[name] = (torch.frombuffer(data, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)).reshape(shape)
-        covered.append((begin, end))
-    if sum(e - b for b, e in covered) != len(body) or any(
-            b1 < e0 for (_, e0), (b1, _) in zip(sorted(covered), sorted(covered)[1:])):
-        raise convert.ConversionError(f"{path}: the tensors' byte ranges overlap or leave gaps in the body")
-    return tensors
-
-
-# ---------------------------------------------------------------------------------------------
 # Conversion (convert.py's rules) into the checkpoints infer.py / train.py read
 # ---------------------------------------------------------------------------------------------
 
 
 def convert_model(entry: Published, folder: Path) -> dict:
-    """A downloaded model → {"model", "config", "class_names", "source"} (infer.py's --weights format)."""
+    """A downloaded model → {"model", "config", "class_names", "recipe", "source"} (infer.py's --weights format)."""
     path = folder if entry.source == "hf" else folder / entry.files[0].filename
     config = None if entry.source == "hf" else entry.config
     model, state, class_names = convert.convert_file(entry.source, str(path), config)
-    return {"model": state, "config": asdict(model.config), "class_names": class_names, "source": entry.files[0].url}
+    config = asdict(model.config)
+    # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as convert.py writes
+    return {"model": state, "config": config, "class_names": class_names,
+            "recipe": convert.official_test_resize(config), "source": entry.files[0].url}
 
 
 def convert_imagenet(entry: ImageNet, folder: Path) -> dict:

@@ -77,6 +77,7 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
     model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**extras["config"])).eval()
     model.load_state_dict(state, strict=True)
     assert extras["class_names"] == [hf_tiny.config.id2label[i] for i in range(K)]
+    assert extras["recipe"] == convert.official_test_resize(extras["config"])  # as convert.py writes it
     images = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, theirs = model(images), hf_tiny(pixel_values=images)
@@ -103,9 +104,12 @@ def test_second_call_reads_the_converted_cache(hf_tiny, tmp_path, monkeypatch):
 
 
 def test_local_path_is_returned_unchanged(tmp_path):
+    """Paths go to the caller's reader (which reports a missing file); no download is attempted."""
     checkpoint = tmp_path / "mine.pt"
     checkpoint.write_bytes(b"x")
     assert weights.resolve(str(checkpoint)) == str(checkpoint)
+    assert weights.resolve(str(tmp_path / "missing.pt")) == str(tmp_path / "missing.pt")
+    assert weights.resolve("best.pt") == "best.pt"
 
 
 def test_unknown_name_lists_the_aliases():
@@ -175,6 +179,8 @@ def imagenet_case(kind: str, mirror: Path, monkeypatch) -> tuple[str, dict[str, 
     """An official-format ImageNet file on the mirror and its table entry → (backbone, source tensors)."""
     if kind == "torchvision":
         backbone, source = "resnet18", torchvision_resnet_layout(False, [2, 2, 2, 2])
+        # convolutions scaled to N(0, 1/fan_in), as trained weights roughly are: finite activations
+        source = {k: v / math.sqrt(v[0].numel()) if v.dim() == 4 else v for k, v in source.items()}
         filename, keep = "resnet18-{}.pth", lambda k: not k.startswith("fc.") and "num_batches" not in k
     else:
         monkeypatch.setitem(backbones.SWINS, "swin_mini", MINI_SWIN)
@@ -235,7 +241,7 @@ def test_safetensors_reader_equals_the_reference(tmp_path):
                "u8": torch.arange(250, 256, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
                "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
     st.save_file(tensors, tmp_path / "t.safetensors", metadata={"format": "pt"})
-    ours, theirs = weights.read_safetensors(tmp_path / "t.safetensors"), st.load_file(tmp_path / "t.safetensors")
+    ours, theirs = convert.read_safetensors(tmp_path / "t.safetensors"), st.load_file(tmp_path / "t.safetensors")
     assert ours.keys() == theirs.keys() == tensors.keys()
     for k in tensors:
         assert ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape
@@ -248,10 +254,10 @@ def test_safetensors_reader_rejects_a_torn_file(tmp_path):
     header = b'{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}'
     blob = len(header).to_bytes(8, "little") + header + values.tobytes()
     (tmp_path / "ok.safetensors").write_bytes(blob)
-    assert weights.read_safetensors(tmp_path / "ok.safetensors")["x"].tolist() == [1.0, -2.0, 3.5]
+    assert convert.read_safetensors(tmp_path / "ok.safetensors")["x"].tolist() == [1.0, -2.0, 3.5]
     (tmp_path / "torn.safetensors").write_bytes(blob[:-4])
     with pytest.raises(convert.ConversionError) as e:
-        weights.read_safetensors(tmp_path / "torn.safetensors")
+        convert.read_safetensors(tmp_path / "torn.safetensors")
     assert "\n" not in str(e.value) and "[0, 12)" in str(e.value)
 
 
@@ -277,3 +283,162 @@ def test_parameter_count_equals_a_built_model():
     built = maskformer.build_model("swin_t", num_classes=133)
     assert math.isclose(weights.parameter_count("swin_t", 133, 0),
                         sum(p.numel() for p in built.parameters()) / 1e6)
+
+
+# ---------------------------------------------------------------------------------------------
+# infer.py and train.py by name
+# ---------------------------------------------------------------------------------------------
+
+
+def test_infer_by_name_writes_the_label_map_of_the_converted_model(hf_tiny, tmp_path, monkeypatch):
+    """`infer.py --weights NAME` (mirror from the environment) = the converted checkpoint's prediction."""
+    from PIL import Image
+
+    monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
+    monkeypatch.setenv(weights.MIRROR_ENV, (tmp_path / "mirror").as_uri())
+    rgb = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    common = ["--input", str(tmp_path / "photo.png"), "--device", "cpu"]
+    infer.main(["--weights", "tt-ade", "--output", str(tmp_path / "by_name"), *common])
+    path = weights.resolve("tt-ade")
+    infer.main(["--weights", path, "--output", str(tmp_path / "by_path"), *common])
+    by_name = np.array(Image.open(tmp_path / "by_name" / "photo.png"))
+    assert by_name.shape == (70, 90) and (tmp_path / "by_name" / "photo_overlay.png").is_file()
+    assert np.array_equal(by_name, np.array(Image.open(tmp_path / "by_path" / "photo.png")))
+
+
+def test_infer_list_prints_the_table(capsys):
+    assert infer.main(["--list"]) is None
+    out = capsys.readouterr().out
+    assert all(m.name in out and m.alias in out for m in weights.MODELS) and "ImageNet backbones" in out
+
+
+def test_infer_offline_is_one_line(cache, monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    from PIL import Image
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    with pytest.raises(SystemExit) as e:
+        infer.main(["--weights", "swin-t-ade", "--input", str(tmp_path / "photo.png"), "--output", str(tmp_path / "o"),
+                    "--device", "cpu"])
+    message = str(e.value)
+    assert message.startswith("error: cannot download https://huggingface.co/") and "\n" not in message
+    assert str(cache / "maskformer-swin-tiny-ade" / "model.safetensors") in message
+
+
+def test_train_defaults_to_imagenet_for_paper_configs_on_real_data():
+    import train
+
+    def default(*argv):
+        args = train.parse_args(list(argv))
+        return train.initial_weights(args, train.resolve_recipe(args))
+
+    assert default("--data", "ade20k") == "imagenet"  # r50, the recipe's config
+    assert default("--data", "coco_panoptic", "--config", "swin_t") == "imagenet"
+    assert default("--data", "ade20k", "--config", "tiny") == "none"
+    assert default("--data", "shapes") == "none" and default("--data", "shapes", "--config", "r50") == "none"
+    assert default("--data", "ade20k", "--weights", "none") == "none"
+
+
+@pytest.mark.parametrize("choice", ["imagenet", "none"])
+def test_train_logs_what_it_starts_from(choice, tmp_path, monkeypatch, capsys):
+    """One iteration on shapes with an ImageNet-width `tiny` (frozen BN): the log line; the backbone the
+    file's, everything else as initialised."""
+    import train
+
+    backbone, expected = imagenet_case("torchvision", tmp_path / "mirror", monkeypatch)
+    monkeypatch.setenv(weights.MIRROR_ENV, (tmp_path / "mirror").as_uri())
+    seen = {}
+    load = train.load_initial_weights
+
+    def keep_states(model, *args):
+        seen["before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        load(model, *args)
+        seen["after"] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    monkeypatch.setattr(train, "load_initial_weights", keep_states)
+    train.main(["--config", "tiny", "--set", "backbone_kwargs={'width': 64, 'norm': 'frozen_bn'}",
+                "--crop-size", "64", "--batch-size", "2", "--iters", "1", "--eval-period", "1", "--val-images", "2",
+                "--workers", "0", "--no-progress", "--threads", "1", "--weights", choice,
+                "--output", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    if choice == "none":
+        assert "--weights none" in out and "ImageNet weights" not in out
+        assert all(torch.equal(v, seen["before"][k]) for k, v in seen["after"].items())
+        return
+    assert len([line for line in out.splitlines() if line.startswith("ImageNet weights")]) == 1
+    before, after = seen["before"], seen["after"]
+    assert all(torch.equal(after[k], v) for k, v in expected.items())
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# R101c: the official model-zoo checkpoint and detectron2's ImageNet pickle (R-103.pkl)
+# ---------------------------------------------------------------------------------------------
+
+
+def detectron2_resnet_name(ours: str) -> str:
+    """A torchvision-style backbone name → detectron2's, by the string replacements of the official
+    tools/convert-torchvision-to-d2.py (stem. prefix, layerN → res{N+1}, bnK → convK.norm,
+    downsample.0/1 → shortcut / shortcut.norm)."""
+    k = ours if "layer" in ours else "stem." + ours
+    for t in (1, 2, 3, 4):
+        k = k.replace(f"layer{t}", f"res{t + 1}")
+    for t in (1, 2, 3):
+        k = k.replace(f"bn{t}", f"conv{t}.norm")
+    return k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def test_official_r101c_checkpoint_by_name(tmp_path, monkeypatch):
+    """A random R101c MaskFormer in the official layout (three stem convs under backbone.stem) →
+    served as model_final_<md5>.pkl → resolve → the very same tensors, config r101c."""
+    from tests.test_convert import SMALL_HEAD, official_layout, write_pickle
+
+    model = randomise(maskformer.build_model("r101c", num_classes=K, **SMALL_HEAD))
+    head = {k: v for k, v in official_layout(model).items() if not k.startswith("backbone.")}
+    layout = {**head, **{"backbone." + detectron2_resnet_name(k[len("backbone."):]): v.numpy()
+                         for k, v in model.state_dict().items() if k.startswith("backbone.")}}
+    assert layout["backbone.stem.conv1.weight"].shape == (64, 3, 3, 3)
+    assert layout["backbone.stem.conv3.norm.running_var"].shape == (128,)
+    assert layout["backbone.res2.0.conv1.weight"].shape == (64, 128, 1, 1)  # res2 reads the 128-channel stem
+    assert layout["backbone.res2.0.shortcut.weight"].shape == (256, 128, 1, 1)
+    folder = tmp_path / "mirror" / "maskformer_R101c_bs16_160k"
+    folder.mkdir(parents=True)
+    write_pickle(folder / "model.pkl", layout)
+    md5 = hashlib.md5((folder / "model.pkl").read_bytes()).hexdigest()[:6]
+    (folder / "model.pkl").rename(folder / f"model_final_{md5}.pkl")
+    entry = weights._zoo("maskformer_R101c_bs16_160k", "r101c-ade", "r101c", weights.ADE, "512", "mIoU 46.0", md5)
+    monkeypatch.setattr(weights, "MODELS", (entry,))
+    state, extras = infer.load_weights(weights.resolve("r101c-ade", (tmp_path / "mirror").as_uri(), log=print))
+    expected = model.state_dict()
+    assert extras["config"]["backbone"] == "resnet101c" and state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_r101c_imagenet_pickle_fills_the_backbone(tmp_path, monkeypatch):
+    """R-103.pkl's layout (convert-torchvision-to-d2.py names, numpy arrays, stem.fc classifier) →
+    --weights imagenet for r101c: every backbone tensor is the file's."""
+    from tests.test_convert import write_pickle
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {k: v.shape for k, v in backbones.build_backbone("resnet101c").state_dict().items()}
+    source = {k: torch.randn(shape, generator=g) for k, shape in shapes.items()}
+    source.update({"fc.weight": torch.randn(1000, 2048, generator=g), "fc.bias": torch.randn(1000, generator=g)})
+    folder = tmp_path / "mirror" / "imagenet-resnet101c"
+    folder.mkdir(parents=True)
+    write_pickle(folder / "R-103.pkl", {detectron2_resnet_name(k): v.numpy() for k, v in source.items()})
+    entry = weights.ImageNet("resnet101c", "d2-imagenet", "IN-1k 224",
+                             weights.Download("https://dl.fbaipublicfiles.com/detectron2/DeepLab/R-103.pkl"))
+    monkeypatch.setattr(weights, "IMAGENET", (entry,))
+    model = maskformer.build_model("r101c", num_classes=K)
+    lines = []
+    weights.load_imagenet(model, mirror=(tmp_path / "mirror").as_uri(), log=lines.append)
+    state = model.state_dict()
+    backbone = {k for k in state if k.startswith("backbone.")}
+    assert backbone == {f"backbone.{k}" for k in source if not k.startswith("fc.")}
+    assert all(torch.equal(state[k], source[k[len("backbone."):]]) for k in backbone)
+    assert any(line.startswith("ImageNet weights (R-103.pkl, cached at ") and f"{len(backbone)} tensors loaded" in line
+               for line in lines)
