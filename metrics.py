@@ -8,6 +8,11 @@ metrics are written here by hand so that a student can read exactly what is coun
   device of its inputs, as detectron2's `SemSegEvaluator` (used by the official MaskFormer code)
   does with numpy. mIoU averages the per-class IoU over the classes that occur in the ground
   truth or in the prediction; classes absent from both are left out (nan in `per_class_iou`).
+  That is the detectron2 of the paper (v0.4-v0.6: IoUs of the ground-truth classes summed, divided
+  by the number of classes in ground truth or prediction, so a class only predicted counts 0).
+  detectron2 since July 2022 divides by the ground-truth classes only; on a full validation set
+  the two agree whenever every predicted class occurs somewhere in its ground truth, on a few
+  images (train.py --val-images) they can differ.
 - `PanopticMetrics` follows the COCO `panopticapi` (`pq_compute_single_core` / `pq_average`):
   a predicted and a ground-truth segment of the same category match when IoU > 0.5; ground-truth
   void pixels (id 0) inside a predicted segment are left out of the union; a predicted segment

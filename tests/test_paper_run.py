@@ -3,9 +3,21 @@ value or behaviour of the official code (facebookresearch/MaskFormer configs and
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 import augment
+import data
+import infer
+import losses
+import maskformer
+import train
+from metrics import SemanticMetrics
 
 
 def official_resize(h: int, w: int, short: int, long: int) -> tuple[int, int]:
@@ -71,3 +83,146 @@ def test_coco_panoptic_crop_branch_one_case_worked_out():
     resized = augment.resize(image, {"sem_seg": columns}, (500, 1250))[1]["sem_seg"]  # short edge 500
     assert np.array_equal(maps["sem_seg"], resized[10:460, 20:620])
     assert abs(int(maps["sem_seg"][0, 0]) - 20 / 1.25) <= 1 and abs(int(maps["sem_seg"][0, -1]) - 619 / 1.25) <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Item: the pixel decoder per backbone for the panoptic recipes
+# ---------------------------------------------------------------------------------------------
+# configs/coco-panoptic/*.yaml: R50/R101 use PIXEL_DECODER_NAME "TransformerEncoderPixelDecoder" with
+# TRANSFORMER_ENC_LAYERS 6 (TRANSFORMER_IN_FEATURE "transformer_encoder"); the swin/*.yaml files set
+# "BasePixelDecoder" with TRANSFORMER_IN_FEATURE "res5" (no encoder layers).
+OFFICIAL_COCO_PANOPTIC_ENC_LAYERS = {"r50": 6, "r101": 6, "swin_t": 0, "swin_s": 0, "swin_b": 0, "swin_l": 0}
+
+
+@pytest.mark.parametrize("config", sorted(OFFICIAL_COCO_PANOPTIC_ENC_LAYERS))
+def test_panoptic_pixel_decoder_per_backbone_as_the_official_configs(config):
+    enc_layers = OFFICIAL_COCO_PANOPTIC_ENC_LAYERS[config]
+    for dataset in ("coco_panoptic", "ade20k_panoptic"):  # ADE20K-Panoptic: R50/R101 + 6 encoder layers too
+        recipe = train.resolve_recipe(train.parse_args(["--data", dataset, "--config", config]))
+        with torch.device("meta"):
+            model = maskformer.build_model(config, num_classes=133, **recipe.model_overrides)
+        assert model.config.enc_layers == enc_layers
+        encoder = [n for n, _ in model.named_parameters() if n.startswith("pixel_decoder.encoder_layers")]
+        assert bool(encoder) == (enc_layers > 0)
+        # the transformer decoder attends to the 256-wide encoder output, or to res5 through a projection
+        projection = model.transformer.input_proj
+        if enc_layers:
+            assert isinstance(projection, torch.nn.Identity)
+        else:
+            assert projection.in_channels == model.backbone.out_channels["res5"] and projection.out_channels == 256
+    assert train.resolve_recipe(train.parse_args(["--data", "ade20k", "--config", config])).model_overrides == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Item: gradient accumulation normalises by the accumulated batch's mask count
+# ---------------------------------------------------------------------------------------------
+def test_two_accumulation_steps_equal_the_global_objective_by_hand():
+    """Official (8 GPUs x 2 images): the focal and dice sums of the whole batch / its mask count; the
+    cross-entropy, a mean per GPU, averaged. Two micro-batches must give exactly that gradient."""
+    shapes = data.build_dataset("shapes", split="train", image_size=64, num_images=4)
+    items = [shapes[i] for i in range(4)]
+    halves = [data.collate(items[:2]), data.collate(items[2:])]
+    counts = [sum(len(t["labels"]) for t in h["targets"]) for h in halves]
+    assert counts[0] != counts[1]  # otherwise per-micro-batch and global normalisation agree
+    torch.manual_seed(0)
+    model = maskformer.build_model("tiny", num_classes=shapes.num_classes).eval()  # eval: batch-independent BN
+    criterion = losses.MaskFormerLoss(shapes.num_classes, num_aux_layers=model.config.dec_layers - 1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    # by hand: raw sums of the mask terms (normaliser 1) over both halves / the total count; CE averaged
+    reference, per_micro_batch = 0.0, 0.0  # the second: each half divided by its own count (the old way)
+    for half, count in zip(halves, counts):
+        terms = criterion(model(half["images"]), {**half, "num_masks": torch.tensor(1.0)})
+        for key, value in terms.items():
+            scale = 0.5 if key.startswith("loss_ce") else 1 / sum(counts)
+            reference = reference + criterion.weight_dict[key] * value * scale
+            old_scale = 0.5 if key.startswith("loss_ce") else 0.5 / count
+            per_micro_batch += criterion.weight_dict[key] * float(value.detach()) * old_scale
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    # train_step with two accumulation steps; SGD with lr 1: parameter change = -gradient
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    settings = train.StepSettings(2, torch.device("cpu"), None, 0.0)
+    stats = train.train_step(model, iter(halves), criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                             settings)
+    assert math.isclose(stats["loss"], float(reference.detach()), rel_tol=1e-5)
+    # the old normalisation is 60x further away than the tolerance above
+    assert abs(stats["loss"] - per_micro_batch) > 60 * 1e-5 * stats["loss"]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(before[name] - p.detach(), expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    # and the mask terms equal those of one big batch of the four images
+    big = data.collate(items)
+    whole = criterion(model.requires_grad_(False)(big["images"]), big)
+    model.requires_grad_(True)
+    for key in ("loss_focal", "loss_dice"):
+        by_halves = sum(criterion(model(h["images"]), {**h, "num_masks": torch.tensor(float(sum(counts)))})[key]
+                        for h in halves)
+        torch.testing.assert_close(by_halves, whole[key], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item: mIoU as the paper's evaluator counted it
+# ---------------------------------------------------------------------------------------------
+def test_miou_is_the_detectron2_of_the_paper_on_a_case_where_definitions_differ():
+    """detectron2 v0.4-v0.6 (2021, the MaskFormer paper's numbers), SemSegEvaluator.evaluate:
+        iou[acc_valid] = tp / union;  miou = sum(iou[acc_valid]) / sum(iou_valid)
+    with acc_valid = "class in the ground truth", iou_valid = "in ground truth or prediction": a class
+    only predicted adds 0 to the sum and 1 to the count. (detectron2 since July 2022, commit f3c1bc1,
+    divides by the classes with ground truth only.) Written out here with numpy, as it was."""
+    K = 3
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 2, 1, 1], [0, 0, 2, 2]])  # class 2: predicted, absent from the ground truth
+    conf = np.zeros((K + 1, K + 1), np.int64)  # detectron2: rows = prediction, columns = ground truth
+    p = np.where(gt == 255, K, pred)
+    g = np.where(gt == 255, K, gt)
+    conf += np.bincount((K + 1) * p.reshape(-1) + g.reshape(-1), minlength=(K + 1) ** 2).reshape(K + 1, K + 1)
+    tp = conf.diagonal()[:-1].astype(float)
+    pos_gt = conf[:-1, :-1].sum(0).astype(float)
+    pos_pred = conf[:-1, :-1].sum(1).astype(float)
+    acc_valid, iou_valid = pos_gt > 0, (pos_gt + pos_pred) > 0
+    iou = np.full(K, np.nan)
+    iou[acc_valid] = tp[acc_valid] / (pos_gt + pos_pred - tp)[acc_valid]
+    paper_miou = np.sum(iou[acc_valid]) / np.sum(iou_valid)
+    gt_only_miou = np.mean(iou[acc_valid])
+    metric = SemanticMetrics(K)
+    metric.update(torch.tensor(pred), torch.tensor(gt))
+    ours = metric.compute()["mIoU"]
+    assert abs(paper_miou - gt_only_miou) > 0.1  # the two definitions differ here: (3/4 + 2/3) / 3 vs / 2
+    assert math.isclose(ours, paper_miou, rel_tol=1e-12)
+    assert math.isclose(ours, (3 / 4 + 2 / 3 + 0) / 3, rel_tol=1e-12)  # by hand: IoU 3/4, 2/3, 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Item: multi-scale test on the original image
+# ---------------------------------------------------------------------------------------------
+def test_tta_resizes_the_original_image_per_scale_by_hand():
+    torch.manual_seed(0)
+    model = maskformer.build_model("tiny", num_classes=5).eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 150, 3), dtype=np.uint8)  # wide: the largest scales hit the cap
+    test_size, max_size = 40, 7 * 40  # the official ratio: ADE20K 512 -> TEST.AUG.MAX_SIZE 3584
+    got = infer.tta_class_scores(model, image, test_size, max_size)
+
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    total, capped = torch.zeros(5, 30, 150), False
+    for scale in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75):
+        h, w = official_resize(30, 150, int(scale * test_size), max_size)
+        capped |= w == max_size
+        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), np.float64)  # from the original
+        x = torch.tensor(((resized - mean) / std).transpose(2, 0, 1), dtype=torch.float32)
+        Hp, Wp = -(-h // 32) * 32, -(-w // 32) * 32
+        for flip in (False, True):
+            padded = torch.zeros(1, 3, Hp, Wp)
+            padded[0, :, :h, :w] = x.flip(-1) if flip else x
+            with torch.no_grad():
+                out = model(padded)
+            masks = F.interpolate(out["pred_masks"], size=(Hp, Wp), mode="bilinear", align_corners=False)
+            probs = out["pred_logits"].softmax(-1)[0, :, :-1]  # (N, K)
+            scores = torch.einsum("nk,nhw->khw", probs, masks[0].sigmoid())[:, :h, :w]  # Eq. (3.4b), crop
+            scores = F.interpolate(scores[None], size=(30, 150), mode="bilinear", align_corners=False)[0]
+            total += scores.flip(-1) if flip else scores
+    assert capped
+    torch.testing.assert_close(got, total / 12, rtol=1e-4, atol=1e-5)
