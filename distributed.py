@@ -4,21 +4,38 @@ Not a part of the paper (§4 trains on 8 GPUs with batch 16): `torchrun` starts 
 GPU and sets RANK / WORLD_SIZE / LOCAL_RANK; DistributedDataParallel (train.py) averages the
 gradients; the rest is here.
 
-Reading order: `setup_distributed` (device, rank, world size) -> `world_size` ->
-`sum_over_processes` (the one all-reduce, used by the loss's num_masks, train.py's logged
-averages and the metrics' confusion matrix and PQ counts).
+Reading order: `setup_distributed` (device, rank, world size, the process group's timeout) ->
+`world_size` -> `sum_over_processes` (the one all-reduce, used by the loss's normalisers, train.py's
+logged averages and the metrics' confusion matrix and PQ counts) -> `lost_contact` (a process that
+died or hangs stops the others with one line).
+
+One process or many, the numbers are the same: the data order is cut into per-process chunks of the
+same global batch (data.TrainBatchSampler), the losses divide by global counts (losses.py), DDP
+averages the gradients, and validation sums its counts over processes (metrics.py). Several machines
+are several torchrun "nodes" meeting at one rendezvous address (docs/training.md):
+
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --rdzv_backend c10d \
+        --rdzv_endpoint HOST:29400 --rdzv_id RUN train.py ...     # node_rank 1 on the other machine
 """
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
 
+DEFAULT_TIMEOUT_S = 600  # train.py --dist-timeout: the longest wait for another process in a collective
 
-def setup_distributed(device_flag: str | None) -> tuple[torch.device, int, int]:
-    """Returns (device, rank, world_size); initialises the process group under torchrun."""
+
+def setup_distributed(device_flag: str | None,
+                      timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[torch.device, int, int]:
+    """Returns (device, rank, world_size); initialises the process group under torchrun.
+
+    timeout_s: a collective (all-reduce, broadcast, barrier) that waits longer than this for another
+    process, killed or hung, raises instead of hanging forever (see `lost_contact`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -37,7 +54,8 @@ def setup_distributed(device_flag: str | None) -> tuple[torch.device, int, int]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return device, rank, world_size
 
 
@@ -60,3 +78,26 @@ def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     on_device = tensor.cuda() if dist.get_backend() == "nccl" else tensor.clone()
     dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
     return on_device.to(tensor.device)
+
+
+# what gloo/NCCL say when a peer process is gone or does not answer
+LOST_CONTACT_WORDS = ("Connection closed by peer", "Connection reset by peer", "timed out", "Timed out",
+                      "Socket closed", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_contact(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another process died or stopped answering."""
+    if not is_distributed() and not isinstance(error, dist.DistError):
+        return False
+    return isinstance(error, dist.DistError) or any(word in str(error) for word in LOST_CONTACT_WORDS)
+
+
+def lost_contact_message(error: BaseException, timeout_s: float) -> str:
+    """One line for `lost_contact` errors: which process noticed, and what to do."""
+    rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:30113: Connection reset by peer. This is ..."
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip().splitlines() or [""])[0]).split(". ")[0]
+    first_line = detail[:160] or type(error).__name__
+    return (f"error: process {rank} of {world}: another process stopped or did not answer within "
+            f"--dist-timeout {timeout_s:g} s ({first_line}); stopping. Continue from the run's last "
+            f"checkpoint with --resume once every process can run")

@@ -71,6 +71,7 @@ import maskformer
 import prepare
 import weights
 from checkpoint import CheckpointError, read_checkpoint
+from distributed import is_distributed, sum_over_processes
 from metrics import PanopticMetrics, SemanticMetrics
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale ("m.s.") test, with flip
@@ -421,7 +422,8 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
     tta: the multi-scale + flip test (`tta_class_scores`) on each item's "orig_image".
     is_thing defaults to loader.dataset.is_thing. Returns SemanticMetrics.compute() (mIoU …) or
     PanopticMetrics.compute() (PQ …), plus "num_images". Under torch.distributed each process
-    evaluates what its own loader yields; nothing is all-reduced here (train.py evaluates on rank 0).
+    evaluates what its own loader yields (train.py gives each its share of the split) and the counts
+    are summed over processes, so every process returns the whole split's figures.
     """
     if task not in ("semantic", "panoptic"):
         raise ValueError(f"task must be 'semantic' or 'panoptic', got {task!r}")
@@ -464,6 +466,9 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
             num_images += len(targets)
     finally:
         model.train(was_training)
+    if is_distributed():  # the confusion matrix / PQ sums and the image count of all processes
+        metric.sync()
+        num_images = int(sum_over_processes(torch.tensor(num_images)).item())
     return {**metric.compute(), "num_images": num_images}
 
 

@@ -33,7 +33,10 @@ How this differs from the paper's formulas, following the official code (SetCrit
 `mask_former/modeling/criterion.py`, which follows DETR):
 - Eq. (3.2d) is written as a sum over segments. The code normalises instead: the cross-entropy
   is a *weighted mean* over all B·N queries, Σ w_c·(−log p) / Σ w_c with w = 1 for real classes
-  and 0.1 for ∅; the focal and dice terms are summed over matched masks and divided by
+  and 0.1 for ∅ (under DDP or accumulation Σ w_c is that of the global batch, like num_masks: the
+  official code averages the processes' own weighted means instead, so its result depends on how
+  the batch is split; here 2 processes x 8 images give the numbers of 1 process x 16); the focal
+  and dice terms are summed over matched masks and divided by
   num_masks = the number of GT masks in the batch, averaged over processes, at least 1 (with
   gradient accumulation: of the whole accumulated batch, divided by the accumulation steps).
 - Focal loss per mask is a mean over pixels (Eq. (3.2f) says so; the dice of Eq. (3.2g) sums).
@@ -94,6 +97,17 @@ def count_masks(targets: list[dict], device: torch.device) -> Tensor:
     return (sum_over_processes(num_masks) / world_size()).clamp(min=1)
 
 
+def count_class_weights(targets: list[dict], num_queries: int, no_object_weight: float,
+                        device: torch.device) -> Tensor:
+    """The cross-entropy's normaliser: Σ over the batch's B·N queries of their class weight (1 for a
+    query matched to a segment, no_object_weight for ∅), averaged over processes when distributed."""
+    # every image's min(segments, N) segments are matched (Eq. (3.2c) is a full assignment); the rest are ∅
+    matched = sum(min(len(t["labels"]), num_queries) for t in targets)
+    total = torch.tensor(matched + (len(targets) * num_queries - matched) * no_object_weight, device=device)
+    # the mean over processes, as num_masks: each process's loss is then its share of the global weighted mean
+    return sum_over_processes(total) / world_size()
+
+
 class MaskFormerLoss(nn.Module):
     """L_mask-cls of Eq. (3.2d) (the paper's Eq. (1)) for the final and every auxiliary output.
 
@@ -146,21 +160,27 @@ class MaskFormerLoss(nn.Module):
         # one normaliser for all layers: the number of GT masks, Eq. (3.2d) divided by it (train.py passes
         # batch["num_masks"] under gradient accumulation: that of the whole accumulated batch, per micro-batch)
         num_masks = batch["num_masks"] if "num_masks" in batch else count_masks(targets, outputs["pred_logits"].device)
-        losses = self.layer_losses(outputs, targets, num_masks)
+        # the cross-entropy's normaliser, likewise global (batch["class_weight_sum"] under accumulation)
+        class_weight_sum = batch["class_weight_sum"] if "class_weight_sum" in batch else count_class_weights(
+            targets, N, float(self.empty_weight[-1]), outputs["pred_logits"].device)
+        losses = self.layer_losses(outputs, targets, num_masks, class_weight_sum)
         # deep supervision: every decoder layer is matched anew and gets the same terms
         for i, layer_outputs in enumerate(aux_outputs):
-            layer_losses = self.layer_losses(layer_outputs, targets, num_masks)
+            layer_losses = self.layer_losses(layer_outputs, targets, num_masks, class_weight_sum)
             losses.update({f"{key}_{i}": value for key, value in layer_losses.items()})
         return losses
 
-    def layer_losses(self, outputs: dict, targets: list[dict], num_masks: Tensor) -> dict[str, Tensor]:
+    def layer_losses(self, outputs: dict, targets: list[dict], num_masks: Tensor,
+                     class_weight_sum: Tensor) -> dict[str, Tensor]:
         """The three terms of Eq. (3.2d)/(3.2e) for one decoder layer's predictions."""
         indices = self.matcher.match(outputs, targets)
-        return {**self.loss_labels(outputs, targets, indices),
+        return {**self.loss_labels(outputs, targets, indices, class_weight_sum),
                 **self.loss_masks(outputs, targets, indices, num_masks)}
 
-    def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices) -> dict[str, Tensor]:
-        """First term of Eq. (3.2d): −log p_σ(j)(c_j) for matched queries, −log p(∅) for the rest."""
+    def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices,
+                    class_weight_sum: Tensor | None = None) -> dict[str, Tensor]:
+        """First term of Eq. (3.2d): −log p_σ(j)(c_j) for matched queries, −log p(∅) for the rest.
+        class_weight_sum: the normaliser (`count_class_weights` of `targets` when None)."""
         pred_logits = outputs["pred_logits"].float()
         B, N, _ = pred_logits.shape
         device = pred_logits.device
@@ -169,8 +189,11 @@ class MaskFormerLoss(nn.Module):
         target_classes = torch.full((B, N), self.num_classes, dtype=torch.long, device=device)  # (B, N)
         target_classes[batch_idx, query_idx] = torch.cat(
             [t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(device)
+        if class_weight_sum is None:
+            class_weight_sum = count_class_weights(targets, N, float(self.empty_weight[-1]), device)
         # weighted mean over the B·N queries of −log p(target), ∅ weighted by no_object_weight
-        loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.empty_weight)
+        loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.empty_weight,
+                                  reduction="sum") / class_weight_sum
         return {"loss_ce": loss_ce}
 
     def loss_masks(self, outputs: dict, targets: list[dict], indices: Indices,

@@ -61,7 +61,7 @@ import maskformer
 import matcher
 import weights
 from checkpoint import load_checkpoint, load_pretrained, rename_old_keys, rng_states, save_checkpoint, set_rng_states
-from distributed import setup_distributed, sum_over_processes
+from distributed import DEFAULT_TIMEOUT_S, lost_contact, lost_contact_message, setup_distributed, sum_over_processes
 from metrics import strict_json
 
 
@@ -163,7 +163,7 @@ def resolve_recipe(args: argparse.Namespace) -> TrainingRecipe:
 # -----------------------------------------------------------------------------------------------
 def train(args: argparse.Namespace) -> dict:
     """Runs training; returns the final validation metrics (rank 0) and writes everything to --output."""
-    device, rank, world_size = setup_distributed(args.device)
+    device, rank, world_size = setup_distributed(args.device, args.dist_timeout)
     is_main, recipe = rank == 0, resolve_recipe(args)
     log = print_on_main(is_main)
     out, last = run_folder(args, is_main)  # a new run never lands in an existing run's folder; last.pt if --resume
@@ -186,8 +186,8 @@ def train(args: argparse.Namespace) -> dict:
     metrics_log = MetricsLog(out / "metrics.jsonl", start_step, is_main)
     train_model = wrap_for_training(model, device, world_size, args.compile)
     batches = iter(build_train_loader(train_set, per_device, accum, start_step, rank, world_size, device, args))
-    val_loader = build_val_loader(val_set, args)
-    settings = StepSettings(accum, device, amp_dtype, recipe.clip_grad_norm)
+    val_loader = build_val_loader(val_set, args, rank, world_size)
+    settings = StepSettings(accum, device, amp_dtype, recipe.clip_grad_norm, model.config.num_queries)
     log(f"training {recipe.config} ({args.head}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"params) on {args.data}: {recipe.max_iter} iterations, batch {recipe.batch_size} = {world_size} "
         f"process(es) x {per_device} x {accum} accumulation, lr {recipe.lr}, device {device}")
@@ -248,6 +248,7 @@ class StepSettings:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype, None for float32
     clip_grad_norm: float  # whole-model L2 gradient-norm clip, 0: off
+    num_queries: int | None = None  # N: the CE normaliser counts the whole step's queries (None: each micro-batch's)
 
 
 def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -264,9 +265,13 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     # global batch's summed mask losses by its mask count. Dividing each micro-batch by the global count /
     # accumulation steps (the count is also averaged over processes) makes the mean of the micro-steps'
     # gradients that objective's gradient.
-    num_masks = losses.count_masks([t for b in micro_batches for t in b["targets"]], settings.device) / settings.accum
+    step_targets = [t for b in micro_batches for t in b["targets"]]
+    normalisers = {"num_masks": losses.count_masks(step_targets, settings.device) / settings.accum}
+    if isinstance(criterion, losses.MaskFormerLoss) and settings.num_queries:  # the same for the cross-entropy
+        normalisers["class_weight_sum"] = losses.count_class_weights(
+            step_targets, settings.num_queries, float(criterion.empty_weight[-1]), settings.device) / settings.accum
     for micro, batch in enumerate(micro_batches):
-        batch = {**move_batch(batch, settings.device), "num_masks": num_masks}
+        batch = {**move_batch(batch, settings.device), **normalisers}
         images += batch["images"].shape[0]
         # Under DDP, all-reduce gradients only on the last micro-step.
         last = micro == settings.accum - 1
@@ -523,9 +528,18 @@ def read_records(path: Path) -> list[dict]:
 
 
 def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool) -> nn.Module:
-    """DistributedDataParallel over several processes, then torch.compile if asked."""
+    """Channels-last weights, DistributedDataParallel over several processes, then torch.compile if asked.
+
+    The convolutions run channels-last (backbones.py), so their weight gradients come out channels-last.
+    DDP lays its gradient buckets out like the parameters: with the weights channels-last too, each
+    gradient is a view into its bucket (gradient_as_bucket_view), written once by backward and
+    all-reduced in place, with no copy per step (and no "grad strides do not match bucket view strides").
+    Same values, and a checkpoint loads into a model of either layout.
+    """
+    model.to(memory_format=torch.channels_last)  # 4-d tensors (conv weights) only; the optimiser keeps them
     if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        gradient_as_bucket_view=True)
     return torch.compile(model) if compile_model else model
 
 
@@ -539,7 +553,14 @@ def build_train_loader(train_set, per_device: int, accum: int, start_step: int, 
                       persistent_workers=args.workers > 0)
 
 
-def build_val_loader(val_set, args: argparse.Namespace) -> DataLoader:
+def build_val_loader(val_set, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The validation images, every `world_size`-th from `rank` on: each process evaluates its share
+    and the metrics sum their counts over processes (infer.evaluate), so the figure is the whole split's."""
+    if world_size > 1:
+        if len(val_set) < world_size:
+            raise SystemExit(f"error: {len(val_set)} validation image(s) for {world_size} processes: each process "
+                             f"needs at least one (raise --val-images)")
+        val_set = torch.utils.data.Subset(val_set, range(rank, len(val_set), world_size))
     return DataLoader(val_set, batch_size=1 if args.data != "shapes" else 8, collate_fn=data.collate,
                       num_workers=args.workers)
 
@@ -795,6 +816,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--threads", type=at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
+    g.add_argument("--dist-timeout", type=number_in(0, low_open=True), default=DEFAULT_TIMEOUT_S,
+                   help="under torchrun: seconds a process waits for the others in a collective before the run "
+                        "stops with one line (a killed or hung process)")
 
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--output", default=None, type=writable_folder,
@@ -853,6 +877,8 @@ def main(argv: list[str] | None = None) -> None:
     except (data.DatasetError, checkpoint.CheckpointSaveError) as e:
         raise SystemExit(f"error: {error_line(e)}") from None
     except Exception as e:
+        if lost_contact(e):  # another process died or hangs: one line, not a traceback or a hang
+            raise SystemExit(lost_contact_message(e, args.dist_timeout)) from None
         if "DataLoader worker" not in str(e):
             raise
         raise SystemExit(f"error: {error_line(e)}") from None  # e.g. a bad training image, named by the worker

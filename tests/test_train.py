@@ -229,6 +229,7 @@ def test_two_process_ddp_equals_one_process(tmp_path):
         pytest.skip("torch.distributed.run unavailable")
     # Per-pixel baseline with frozen BatchNorm: per-image computations, so the two set-ups must
     # agree to float rounding. (Trainable BN would see 2 images per process instead of 4.)
+    # MaskFormer's loss under DDP and accumulation: tests/test_ddp.py.
     flags = FAST + ["--iters", "3", "--eval-period", "100", "--head", "per_pixel",
                     "--set", "backbone_kwargs={'norm': 'frozen_bn', 'width': 32}"]
     run_torchrun(1, tmp_path / "one", flags)
@@ -242,22 +243,6 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
-
-
-def test_two_process_ddp_mask_classification_matches_one_process(tmp_path):
-    """MaskFormer under DDP: the mask terms are normalised by the number of masks averaged over
-    processes (as official), so the focal and dice terms of step 1 equal the single-process ones.
-    The cross-entropy keeps the official per-process weighted mean (its normaliser, the sum of
-    no-object-weighted queries, differs between processes), so it only agrees approximately."""
-    flags = FAST + ["--iters", "1", "--eval-period", "100",
-                    "--set", "backbone_kwargs={'norm': 'frozen_bn', 'width': 32}"]
-    run_torchrun(1, tmp_path / "one", flags)
-    run_torchrun(2, tmp_path / "two", flags)
-    one = [r for r in read_log(tmp_path / "one") if "loss" in r][0]
-    two = [r for r in read_log(tmp_path / "two") if "loss" in r][0]
-    for key in ("loss_focal", "loss_dice", "loss_focal_0", "loss_dice_0"):
-        assert two[key] == pytest.approx(one[key], rel=1e-5), key
-    assert two["loss_ce"] == pytest.approx(one["loss_ce"], rel=0.2)
 
 
 # ---------------------------------------------------------------------------------------------
