@@ -613,13 +613,11 @@ def print_flops_table(rows: list[dict]) -> None:
           f" {'GFLOPs':>8} {'paper G':>8} {'diff':>7}")
     for row in rows:
         params, flops = row["params_M"], row["gflops"]
-        start = f"{row['config']:8} {row['crop']:5d} {params:9.2f}"
-        if row["hf_params_M"] is None:
-            print(f"{start} {'–':>8} {'':>7} {'–':>8} {flops:8.1f} {'–':>8}")
-            continue
-        print(f"{start} {row['hf_params_M']:8.2f} {100 * (params / row['hf_params_M'] - 1):+6.2f}%"
-              f" {row['paper_params_M']:8d} {flops:8.1f} {row['paper_gflops']:8d}"
-              f" {100 * (flops / row['paper_gflops'] - 1):+6.1f}%")
+        hf, paper_params, paper_flops = row["hf_params_M"], row["paper_params_M"], row["paper_gflops"]
+        hf_part = f"{hf:8.2f} {100 * (params / hf - 1):+6.2f}%" if hf else f"{'–':>8} {'':>7}"
+        paper_part = (f"{paper_params:8d} {flops:8.1f} {paper_flops:8d} {100 * (flops / paper_flops - 1):+6.1f}%"
+                      if paper_flops else f"{'–':>8} {flops:8.1f} {'–':>8}")
+        print(f"{row['config']:8} {row['crop']:5d} {params:9.2f} {hf_part} {paper_part}")
 
 
 if __name__ == "__main__":

@@ -561,3 +561,17 @@ def test_resnet_variant_arguments_are_checked():
         backbones.ResNet(backbones.Bottleneck, [3, 4, 6, 3], stem="deep")
     with pytest.raises(ValueError, match="one dilation per res5"):
         backbones.ResNet(backbones.Bottleneck, [3, 4, 6, 3], res5_dilations=[1, 2])
+
+
+def test_r101c_maskformer_params_and_flops_beside_the_paper():
+    """Table 1's R101c row: 60M parameters, 80G FLOPs (fvcore) at 512 x 512; our counter counts a few
+    % less, as for every other row (no norms / upsampling), within the ±10% used for them."""
+    import maskformer
+
+    with torch.device("meta"):
+        model = maskformer.build_model("r101c")
+        r101 = maskformer.build_model("r101")
+    params = sum(p.numel() for p in model.parameters())
+    assert round(params / 1e6) == 60
+    assert params - sum(p.numel() for p in r101.parameters()) == 123_392  # test_resnet101c_param_count_by_hand
+    assert maskformer.count_flops(model, 512) == pytest.approx(80, rel=0.10)
