@@ -35,6 +35,10 @@ pickles (`R-50.pkl`, `R-101.pkl`: torchvision's files renamed by tools/convert-t
 same tensors) and the Swins as pickles made by tools/convert-pretrained-swin-model-to-d2.py (the
 Swin release's `.pth`, wrapped). We download torchvision's and the Swin release's own files, whose
 names the official tools give, and rename them with convert.py's TORCHVISION / SWIN_IMAGENET rules.
+R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (convert.py D2_IMAGENET);
+its name layout is that of detectron2's converters, not checked against the published file here.
+The converted checkpoint carries the official test resize of the model's dataset ("recipe",
+convert.official_test_resize), as `python convert.py` writes it.
 """
 
 from __future__ import annotations

@@ -442,3 +442,19 @@ def test_r101c_imagenet_pickle_fills_the_backbone(tmp_path, monkeypatch):
     assert all(torch.equal(state[k], source[k[len("backbone."):]]) for k in backbone)
     assert any(line.startswith("ImageNet weights (R-103.pkl, cached at ") and f"{len(backbone)} tensors loaded" in line
                for line in lines)
+
+
+def test_train_offline_names_the_imagenet_url_and_path(cache, monkeypatch, tmp_path):
+    """`train.py --config r50` without network and without a cached file: one line, URL and exact path."""
+    import train
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--config", "r50", "--weights", "imagenet", "--crop-size", "64", "--batch-size", "2",
+                    "--iters", "1", "--workers", "0", "--no-progress", "--output", str(tmp_path / "run")])
+    message = str(e.value)
+    assert message.startswith("error: cannot download https://download.pytorch.org/models/resnet50-0676ba61.pth")
+    assert str(cache / "imagenet-resnet50" / "resnet50-0676ba61.pth") in message and "\n" not in message
