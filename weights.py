@@ -27,7 +27,8 @@ argument (infer.py / train.py `--weights-mirror`). The tests serve small random 
 the published formats from a local folder this way, through the same code path.
 
 Reading order: `Download` / `Published` / `ImageNet` (what a table row holds) → `MODELS` and
-`IMAGENET` (the tables) → `lookup` → `resolve` / `imagenet_checkpoint` (the two entry points) →
+`IMAGENET` (the tables) → `lookup` → `resolve` / `imagenet_checkpoint` (the two entry points; `load_model`
+and `load_imagenet` wrap them) →
 `fetch` → `download` / `check_file` → `convert_entry` → `print_table`.
 
 Differences from the official code: the official configs read the ImageNet ResNets as detectron2
@@ -214,6 +215,15 @@ def resolve(spec: str, mirror: str | None = None, log=print) -> str:
         raise WeightsError(f"--weights {spec}: no such file, and not a published model name "
                            f"(python infer.py --list shows them: {names})")
     return str(cached_conversion(entry.name, entry.files, mirror, log, lambda folder: convert_model(entry, folder)))
+
+
+def load_model(spec: str, mirror: str | None = None, log=print) -> tuple[maskformer.MaskFormer, list[str]]:
+    """(model in eval mode, class names) of a published name / alias or a converted checkpoint file:
+    the one-call form for notebooks, e.g. `model, names = weights.load_model("swin-t-ade")`."""
+    checkpoint = torch.load(resolve(spec, mirror, log), map_location="cpu", weights_only=True)
+    model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), list(checkpoint["class_names"])
 
 
 def imagenet_entry(backbone: str) -> ImageNet:

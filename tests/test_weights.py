@@ -86,6 +86,20 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
     torch.testing.assert_close(ours["pred_masks"], theirs.masks_queries_logits, atol=1e-4, rtol=1e-4)
 
 
+def test_load_model_and_the_cli_by_name(hf_tiny, tmp_path, monkeypatch, capsys):
+    """weights.load_model (notebooks) gives the HF port's function; `python weights.py NAME` prints the path."""
+    monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
+    weights.main(["tt-ade", "--mirror", (tmp_path / "mirror").as_uri()])
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert path == weights.resolve("tt-ade") and Path(path).is_file()
+    model, names = weights.load_model("tt-ade")
+    assert not model.training and names == [hf_tiny.config.id2label[i] for i in range(K)]
+    images = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images)["pred_masks"], hf_tiny(pixel_values=images).masks_queries_logits,
+                                   atol=1e-4, rtol=1e-4)
+
+
 def test_second_call_reads_the_converted_cache(hf_tiny, tmp_path, monkeypatch):
     """The second resolve neither downloads (the mirror is gone) nor converts (convert_file fails)."""
     monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
