@@ -3,6 +3,7 @@
     python benchmark.py                                   # CPU: r50, swin_t, tiny; float32
     python benchmark.py --device cuda                     # CUDA: bf16 autocast, eager and torch.compile
     python benchmark.py --configs tiny --repeats 1 --size 128 --json out.json
+    python benchmark.py --ddp 2 --configs tiny --size 128      # 2 processes (DDP) against 1, per step
 
 What it prints (and writes as JSON with --json), with the machine, torch version, threads and dtype:
 
@@ -24,6 +25,10 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    and matmul kernels ("dense %", dense_kernel_share), and the floor under the ratio ours / HF
    that those kernels set: ours' time in them / HF's whole time.
 5. The data pipeline's samples/s (`data_pipeline_speed`) next to what a training step consumes (images/s).
+6. Only with --ddp N (instead of 1-5): the training step of N processes under DistributedDataParallel
+   (train.wrap_for_training; gloo on CPU, NCCL on CUDA) against 1 process, each with the same batch
+   per process and the same threads, and the all-reduce of the gradients alone (`ddp_speed`): the
+   distributed path's overhead per step (on CPU communication only; the cores are shared).
 
 Fairness: every variant gets the same images, targets, threads, dtype and optimizer (AdamW, lr 1e-4,
 weight decay 1e-4, PyTorch defaults otherwise). Our backbones run in channels-last memory (see
@@ -64,6 +69,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
@@ -72,6 +79,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import augment
 import data
 import maskformer
+import train
 from losses import MaskFormerLoss
 from tests import hf_reference  # the HF port, a test-only reference (transformers is optional)
 
@@ -155,7 +163,7 @@ def training_step(variant: Variant, images: Tensor, targets: list[dict],
     if variant.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     if variant.impl == "ours":
-        config = variant.model.config
+        config = getattr(variant.model, "module", variant.model).config  # a DDP wrapper holds the model
         criterion = MaskFormerLoss(config.num_classes, num_aux_layers=config.dec_layers - 1).to(images.device)
 
         def loss_fn() -> Tensor:
@@ -471,6 +479,67 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scale-out: the training step of N processes (DDP) against one (--ddp N)
+# ---------------------------------------------------------------------------------------------
+
+
+def ddp_worker(rank: int, world_size: int, init_file: str, name: str, args: argparse.Namespace,
+               result_file: str) -> None:
+    """One of `world_size` processes: `args.repeats` timed training steps of config `name` under DDP
+    (world_size 1: the plain model), then the all-reduce of a gradient-sized buffer alone."""
+    device = torch.device(args.device if args.device == "cpu" else f"cuda:{rank}")
+    torch.set_num_threads(args.threads_per_process)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{init_file}",
+                                rank=rank, world_size=world_size)
+    variant = build_variant(Variant("ours", "ours"), name, device)
+    # the training script's own DDP set-up (channels-last weights, gradient_as_bucket_view)
+    variant.model = train.wrap_for_training(variant.model, device, world_size, compile_model=False)
+    notes: list[str] = []
+    steps = make_steps(args, name, [variant], "train")  # every process: the same random batch
+    times = time_interleaved(steps, args.repeats, args.warmup, device, notes)["ours"]
+    gradients = torch.zeros(sum(p.numel() for p in variant.model.parameters()), device=device)
+    reduce_times = []
+    for _ in range(args.repeats if world_size > 1 else 0):
+        synchronize(device)
+        start = time.perf_counter()
+        dist.all_reduce(gradients)
+        synchronize(device)
+        reduce_times.append(time.perf_counter() - start)
+    if rank == 0:
+        Path(result_file).write_text(json.dumps({"step_s": times, "allreduce_s": reduce_times,
+                                                 "gradient_mb": gradients.numel() * 4 / 2**20, "notes": notes}))
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+def ddp_speed(args: argparse.Namespace) -> dict:
+    """Per-step time of `args.ddp` processes under DDP against 1 process, per config (section 6)."""
+    backend = "NCCL" if args.device.startswith("cuda") else "gloo"
+    print(f"DDP: {args.ddp} processes ({backend}) against 1, training batch {args.batch} per process, "
+          f"{args.threads_per_process} thread(s) per process, {args.dtype}; median of {args.repeats} steps after "
+          f"{args.warmup} warm-up" + ("; on CPU all processes share the cores, so the difference is "
+                                      "communication plus contention" if backend == "gloo" else ""))
+    results = {}
+    for name in args.configs:
+        row = {}
+        for world_size in (1, args.ddp):
+            with tempfile.TemporaryDirectory() as folder:
+                result_file = str(Path(folder) / "result.json")
+                mp.spawn(ddp_worker, args=(world_size, str(Path(folder) / "init"), name, args, result_file),
+                         nprocs=world_size)
+                row[world_size] = json.loads(Path(result_file).read_text())
+        one, many = (statistics.median(row[w]["step_s"]) for w in (1, args.ddp))
+        reduce = statistics.median(row[args.ddp]["allreduce_s"])
+        results[name] = {"processes": args.ddp, "step_s_1": one, f"step_s_{args.ddp}": many,
+                         "overhead_s": many - one, "allreduce_s": reduce, "gradient_mb": row[1]["gradient_mb"]}
+        print(f"  {name:8} {crop_size(args, name)}px: 1 process {1000 * one:8.1f} ms/step | {args.ddp} processes "
+              f"{1000 * many:8.1f} ms/step ({100 * (many / one - 1):+.0f} %) | all-reduce of the "
+              f"{row[1]['gradient_mb']:.1f} MB of gradients alone {1000 * reduce:.1f} ms")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
 # Data pipeline and printing
 # ---------------------------------------------------------------------------------------------
 
@@ -641,6 +710,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="DataLoader worker counts for the data-pipeline figure (none: skip it)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--probe", nargs=3, default=None, help=argparse.SUPPRESS)  # internal: peak_memory_cpu
+    parser.add_argument("--ddp", type=int, default=None, metavar="N",
+                        help="instead of the tables: the training step of N processes under DDP against 1 process")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -655,6 +726,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
+    if args.ddp is not None:
+        gpus = torch.cuda.device_count() if cuda else None
+        if args.ddp < 2 or (gpus is not None and args.ddp > gpus):
+            parser.error(f"--ddp N needs 2 <= N{f' <= {gpus} (the GPUs here)' if gpus is not None else ''}, "
+                         f"got {args.ddp}")
+        # the same threads for every process of both runs, so that only the distributed path differs
+        args.threads_per_process = max(1, args.threads // args.ddp) if not cuda else args.threads
     return args
 
 
@@ -663,6 +741,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.probe:
         probe(args)
         return {}
+    if args.ddp:
+        results = {"machine": machine_info(args), "ddp": ddp_speed(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return results
     results: dict = {"machine": machine_info(args), "notes": []}
     info = results["machine"]
     # MFU reference: the datasheet's dense bf16 peak on CUDA (as usually quoted), else (CPU, or a

@@ -203,3 +203,13 @@ def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
     lines = [line for line in stderr.splitlines() if "another process stopped or did not answer" in line]
     assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("error: process ") and "--resume" in lines[0]
+
+
+def test_benchmark_ddp_flag_wants_two_processes_or_more(capsys):
+    import benchmark
+
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--ddp", "1", "--device", "cpu"])
+    assert "--ddp N needs 2 <= N" in capsys.readouterr().err
+    args = benchmark.parse_args(["--ddp", "2", "--device", "cpu", "--threads", "2"])
+    assert args.threads_per_process == 1  # each of the 2 processes, in both runs, gets half the threads
