@@ -762,9 +762,25 @@ def save_figures(model: nn.Module, val_set, train_set, history: list[dict], devi
 # -----------------------------------------------------------------------------------------------
 # Command line
 # -----------------------------------------------------------------------------------------------
+SCALE_OUT_HELP = """\
+one GPU, 8 GPUs, 2 machines x 8 GPUs (docs/training.md, "Training at full scale"); --batch-size is the
+global batch = processes x --per-device-batch (2 on CUDA) x --accum-steps (whatever reaches the batch):
+  python train.py --data ade20k --data-root D                          # batch 16 = 1 x 2 x 8 accumulation
+  torchrun --nproc_per_node 8 train.py --data ade20k --data-root D     # batch 16 = 8 GPUs x 2
+  torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \\
+      --rdzv_id RUN train.py --data coco_panoptic --data-root D        # batch 64 = 16 GPUs x 2 x 2 accumulation
+  (the same command with --node_rank 1 on the second machine; HOST: the first machine's address, RUN: any
+  name both share; ADE20K on 16 GPUs: --per-device-batch 1, batch 16 = 16 x 1)
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help, and SCALE_OUT_HELP's lines kept as written."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=SCALE_OUT_HELP,
+                                formatter_class=HelpFormatter)
     # every value is checked here (one line naming the flag and what it expects), before any work
     at_least, number_in, device_name, writable_folder = \
         infer.int_at_least, infer.number_in, infer.device_name, infer.writable_folder

@@ -213,3 +213,27 @@ def test_benchmark_ddp_flag_wants_two_processes_or_more(capsys):
     assert "--ddp N needs 2 <= N" in capsys.readouterr().err
     args = benchmark.parse_args(["--ddp", "2", "--device", "cpu", "--threads", "2"])
     assert args.threads_per_process == 1  # each of the 2 processes, in both runs, gets half the threads
+
+
+def test_help_shows_the_multi_node_command_and_its_batch_splits_hold(capsys):
+    import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for words in ("torchrun --nproc_per_node 8", "--nnodes 2 --nproc_per_node 8 --node_rank 0",
+                  "--rdzv_backend c10d --rdzv_endpoint HOST:29400", "--node_rank 1", "--dist-timeout"):
+        assert words in help_text, words
+    # the splits the help and docs/training.md state: (processes, global batch, flags) -> (per process, accumulation)
+    cuda = torch.device("cuda", 0)
+    cases = [(1, 16, [], (2, 8)), (8, 16, [], (2, 1)), (16, 64, [], (2, 2)),
+             (16, 16, ["--per-device-batch", "1"], (1, 1))]
+    for processes, batch, flags, expected in cases:
+        assert train.split_batch(batch, processes, cuda, train.parse_args(flags)) == expected
+    with pytest.raises(SystemExit, match="batch size 16 != 16 processes x 2"):  # ADE20K on 16 GPUs without the flag
+        train.split_batch(16, 16, cuda, train.parse_args([]))
+    docs = (REPO / "docs" / "training.md").read_text()
+    for words in ("--nnodes 2 --nproc_per_node 8 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint HOST:29400",
+                  "batch 16 = 1 process x 2 images x 8 accumulation steps", "batch 16 = 8 processes x 2 images x 1",
+                  "batch 64 = 16 processes x 2 images x 2 accumulation steps", "batch 16 = 16 x 1 x 1"):
+        assert words in docs, words
