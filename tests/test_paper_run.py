@@ -3,6 +3,7 @@ value or behaviour of the official code (facebookresearch/MaskFormer configs and
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -17,7 +18,10 @@ import infer
 import losses
 import maskformer
 import train
+import weights
+from checkpoint import read_checkpoint
 from metrics import SemanticMetrics
+from tests.test_convert import microsoft_swin_layout, torchvision_resnet_layout
 
 
 def official_resize(h: int, w: int, short: int, long: int) -> tuple[int, int]:
@@ -226,3 +230,81 @@ def test_tta_resizes_the_original_image_per_scale_by_hand():
             total += scores.flip(-1) if flip else scores
     assert capped
     torch.testing.assert_close(got, total / 12, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The full-scale run on CPU: the ADE20K recipe with paper configs, 2 iterations, then inference
+# ---------------------------------------------------------------------------------------------
+def official_imagenet_file(backbone: str) -> tuple[str, dict]:
+    """(file name, contents) of a random ImageNet classifier in its publisher's format (torchvision's
+    resnet50-<sha>.pth, Microsoft's swin_tiny_patch4_window7_224.pth), scaled like trained weights
+    (He-scaled convolutions and linears, unit norms) so that activations stay finite."""
+    g = torch.Generator().manual_seed(0)
+    if backbone == "resnet50":
+        state, name = torchvision_resnet_layout(True, [3, 4, 6, 3]), "resnet50-{}.pth"
+    else:
+        state, name = microsoft_swin_layout(96, [2, 2, 6, 2], [3, 6, 12, 24], 7), "swin_tiny_patch4_window7_224.pth"
+    tensors = state.get("model", state)
+    for key, t in tensors.items():
+        if not t.is_floating_point() or key.endswith("running_var"):
+            continue
+        if t.dim() >= 2 and "relative_position_bias_table" not in key:
+            t.copy_(torch.randn(t.shape, generator=g) * math.sqrt(2 / t[0].numel()))
+        elif key.endswith("weight"):  # norms: 1, the last BN of each bottleneck 0.2 (a tame residual sum)
+            t.fill_(0.2 if ".bn3." in key else 1.0)
+        else:  # biases, BN means, relative-position tables
+            t.copy_(0.02 * torch.randn(t.shape, generator=g))
+    return name, state
+
+
+def ade20k_root(shared_data):
+    root = shared_data / "ADEChallengeData2016"
+    if not (root / "images" / "training").is_dir():
+        pytest.skip(f"the ADE20K samples are not in {shared_data} (ADEChallengeData2016/images/training)")
+    return root
+
+
+@pytest.mark.parametrize("config", ["r50", pytest.param("swin_t", marks=pytest.mark.slow)])
+def test_full_scale_ade20k_recipe_on_cpu(config, shared_data, tmp_path, monkeypatch, capsys):
+    """`python train.py --data ade20k --config r50` as a GPU user runs it (crop 512, ImageNet weights by
+    default, batch 2, bf16 autocast), 2 iterations on the real samples; then single-scale and TTA
+    inference of a full-size photo from its checkpoint. (swin_t: the same, in the slow set: ~2x r50.)"""
+    root = ade20k_root(shared_data)
+    backbone = maskformer.CONFIGS[config].backbone
+    name, contents = official_imagenet_file(backbone)
+    mirror = tmp_path / "mirror" / f"imagenet-{backbone}"
+    mirror.mkdir(parents=True)
+    torch.save(contents, mirror / "file.pth")
+    sha = hashlib.sha256((mirror / "file.pth").read_bytes()).hexdigest()[:8]
+    name = name.format(sha)
+    (mirror / "file.pth").rename(mirror / name)
+    kind = "torchvision" if backbone == "resnet50" else "swin"
+    entry = weights.ImageNet(backbone, kind, "IN-1k 224", weights.Download(f"https://example.org/{name}",
+                                                                             sha if kind == "torchvision" else None))
+    monkeypatch.setattr(weights, "IMAGENET", (entry,))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    run = tmp_path / "run"
+    train.main(["--data", "ade20k", "--data-root", str(root), "--config", config, "--batch-size", "2",
+                "--iters", "2", "--amp", "bf16", "--val-images", "1", "--workers", "0", "--no-progress",
+                "--threads", "2", "--weights-mirror", (tmp_path / "mirror").as_uri(), "--output", str(run)])
+    log = capsys.readouterr().out
+    assert len([line for line in log.splitlines() if line.startswith("ImageNet weights")]) == 1
+    checkpoint = read_checkpoint(run / "last.pt")
+    assert checkpoint["step"] == 2 and checkpoint["recipe"]["crop_size"] == 512
+    # the backbone started from the file: 2 small AdamW steps away from it (buffers exactly equal)
+    converted = torch.load(weights.imagenet_checkpoint(backbone, (tmp_path / "mirror").as_uri()),
+                           weights_only=True)["model"]
+    trained = checkpoint["model"]
+    assert converted and all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+    for key, value in converted.items():
+        torch.testing.assert_close(trained[key], value, rtol=0, atol=1e-3, msg=key)
+
+    photo = root / "images" / "validation" / "ADE_val_00000001.jpg"  # 683 x 512, full size
+    for flags in ([], ["--tta"]):
+        out = tmp_path / ("tta" if flags else "single")
+        infer.main(["--weights", str(run / "last.pt"), "--input", str(photo), "--data", "ade20k", "--amp", "bf16",
+                    "--output", str(out), *flags])
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first == "test resize: short edge 512, long edge <= 2048 (from the checkpoint's recipe)"
+        labels = np.asarray(Image.open(out / "ADE_val_00000001.png"))
+        assert labels.shape == (512, 683) and labels.max() < 150
