@@ -418,7 +418,7 @@ def latest_run(root: Path = Path("runs")) -> Path:
     if not latest.exists():
         raise SystemExit(f"error: --resume without --output: there is no {latest} to continue; "
                          f"give --output RUN_FOLDER")
-    return latest
+    return root / latest.readlink() if latest.is_symlink() else latest
 
 
 def set_up_process(args: argparse.Namespace, out: Path, is_main: bool) -> None:
@@ -874,6 +874,8 @@ def parse_assignment(text: str) -> tuple[str, object]:
     names = [f.name for f in fields(maskformer.MaskFormerConfig)]
     if key not in names:
         raise ValueError(f"--set {text}: MaskFormerConfig has no field {key!r} (fields: {', '.join(names)})")
+    if key == "num_classes":
+        raise ValueError(f"--set {text}: the class count is the dataset's (--data), not a setting")
     expected = type(getattr(maskformer.CONFIGS["r50"], key))  # the field's type, from a full config
     fits = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else \
         type(value) is expected
