@@ -22,7 +22,7 @@ What happens to a name, once per name and machine:
 Offline, or behind a firewall, a download fails in one line naming the URL and the exact path to
 put the file at. A mirror (a web server or a folder holding the files under the same relative
 paths as the cache, e.g. `maskformer-swin-tiny-ade/model.safetensors`) replaces every publisher's
-address: `MASKFORMER_WEIGHTS_MIRROR=https://host/dir` or `file:///shared/weights`, or the `mirror`
+address: `MASKFORMER_WEIGHTS_MIRROR=https://host/dir` or `file:///data/weights`, or the `mirror`
 argument (infer.py / train.py `--weights-mirror`). The tests serve small random checkpoints in
 the published formats from a local folder this way, through the same code path.
 
