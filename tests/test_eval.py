@@ -103,3 +103,51 @@ def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, cap
     results, printed, report = run_eval(capsys, root, tmp_path / "swin_b.pt", tmp_path / "out", "--max-batches", "1")
     assert printed.splitlines()[0] == "test resize: short edge 640, long edge <= 2560 (from the checkpoint's recipe)"
     assert (report["test_size"], report["test_max_size"], report["num_images"]) == (640, 2560, 1)
+
+
+def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
+    """A tiny panoptic run on the COCO panoptic samples (its 2 validation images serve as training set
+    too): `infer.py --eval --task panoptic` prints the PQ the run logged, at COCO's 800 / 1333. Then,
+    with a class head made confident (so that segments are predicted and counted), `--eval` and the
+    run's own validation (train.py's builders, train.validate) count the same TP / FP / FN."""
+    coco = shared_data / "coco_panoptic"
+    if not (coco / "annotations" / "panoptic_val2017.json").is_file():
+        pytest.skip(f"the COCO panoptic samples are not in {coco}")
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / f"{split}2017").symlink_to(coco / "val2017")
+        (root / "annotations" / f"panoptic_{split}2017").symlink_to(coco / "annotations" / "panoptic_val2017")
+        (root / "annotations" / f"panoptic_{split}2017.json").symlink_to(coco / "annotations" / "panoptic_val2017.json")
+    run = tmp_path / "run"
+    argv = ["--data", "coco_panoptic", "--data-root", str(root), "--config", "tiny", "--batch-size", "2",
+            "--iters", "2", "--workers", "0", "--no-progress", "--threads", "1", "--output", str(run)]
+    logged = train.train(train.parse_args(argv))
+    capsys.readouterr()
+
+    def run_eval(weights, out):
+        results = infer.main(["--eval", "--data", "coco_panoptic", "--data-root", str(root), "--task", "panoptic",
+                              "--weights", str(weights), "--workers", "0", "--output", str(out)])
+        return results, capsys.readouterr().out
+
+    results, printed = run_eval(run / "last.pt", tmp_path / "out")
+    assert printed.splitlines()[0] == "test resize: short edge 800, long edge <= 1333 (from the checkpoint's recipe)"
+    assert results["PQ"] == logged["PQ"] and results["num_images"] == 2
+    assert re.search(rf"PQ {100 * logged['PQ']:.2f}\b", printed)
+
+    checkpoint = read_checkpoint(run / "last.pt")
+    bias = checkpoint["model"]["class_head.bias"]
+    bias[0] += 30.0  # every query: class 0 ("person", a thing) with p ~ 1 > 0.8
+    save_checkpoint(tmp_path / "confident.pt", checkpoint)
+    results, _ = run_eval(tmp_path / "confident.pt", tmp_path / "out2")
+    args = train.parse_args(argv)
+    recipe = train.resolve_recipe(args)
+    model, _ = train.build_model_and_criterion(args, recipe, 133)
+    model.load_state_dict(checkpoint["model"])
+    val_set = train.build_datasets(args, recipe)[1]
+    expected = train.validate(model, train.build_val_loader(val_set, args), "panoptic", torch.device("cpu"), None,
+                              "coco_panoptic")
+    assert sum(c["FP"] + c["TP"] for c in expected["per_class"]) > 0  # segments were predicted
+    assert [(c["TP"], c["FP"], c["FN"]) for c in results["per_class"]] == \
+        [(c["TP"], c["FP"], c["FN"]) for c in expected["per_class"]]
+    assert results["PQ"] == expected["PQ"]
