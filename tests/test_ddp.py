@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,10 +154,83 @@ def test_two_processes_equal_one_process_losses_gradients_weights_and_validation
     val_one = [r for r in read_log(runs["one"]) if "val_mIoU" in r]
     val_two = [r for r in read_log(runs[other]) if "val_mIoU" in r]
     assert val_two[0]["val_mIoU"] == pytest.approx(val_one[0]["val_mIoU"], rel=1e-6)
+    # only process 0 wrote: the same files, each line of metrics.jsonl once
+    assert len(read_log(runs[other])) == len(read_log(runs["one"])) == 4  # 3 steps + 1 validation
+    written = {p.name for p in runs["one"].iterdir() if not p.name.startswith("spy_")}
+    assert written == {p.name for p in runs[other].iterdir() if not p.name.startswith("spy_")}
     final_one = json.loads((runs["one"] / "final_metrics.json").read_text())
     final_two = json.loads((runs[other] / "final_metrics.json").read_text())
     assert final_one["num_images"] == final_two["num_images"] == 4
     assert final_two["per_class_iou"] == pytest.approx(final_one["per_class_iou"], rel=1e-6, nan_ok=True)
+
+
+def test_every_process_resumes_from_process_0s_checkpoint(runs, tmp_path):
+    # the 3-step runs continue to step 4: 2 processes from the 2-process run's last.pt, 1 from the 1-process run's
+    flags = [*TINY, "--iters", "4", "--eval-period", "4", "--checkpoint-period", "4", "--resume"]
+    for name, nproc in (("one", 1), ("two", 2)):
+        shutil.copytree(runs[name], tmp_path / name)
+        stdout = run(torchrun_command(REPO / "train.py", tmp_path / name,
+                                      ["--standalone", f"--nproc_per_node={nproc}"], flags)).stdout
+        assert f"resumed from {tmp_path / name / 'last.pt'} at step 3" in stdout
+    one, two = train_records(tmp_path / "one"), train_records(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for key in ("loss", "loss_ce", "loss_focal", "loss_dice", "grad_norm"):
+        assert two[-1][key] == pytest.approx(one[-1][key], rel=2e-5), key
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), rtol=1e-4, atol=1e-6), k
+
+
+def test_two_fake_processes_give_the_one_process_loss(monkeypatch):
+    """The loss's normalisers by hand: each "process" sees half of a batch and the other half's counts
+    through a faked all-reduce; the mean of the two losses (what DDP's gradient averaging optimises)
+    is the loss of the whole batch in one process, every term, the cross-entropy included."""
+    import torch.distributed as dist
+
+    from losses import MaskFormerLoss
+    from tests.test_losses import random_batch
+
+    outputs, targets = random_batch(7, [3, 1, 0, 2], num_aux=1)
+    whole = MaskFormerLoss(5, num_aux_layers=1)(outputs, {"targets": targets})
+
+    def half(part: slice) -> tuple[dict, list[dict]]:
+        def layer(o: dict) -> dict:
+            return {k: v[part] for k, v in o.items() if k != "aux_outputs"}
+
+        return {**layer(outputs), "aux_outputs": [layer(o) for o in outputs["aux_outputs"]]}, targets[part]
+
+    halves = [half(slice(0, 2)), half(slice(2, 4))]
+    local_counts: list[list[torch.Tensor]] = [[], []]  # what each half contributes to each all-reduce
+
+    def losses_of(i: int, add_other: bool) -> dict:
+        calls = iter(local_counts[1 - i]) if add_other else None
+
+        def all_reduce(tensor, op=None):
+            if not add_other:
+                local_counts[i].append(tensor.clone())
+            else:
+                tensor.add_(next(calls))
+
+        monkeypatch.setattr(dist, "all_reduce", all_reduce)
+        result = MaskFormerLoss(5, num_aux_layers=1)(halves[i][0], {"targets": halves[i][1]})
+        if add_other:
+            assert next(calls, None) is None  # every count was all-reduced
+        return result
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    for i in (0, 1):
+        losses_of(i, add_other=False)  # records the local counts
+    per_process = [losses_of(i, add_other=True) for i in (0, 1)]
+    assert set(whole) == set(per_process[0]) and len(whole) == 6
+    for key in whole:
+        mean = (per_process[0][key] + per_process[1][key]) / 2
+        assert mean.item() == pytest.approx(whole[key].item(), rel=1e-5), key
+    # and without the global class-weight sum the cross-entropy would differ (the halves' weights differ)
+    assert not torch.isclose(local_counts[0][1], local_counts[1][1])
 
 
 def test_two_nodes_meet_at_a_c10d_rendezvous_and_train_together(runs, tmp_path):
@@ -176,10 +250,13 @@ def test_two_nodes_meet_at_a_c10d_rendezvous_and_train_together(runs, tmp_path):
 
 
 @pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task").is_dir(), reason="finds the process to kill in /proc")
-def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
-    # two nodes again, so that killing one whole "machine" leaves the other's process to notice
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_a_killed_or_hung_process_stops_the_other_with_one_line(tmp_path, how):
+    # two nodes again (one process each), so that the other node's torchrun does not end its process
+    # itself. SIGKILL: the peer's connection closes at once; SIGSTOP: the peer hangs, so the surviving
+    # process waits in its next all-reduce until --dist-timeout (10 s) runs out.
     port, out = free_port(), tmp_path / "killed"
-    flags = [*TINY, "--iters", "500", "--eval-period", "1000", "--checkpoint-period", "1000", "--dist-timeout", "20"]
+    flags = [*TINY, "--iters", "500", "--eval-period", "1000", "--checkpoint-period", "1000", "--dist-timeout", "10"]
     nodes = [subprocess.Popen(
         torchrun_command(REPO / "train.py", out, node_launch(node, port, "test_kill"), flags),
         env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -189,17 +266,20 @@ def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
         while not ((out / "metrics.jsonl").exists() and len(train_records(out)) >= 2):
             assert time.monotonic() < deadline and nodes[0].poll() is None, "training did not start"
             time.sleep(0.5)
-        for pid in descendants(nodes[1].pid):  # node 1's training process (rank 1), not its torchrun
-            os.kill(pid, signal.SIGKILL)
+        for pid in descendants(nodes[1].pid):  # node 1's training process, not its torchrun
+            os.kill(pid, getattr(signal, how))
         start = time.monotonic()
         _, stderr = nodes[0].communicate(timeout=90)
         waited = time.monotonic() - start
     finally:
         for node in nodes:
+            for pid in descendants(node.pid) if node.poll() is None else []:
+                os.kill(pid, signal.SIGKILL)
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
+            node.communicate()
     assert nodes[0].returncode != 0
-    assert waited < 60, f"the surviving process took {waited:.0f} s to stop"
+    assert waited < 45, f"the surviving process took {waited:.0f} s to stop"
     lines = [line for line in stderr.splitlines() if "another process stopped or did not answer" in line]
     assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("error: process ") and "--resume" in lines[0]
