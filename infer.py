@@ -72,7 +72,7 @@ import prepare
 import weights
 from checkpoint import CheckpointError, read_checkpoint
 from distributed import is_distributed, sum_over_processes
-from metrics import PanopticMetrics, SemanticMetrics
+from metrics import PanopticMetrics, SemanticMetrics, strict_json
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale ("m.s.") test, with flip
 
@@ -622,7 +622,7 @@ def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, seg
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], -1).astype(np.uint8)
     Image.fromarray(rgb).save(out / f"{stem}_panoptic.png")
     info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
-    (out / f"{stem}_panoptic.json").write_text(json.dumps({"file_name": f"{stem}_panoptic.png",
+    (out / f"{stem}_panoptic.json").write_text(strict_json({"file_name": f"{stem}_panoptic.png",
                                                            "segments_info": info}, indent=1))
     drawing.draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")
 
@@ -674,6 +674,13 @@ def device_name(text: str) -> str:
     return text
 
 
+def existing_folder(text: str) -> str:
+    """An argparse type: a folder that exists (a dataset's root)."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {'not a folder' if Path(text).exists() else 'no such folder'}")
+    return text
+
+
 def writable_folder(text: str) -> str:
     """An argparse type: a folder that exists or can be made, and that we may write in."""
     path = Path(text)
@@ -707,8 +714,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--task", choices=("semantic", "panoptic"), default="semantic")
     p.add_argument("--data", choices=data.DATASETS, help="dataset for class names, colours and (panoptic) which "
                    "classes are things; and the split for --eval. Without it: the checkpoint's names, all stuff")
-    p.add_argument("--data-root", help="the dataset's folder (needed by --eval; without --eval only by --data "
-                   "cityscapes, coco_panoptic and folder: the other class lists ship with this code)")
+    p.add_argument("--data-root", type=existing_folder,
+                   help="the dataset's folder (needed by --eval; without --eval only by --data cityscapes, "
+                   "coco_panoptic and folder: the other class lists ship with this code)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
     p.add_argument("--size", type=int_at_least(32),
                    help="test resize (--input and --eval): short edge. Default: the checkpoint's recipe (the size "
@@ -744,10 +752,22 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("--tta is for --task semantic only")
     device = torch.device(args.device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
-    if args.eval:
-        return run_evaluation(args, parser, device, amp_dtype)
-    run_inference(args, parser, device, amp_dtype)
+    try:
+        if args.eval:
+            return run_evaluation(args, parser, device, amp_dtype)
+        run_inference(args, parser, device, amp_dtype)
+    except data.DatasetError as e:  # e.g. a bad label of the --eval split, found by a data-loading worker
+        raise SystemExit(f"error: {error_line(e)}") from None
     return None
+
+
+def error_line(error: BaseException) -> str:
+    """The message of `error`, one line: for an error re-raised from a DataLoader worker process,
+    the worker's own message (the last line of the traceback it carries). Used by train.py too."""
+    text = str(error).strip()
+    if "DataLoader worker" in text and "Original Traceback" in text:
+        text = text.splitlines()[-1].partition(": ")[2]  # "data.DatasetError: <message>"
+    return " ".join(text.split()) or type(error).__name__
 
 
 def check_task(model: nn.Module, task: str) -> None:

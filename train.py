@@ -341,15 +341,6 @@ def last_good_checkpoint(out: Path) -> str:
     return f"No good checkpoint in {out} yet" + (f" ({'; '.join(problems)})" if problems else "")
 
 
-def error_line(error: BaseException) -> str:
-    """The message of `error`, one line: for an error re-raised from a DataLoader worker process,
-    the worker's own message (the last line of the traceback it carries)."""
-    text = str(error).strip()
-    if "DataLoader worker" in text and "Original Traceback" in text:
-        text = text.splitlines()[-1].partition(": ")[2]  # "data.DatasetError: <message>"
-    return " ".join(text.split()) or type(error).__name__
-
-
 # -----------------------------------------------------------------------------------------------
 # Set-up: processes, batch arithmetic, resume, the data loader, logging
 # -----------------------------------------------------------------------------------------------
@@ -731,7 +722,7 @@ def validate_at(step: int, out: Path, model: nn.Module, loader: DataLoader, task
     try:
         metrics = validate(model, loader, task, device, amp_dtype, data_name)
     except (data.DatasetError, ValueError, RuntimeError, OSError) as e:
-        raise ValidationFailed(f"error: validation at step {step} failed: {error_line(e)}. The training state of "
+        raise ValidationFailed(f"error: validation at step {step} failed: {infer.error_line(e)}. The training state of "
                                f"step {step} is kept in {out / 'last.pt'}; fix the validation data, then continue "
                                f"with --resume --output {out}") from None
     name = "PQ" if task == "panoptic" else "mIoU"
@@ -788,7 +779,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--data", default="shapes", choices=sorted(DATA_RECIPES),
                    help="dataset; the official R50 result to expect with its recipe: "
                    + ", ".join(f"{name} {result}" for name, result in EXPECTED_R50.items()))
-    g.add_argument("--data-root", default=None, help="the dataset's own folder (not needed for shapes)")
+    g.add_argument("--data-root", default=None, type=infer.existing_folder,
+                   help="the dataset's own folder (not needed for shapes)")
     g.add_argument("--ignore-index", type=at_least(0), default=255, help="label value to ignore (--data folder)")
     g.add_argument("--crop-size", dest="crop_size", type=at_least(32), help="training crop (recipe default)")
     g.add_argument("--workers", type=at_least(0), default=0 if sys.platform == "darwin" else 2,
@@ -893,13 +885,13 @@ def main(argv: list[str] | None = None) -> None:
     except (NonFiniteLoss, ValidationFailed) as e:
         raise SystemExit(str(e)) from None
     except (data.DatasetError, checkpoint.CheckpointSaveError) as e:
-        raise SystemExit(f"error: {error_line(e)}") from None
+        raise SystemExit(f"error: {infer.error_line(e)}") from None
     except Exception as e:
         if lost_contact(e):  # another process died or hangs: one line, not a traceback or a hang
             raise SystemExit(lost_contact_message(e, args.dist_timeout)) from None
         if "DataLoader worker" not in str(e):
             raise
-        raise SystemExit(f"error: {error_line(e)}") from None  # e.g. a bad training image, named by the worker
+        raise SystemExit(f"error: {infer.error_line(e)}") from None  # e.g. a bad training image, named by the worker
 
 
 if __name__ == "__main__":

@@ -169,8 +169,8 @@ TRAIN_FLAGS = [
     (["--iters", "2.5"], "--iters"), (["--device", "tpu"], "--device"), (["--device", NO_CUDA_DEVICE], "--device"),
     (["--set", "dec_layers=2.5"], "dec_layers"), (["--set", "dec_layers=two"], "dec_layers"),
     (["--set", "no_such_field=1"], "no_such_field"), (["--set", "dec_layers"], "--set"),
-    (["--set", "num_classes=5"], "num_classes"),
-    (["--resume", "--overwrite"], "--overwrite"),
+    (["--set", "num_classes=5"], "num_classes"), (["--resume", "--overwrite"], "--overwrite"),
+    (["--data", "folder", "--data-root", "/no/such/folder"], "--data-root"),
 ]
 INFER_FLAGS = [
     (["--size", "-5"], "--size"), (["--size", "0"], "--size"), (["--max-size", "0"], "--max-size"),
@@ -178,6 +178,7 @@ INFER_FLAGS = [
     (["--overlap-threshold", "-0.1"], "--overlap-threshold"), (["--batch-size", "0"], "--batch-size"),
     (["--workers", "-1"], "--workers"), (["--max-batches", "0"], "--max-batches"),
     (["--device", "tpu"], "--device"), (["--device", NO_CUDA_DEVICE], "--device"),
+    (["--data", "ade20k", "--data-root", "/no/such/folder"], "--data-root"),
 ]
 
 
@@ -461,6 +462,17 @@ def test_infer_folder_with_unreadable_images(tmp_path):
     assert sum(str(photos / "b.png") in line for line in result.err.splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a_overlay.png", "c.png", "c_overlay.png"]
     assert_unchanged(before, photos)
+
+
+def test_infer_eval_bad_label_in_a_worker(tmp_path, capsys):
+    """--eval meets a bad validation label inside a DataLoader worker: one line naming the file."""
+    root = folder_dataset(tmp_path / "data", "out_of_range", split_of_fault="val")
+    before = checksums(root)
+    argv = ["--eval", "--data", "folder", "--data-root", str(root), "--config", "tiny", "--random-init",
+            "--workers", "1", "--size", "64", "--output", str(tmp_path / "out")]
+    result = run_main(infer.main, argv, capsys)
+    assert_clean_error(result, [str(root / "labels" / "val" / "1.png")], code=1)
+    assert_unchanged(before, root)
 
 
 @pytest.mark.parametrize("head", ["mask_classification", "per_pixel"])
