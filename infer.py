@@ -142,13 +142,9 @@ def panoptic_inference(
     Returns pan_seg (H, W) long, 0 = void, segments 1, 2, … and segments_info, one dict per
     segment: {"id", "category_id", "isthing", "score", "area"}.
     """
-    N, K1 = pred_logits.shape
     H, W = pred_masks.shape[-2:]
-    # c_i and p_i(c_i), the argmax over {1..K, ∅}
-    scores, classes = pred_logits.float().softmax(-1).max(-1)  # (N,), (N,)
-    # 1. drop ∅ and low-confidence queries
-    keep = (classes != K1 - 1) & (scores > object_mask_threshold)
-    scores, classes = scores[keep], classes[keep]  # (M,)
+    # 1. drop ∅ and low-confidence queries; c_i and p_i(c_i) of the others
+    keep, scores, classes = confident_queries(pred_logits, object_mask_threshold)  # (N,), (M,), (M,)
     mask_probs = pred_masks[keep].float().sigmoid()  # (M, H, W)
     M = len(scores)
     if M == 0:
@@ -179,6 +175,14 @@ def panoptic_inference(
         segment_of_query[i] = segment["id"]
     pan_seg = torch.tensor(segment_of_query, device=winner.device)[winner]  # (H, W)
     return pan_seg, segments_info
+
+
+def confident_queries(pred_logits: Tensor, object_mask_threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 1 of `panoptic_inference`: (keep (N,) bool, p_i(c_i) (M,), c_i (M,)) of the queries with
+    c_i = argmax over {1..K, ∅} not ∅ and p_i(c_i) > object_mask_threshold."""
+    scores, classes = pred_logits.float().softmax(-1).max(-1)  # (N,), (N,)
+    keep = (classes != pred_logits.shape[-1] - 1) & (scores > object_mask_threshold)
+    return keep, scores[keep], classes[keep]
 
 
 def instance_inference(pred_logits: Tensor, pred_masks: Tensor) -> dict[str, Tensor]:
@@ -336,9 +340,13 @@ def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], ima
     padded_size = tuple(images.shape[-2:])
     results = []
     for b in range(len(images)):
-        # official: mask logits upsampled, cropped, resized to the original size, then inference
-        masks = resize_to_original(outputs["pred_masks"][b], padded_size, image_sizes[b], orig_sizes[b])
-        results.append(panoptic_inference(outputs["pred_logits"][b], masks, is_thing, object_mask_threshold,
+        # official: mask logits upsampled, cropped, resized to the original size, then inference; only the
+        # queries step 1 keeps are resized (M x H0 x W0 values instead of N x H0 x W0; the same result)
+        keep = confident_queries(outputs["pred_logits"][b], object_mask_threshold)[0]
+        kept_masks = outputs["pred_masks"][b][keep]  # (M, h, w)
+        masks = resize_to_original(kept_masks, padded_size, image_sizes[b], orig_sizes[b]) if keep.any() \
+            else kept_masks.new_zeros((0, *orig_sizes[b]))
+        results.append(panoptic_inference(outputs["pred_logits"][b][keep], masks, is_thing, object_mask_threshold,
                                           overlap_threshold))
     return results
 
