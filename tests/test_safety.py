@@ -500,6 +500,36 @@ def test_semantic_map_in_class_chunks_equals_full_argmax(head):
         assert len(full.unique()) > 5 and (full == 3).any() and not (full == 10).any()
 
 
+class RandomMaskFormer(torch.nn.Module):
+    """Random (class, mask) pairs for any input, from a seeded generator (K = 7 classes, N = 20)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, images):
+        B, _, H, W = images.shape
+        return {"pred_logits": torch.randn(B, 20, 8, generator=self.generator) * 4,
+                "pred_masks": torch.randn(B, 20, H // 4, W // 4, generator=self.generator) * 3}
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.99])
+def test_panoptic_resizes_only_kept_queries_with_the_same_result(threshold):
+    """predict_panoptic resizes only the queries step 1 keeps; the segments equal those of resizing
+    all N masks to the original size first (the official order), image by image."""
+    is_thing = [True, False, True, False, True, True, False]
+    images, image_sizes, orig_sizes = torch.randn(2, 3, 64, 96), [(64, 96), (50, 70)], [(131, 197), (101, 141)]
+    ours = infer.predict_panoptic(RandomMaskFormer(0), images, is_thing, image_sizes, orig_sizes,
+                                  object_mask_threshold=threshold, overlap_threshold=0.1)
+    outputs = infer.run_model(RandomMaskFormer(0), infer.pad_to_multiple(images))
+    for b in range(2):
+        masks = infer.resize_to_original(outputs["pred_masks"][b], (64, 96), image_sizes[b], orig_sizes[b])
+        pan_seg, segments = infer.panoptic_inference(outputs["pred_logits"][b], masks, is_thing, threshold, 0.1)
+        assert torch.equal(ours[b][0], pan_seg) and ours[b][1] == segments
+    assert (len(ours[0][1]) + len(ours[1][1]) > 5) == (threshold < 0.5)  # segments found, or none kept
+
+
 # ---------------------------------------------------------------------------------------------
 # Library API
 # ---------------------------------------------------------------------------------------------
