@@ -81,15 +81,15 @@ def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # what gloo/NCCL say when a peer process is gone or does not answer
-LOST_CONTACT_WORDS = ("Connection closed by peer", "Connection reset by peer", "timed out", "Timed out",
-                      "Socket closed", "Broken pipe", "NCCL communicator was aborted")
+LOST_CONTACT_WORDS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting", "Socket Timeout",
+                      "Broken pipe", "NCCL communicator was aborted", "Watchdog caught collective operation timeout")
 
 
 def lost_contact(error: BaseException) -> bool:
     """Whether `error` is a collective that failed because another process died or stopped answering."""
-    if not is_distributed() and not isinstance(error, dist.DistError):
-        return False
-    return isinstance(error, dist.DistError) or any(word in str(error) for word in LOST_CONTACT_WORDS)
+    if isinstance(error, dist.DistError):
+        return True
+    return is_distributed() and any(word in str(error) for word in LOST_CONTACT_WORDS)
 
 
 def lost_contact_message(error: BaseException, timeout_s: float) -> str:

@@ -522,10 +522,11 @@ def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, c
     """Channels-last weights, DistributedDataParallel over several processes, then torch.compile if asked.
 
     The convolutions run channels-last (backbones.py), so their weight gradients come out channels-last.
-    DDP lays its gradient buckets out like the parameters: with the weights channels-last too, each
-    gradient is a view into its bucket (gradient_as_bucket_view), written once by backward and
-    all-reduced in place, with no copy per step (and no "grad strides do not match bucket view strides").
-    Same values, and a checkpoint loads into a model of either layout.
+    DDP lays its gradient buckets out like the parameters: with contiguous weights every such gradient
+    was re-laid out into its bucket by a strided copy each step ("grad strides do not match bucket view
+    strides"). With the weights channels-last too, gradients and buckets share one layout, and with
+    gradient_as_bucket_view the gradients are views into the buckets, all-reduced in place (no second
+    copy of all gradients in memory). Same values; a checkpoint loads into a model of either layout.
     """
     model.to(memory_format=torch.channels_last)  # 4-d tensors (conv weights) only; the optimiser keeps them
     if world_size > 1:
