@@ -171,6 +171,7 @@ TRAIN_FLAGS = [
     (["--set", "no_such_field=1"], "no_such_field"), (["--set", "dec_layers"], "--set"),
     (["--set", "num_classes=5"], "num_classes"), (["--resume", "--overwrite"], "--overwrite"),
     (["--data", "folder", "--data-root", "/no/such/folder"], "--data-root"),
+    (["--dist-timeout", "0"], "--dist-timeout"),
 ]
 INFER_FLAGS = [
     (["--size", "-5"], "--size"), (["--size", "0"], "--size"), (["--max-size", "0"], "--max-size"),
@@ -201,6 +202,26 @@ def test_infer_flag_out_of_range(tmp_path, capsys, flags, name):
     result = run_main(infer.main, argv + flags, capsys)
     assert_clean_error(result, [name], code=2)
     assert not (tmp_path / "out").exists()
+    assert_unchanged(before, tmp_path)
+
+
+MISSING = [  # (script, flags, exit status, name in the error line)
+    ("train", ["--weights", "/no/such/weights.pt"], 1, "/no/such/weights.pt"),
+    ("infer", ["--weights", "/no/such/weights.pt", "--input", "PHOTO"], 1, "/no/such/weights.pt"),
+    ("infer", ["--config", "tiny", "--random-init", "--input", "/no/such/photo.png"], 2, "/no/such/photo.png"),
+    ("infer", ["--config", "tiny", "--random-init", "--input", "NOTES"], 2, "notes.txt"),
+]
+
+
+@pytest.mark.parametrize("script, flags, code, name", MISSING, ids=[f"{s} {' '.join(f)}" for s, f, _, _ in MISSING])
+def test_missing_or_wrong_input_file(tmp_path, capsys, script, flags, code, name):
+    Image.fromarray(random_image(0)).save(tmp_path / "photo.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    flags = [{"PHOTO": str(tmp_path / "photo.png"), "NOTES": str(tmp_path / "notes.txt")}.get(f, f) for f in flags]
+    before = checksums(tmp_path)
+    main, argv = (train.main, T) if script == "train" else (infer.main, [])
+    result = run_main(main, argv + flags + ["--output", str(tmp_path / "out")], capsys)
+    assert_clean_error(result, [name], code=code)
     assert_unchanged(before, tmp_path)
 
 
