@@ -46,7 +46,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from augment import AugmentationRecipe, apply_augmentations, build_augmentations, recipe_for
-from shapes import SHAPES_CLASSES, SHAPES_PALETTE, ShapesScene, generate_shapes
+from shapes import ShapesScene, check_options, generate_shapes, shapes_class_names, shapes_palette
 
 MEAN = (123.675, 116.28, 103.53)  # ImageNet mean, 0-255 RGB
 STD = (58.395, 57.12, 57.375)  # ImageNet std, 0-255 RGB
@@ -335,35 +335,62 @@ class ShapesDataset(SegmentationDataset):
     ring, cross, star, told apart by outline only. Both semantic (sem_seg) and panoptic
     (pan_seg: 1 = background, 2.. = shapes; segments_info) ground truth; `task` picks which
     targets `labels`/`masks` hold. No augmentation: every index is already a fresh scene.
+    Options (shapes.py): colours = c > 0 gives 6 x c thing classes (outline x colour, up to 96);
+    stuff = s > 0 replaces the background by s textured stuff classes (classes 0..s-1, one panoptic
+    segment per class present) before the things (`shapes.shapes_class_names`).
     """
 
     panoptic = True
 
     def __init__(self, split: str = "train", image_size: int = 128, num_images: int | None = None,
-                 seed: int = 0, task: str = "semantic", train: bool = False):
+                 seed: int = 0, task: str = "semantic", train: bool = False, colours: int = 0, stuff: int = 0):
         split = split_folder(split)
         if image_size < 32:
             raise DatasetError(f"image_size={image_size}: expected >= 32 pixels")
+        try:
+            check_options(colours, stuff)
+        except ValueError as e:
+            raise DatasetError(f"shapes: {e}") from None
         self.split, self.image_size, self.seed = split, image_size, seed
+        self.colours, self.stuff, self.num_stuff = colours, stuff, max(stuff, 1)
         self.num_images = num_images if num_images is not None else {"train": 10000, "val": 100}[split]
-        super().__init__(class_names=list(SHAPES_CLASSES), is_thing=[False] + [True] * 6, palette=SHAPES_PALETTE,
-                         train=train, recipe=None, task=task)
+        names = shapes_class_names(colours, stuff)
+        super().__init__(class_names=names, is_thing=[i >= self.num_stuff for i in range(len(names))],
+                         palette=shapes_palette(colours, stuff), train=train, recipe=None, task=task)
 
     def __len__(self) -> int:
         return self.num_images
 
     def scene(self, index: int) -> ShapesScene:
         split_code = {"train": 0, "val": 1}[self.split]
-        return generate_shapes(np.random.default_rng([self.seed, split_code, index]), self.image_size)
+        return generate_shapes(np.random.default_rng([self.seed, split_code, index]), self.image_size,
+                               colours=self.colours, stuff=self.stuff)
 
     def load(self, index: int) -> Sample:
         scene = self.scene(index)
+        if self.stuff:
+            return self.load_with_stuff(scene, index)
         pan_seg = scene.instances + 1  # segment ids: 1 = background, k + 1 = k-th shape
         areas = np.bincount(pan_seg.ravel(), minlength=len(scene.classes) + 1)
         segments_info = [{"id": k + 1, "category_id": int(c), "isthing": bool(c > 0), "iscrowd": 0,
                           "area": int(areas[k + 1])} for k, c in enumerate(scene.classes) if areas[k + 1] > 0]
         sem_seg = scene.classes[scene.instances].astype(np.int32)
         return Sample(scene.image, sem_seg, f"shapes/{self.split}/{index:06d}", index, pan_seg, segments_info)
+
+    def load_with_stuff(self, scene: ShapesScene, index: int) -> Sample:
+        """Segment ids: stuff class s -> s + 1 (all its regions: one segment), k-th shape -> num_stuff + k;
+        class ids: stuff 0..num_stuff-1, a shape's scene class v -> num_stuff - 1 + v."""
+        is_shape = scene.instances > 0
+        pan_seg = np.where(is_shape, self.num_stuff + scene.instances, scene.stuff + 1).astype(np.int32)
+        areas = np.bincount(pan_seg.ravel(), minlength=self.num_stuff + len(scene.classes))
+        stuff_segments = [{"id": s + 1, "category_id": s, "isthing": False, "iscrowd": 0, "area": int(areas[s + 1])}
+                          for s in range(self.num_stuff) if areas[s + 1] > 0]
+        thing_segments = [{"id": self.num_stuff + k, "category_id": int(self.num_stuff - 1 + c), "isthing": True,
+                           "iscrowd": 0, "area": int(areas[self.num_stuff + k])}
+                          for k, c in enumerate(scene.classes) if k > 0 and areas[self.num_stuff + k] > 0]
+        sem_seg = np.where(is_shape, self.num_stuff - 1 + scene.classes[scene.instances], scene.stuff).astype(np.int32)
+        return Sample(scene.image, sem_seg, f"shapes/{self.split}/{index:06d}", index, pan_seg,
+                      stuff_segments + thing_segments)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,7 +416,7 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
     if name not in DATASETS:
         raise DatasetError(f"dataset {name!r} unknown; expected one of {', '.join(DATASETS)}")
     allowed = {"crop_size", "task"} | (
-        {"image_size", "num_images", "seed"} if name == "shapes" else
+        {"image_size", "num_images", "seed", "colours", "stuff"} if name == "shapes" else
         {"single_category_max_area", "test_size", "test_max_size"} | ({"ignore_index"} if name == "folder" else set()))
     unknown = sorted(set(kwargs) - allowed)
     if unknown:

@@ -395,11 +395,14 @@ def resolve_test_resize(data_name: str | None, config: maskformer.MaskFormerConf
 
 
 def evaluation_dataset(name: str, root: str | Path | None, task: str, resize: tuple[int, int],
-                       num_images: int | None = None, ignore_index: int | None = None):
+                       num_images: int | None = None, ignore_index: int | None = None,
+                       shapes_options: dict | None = None):
     """The validation split as train.py validates on it and `--eval` evaluates it: items at the test
     resize `resize` = (short edge, long-edge cap) (shapes: generated at that size), the first
-    `num_images` only if given; ignore_index for --data folder."""
+    `num_images` only if given; ignore_index for --data folder; shapes_options: the shapes
+    dataset's colours / stuff (train.py --shapes-colours / --shapes-stuff)."""
     kwargs: dict = {"task": task} if name in ("coco_panoptic", "ade20k_panoptic", "shapes") else {}
+    kwargs.update(shapes_options or {})
     if name == "shapes":
         kwargs["image_size"] = resize[0]
     else:

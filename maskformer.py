@@ -388,8 +388,11 @@ class MultiHeadAttention(nn.Module):
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.zeros_(proj.bias)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        """query (B, Lq, C), key/value (B, Lk, C) → (B, Lq, C). No attention mask: MaskFormer uses none."""
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """query (B, Lq, C), key/value (B, Lk, C) → (B, Lq, C). No attention mask: MaskFormer uses none.
+        need_weights=True: also the attention weights (B, heads, Lq, Lk), each row summing to 1
+        (the decoder's cross-attention maps of notebook 08), computed without the fused kernel."""
         B, Lq, C = query.shape
         Lk = key.shape[1]
         heads, d = self.num_heads, C // self.num_heads
@@ -398,9 +401,13 @@ class MultiHeadAttention(nn.Module):
         v = self.v_proj(value).view(B, Lk, heads, d).transpose(1, 2)  # (B, heads, Lk, C/heads)
         # softmax(Q Kᵀ / sqrt(C/heads)) V, each head on its own
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, Lq, C/heads)
-        out = out.transpose(1, 2).reshape(B, Lq, C)  # (B, Lq, C): heads side by side
-        return self.out_proj(out)
+        if need_weights:  # the same formula written out, keeping the weights
+            weights = (q @ k.transpose(-2, -1) / math.sqrt(d)).softmax(-1)  # (B, heads, Lq, Lk)
+            out = F.dropout(weights, dropout) @ v  # (B, heads, Lq, C/heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, Lq, C/heads)
+        out = self.out_proj(out.transpose(1, 2).reshape(B, Lq, C))  # (B, Lq, C): heads side by side
+        return (out, weights) if need_weights else out
 
 
 class FeedForward(nn.Module):

@@ -576,12 +576,20 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     kwargs: dict = {} if recipe.crop_size is None else {"crop_size": recipe.crop_size}
     if args.data == "folder":
         kwargs["ignore_index"] = args.ignore_index
-    train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs)
+    options = shapes_options(args)
+    if args.data == "shapes":
+        kwargs["task"] = recipe.task
+    train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs, **options)
     # the same validation set as `infer.py --eval` on this run's checkpoints (one function, same inputs)
     val_set = infer.evaluation_dataset(args.data, args.data_root, recipe.task,
                                        infer.recipe_test_resize(args.data, recipe.crop_size), args.val_images,
-                                       args.ignore_index)
+                                       args.ignore_index, options)
     return train_set, val_set
+
+
+def shapes_options(args: argparse.Namespace) -> dict:
+    """--shapes-colours / --shapes-stuff as dataset arguments (shapes.py's options)."""
+    return {"colours": args.shapes_colours, "stuff": args.shapes_stuff} if args.data == "shapes" else {}
 
 
 def pixel_decoder_overrides(config: str, base: dict) -> dict:
@@ -644,8 +652,11 @@ def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, 
         return model, losses.PerPixelLoss(num_aux, ignore_index=ignore_index)
     criterion = losses.MaskFormerLoss(
         num_classes, num_aux_layers=num_aux_layers,
-        matcher=matcher.FixedMatcher() if args.matcher == "fixed" else matcher.HungarianMatcher())
+        matcher=MATCHERS[args.matcher]())
     return model, criterion
+
+
+MATCHERS = {"hungarian": matcher.HungarianMatcher, "fixed": matcher.FixedMatcher, "box": matcher.BoxMatcher}
 
 
 def build_optimizer(model: nn.Module, recipe: TrainingRecipe):
@@ -782,6 +793,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    + ", ".join(f"{name} {result}" for name, result in EXPECTED_R50.items()))
     g.add_argument("--data-root", default=None, type=infer.existing_folder,
                    help="the dataset's own folder (not needed for shapes)")
+    g.add_argument("--shapes-colours", type=at_least(0), default=0,
+                   help="--data shapes: classes are outline x this many colours (0: outline only; up to 16, K = 97)")
+    g.add_argument("--shapes-stuff", type=at_least(0), default=0,
+                   help="--data shapes: this many textured 'stuff' background classes (0: one background; up to 6)")
+    g.add_argument("--task", choices=("semantic", "panoptic"), default=None,
+                   help="targets and validation metric (mIoU / PQ); default: the dataset's recipe")
     g.add_argument("--ignore-index", type=at_least(0), default=255, help="label value to ignore (--data folder)")
     g.add_argument("--crop-size", dest="crop_size", type=at_least(32), help="training crop (recipe default)")
     g.add_argument("--workers", type=at_least(0), default=0 if sys.platform == "darwin" else 2,
@@ -793,8 +810,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--head", default="mask_classification", choices=list(maskformer.HEADS),
                    help="the formulation (MaskFormerConfig.head): mask classification (MaskFormer), or "
                         "the per-pixel classification baselines PerPixelBaseline / PerPixelBaseline+ of §4")
-    g.add_argument("--matcher", default="hungarian", choices=["hungarian", "fixed"],
-                   help="bipartite (Eq. 3.2c) or fixed matching (needs --num-queries = number of classes)")
+    g.add_argument("--matcher", default="hungarian", choices=["hungarian", "fixed", "box"],
+                   help="bipartite (Eq. 3.2c), fixed matching (needs --num-queries = number of classes), or "
+                   "DETR's box-based bipartite matching (Table 5)")
     g.add_argument("--num-queries", type=at_least(1), default=None, help="N, the number of queries (config default)")
     g.add_argument("--set", dest="model_set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any MaskFormerConfig field, e.g. --set dec_layers=2 (repeatable)")
@@ -843,8 +861,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--log-period", type=at_least(1), default=10, help="log to metrics.jsonl every N iterations")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     args = p.parse_args(argv)
-    if args.matcher == "fixed" and args.head != "mask_classification":
-        p.error("--matcher fixed only applies to --head mask_classification")
+    if args.matcher != "hungarian" and args.head != "mask_classification":
+        p.error(f"--matcher {args.matcher} only applies to --head mask_classification")
+    if (args.shapes_colours or args.shapes_stuff) and args.data != "shapes":
+        p.error("--shapes-colours and --shapes-stuff only apply to --data shapes")
     if args.resume and args.overwrite:
         p.error("--resume continues a run, --overwrite deletes it: give one of them")
     try:
