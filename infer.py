@@ -488,9 +488,10 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
 # ---------------------------------------------------------------------------------------------
 
 
-def class_metadata(name: str | None, root: str | None,
-                   num_classes: int | None) -> tuple[list[str], np.ndarray, list[bool]]:
-    """(class_names, palette, is_thing) of dataset `name`; generic names and colours without one."""
+def class_metadata(name: str | None, root: str | None, num_classes: int | None,
+                   shapes_options: dict | None = None) -> tuple[list[str], np.ndarray, list[bool]]:
+    """(class_names, palette, is_thing) of dataset `name`; generic names and colours without one;
+    shapes_options: the shapes dataset's colours / stuff (`shapes_options`)."""
     if name is None:
         K = num_classes if num_classes is not None else 150
         return [f"class {k}" for k in range(K)], data.make_palette(K), [False] * K
@@ -499,8 +500,13 @@ def class_metadata(name: str | None, root: str | None,
     if root is None and name in prepare.PREPARERS:  # official class lists in meta/: no files needed
         names, is_thing, colours = prepare.official_classes(name)
         return names, data.make_palette(len(names)) if colours is None else colours, is_thing
-    dataset = data.build_dataset(name, root, split="val")
+    dataset = data.build_dataset(name, root, split="val", **(shapes_options or {}))
     return list(dataset.class_names), dataset.palette, list(dataset.is_thing)
+
+
+def shapes_options(args: argparse.Namespace) -> dict:
+    """--shapes-colours / --shapes-stuff as the shapes dataset's arguments (shapes.py's options)."""
+    return {"colours": args.shapes_colours, "stuff": args.shapes_stuff} if args.data == "shapes" else {}
 
 
 def published_weights(spec: str, mirror: str | None) -> str:
@@ -728,6 +734,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--data-root", type=existing_folder,
                    help="the dataset's folder (needed by --eval; without --eval only by --data cityscapes, "
                    "coco_panoptic and folder: the other class lists ship with this code)")
+    p.add_argument("--shapes-colours", type=int_at_least(0), default=0,
+                   help="--data shapes: outline x colour classes, as the checkpoint was trained (train.py flag)")
+    p.add_argument("--shapes-stuff", type=int_at_least(0), default=0,
+                   help="--data shapes: textured stuff classes, as the checkpoint was trained (train.py flag)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
     p.add_argument("--size", type=int_at_least(32),
                    help="test resize (--input and --eval): short edge. Default: the checkpoint's recipe (the size "
@@ -794,7 +804,7 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
         parser.error("--input is required (or --eval)")
     inputs = list_inputs(args.input, parser)
     try:
-        names, palette, is_thing = class_metadata(args.data, args.data_root, None)
+        names, palette, is_thing = class_metadata(args.data, args.data_root, None, shapes_options(args))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
     model, saved_names, checkpoint = build_model_for(args, parser, len(names) if args.data else None)
@@ -846,7 +856,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
     if args.data is None:
         parser.error("--eval needs --data (and --data-root, except for shapes)")
     try:
-        dataset = evaluation_dataset(args.data, args.data_root, args.task, recipe_test_resize(args.data))
+        dataset = evaluation_dataset(args.data, args.data_root, args.task, recipe_test_resize(args.data),
+                                     shapes_options=shapes_options(args))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
     if args.task == "panoptic" and not getattr(dataset, "panoptic", False):
@@ -863,7 +874,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
     ignore_index = (checkpoint.get("args") or {}).get("ignore_index") if args.data == "folder" else None
     if (short_edge, long_edge) != recipe_test_resize(args.data) or ignore_index not in (None, dataset.ignore_index):
         dataset = evaluation_dataset(args.data, args.data_root, args.task, (short_edge, long_edge),
-                                     ignore_index=ignore_index)
+                                     ignore_index=ignore_index, shapes_options=shapes_options(args))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=data.collate,
                                          num_workers=args.workers)
     results = evaluate(model, loader, args.task, device, amp_dtype, args.tta, args.max_batches,

@@ -576,7 +576,7 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     kwargs: dict = {} if recipe.crop_size is None else {"crop_size": recipe.crop_size}
     if args.data == "folder":
         kwargs["ignore_index"] = args.ignore_index
-    options = shapes_options(args)
+    options = infer.shapes_options(args)  # --shapes-colours / --shapes-stuff
     if args.data == "shapes":
         kwargs["task"] = recipe.task
     train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs, **options)
@@ -585,11 +585,6 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
                                        infer.recipe_test_resize(args.data, recipe.crop_size), args.val_images,
                                        args.ignore_index, options)
     return train_set, val_set
-
-
-def shapes_options(args: argparse.Namespace) -> dict:
-    """--shapes-colours / --shapes-stuff as dataset arguments (shapes.py's options)."""
-    return {"colours": args.shapes_colours, "stuff": args.shapes_stuff} if args.data == "shapes" else {}
 
 
 def pixel_decoder_overrides(config: str, base: dict) -> dict:
