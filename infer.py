@@ -359,9 +359,10 @@ def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], ima
 def recipe_test_resize(name: str, crop_size: int | None = None) -> tuple[int, int]:
     """(short edge, long-edge cap) of the test resize of dataset `name`'s recipe at training crop
     `crop_size` (augment.recipe_for): ADE20K crop 512 -> (512, 2048), crop 640 -> (640, 2560).
-    shapes: (crop, crop), the size its scenes are generated at (128 by default)."""
+    shapes: (crop, 4 x crop), its scenes being generated crop x crop (128 by default); a photo given to
+    a shapes model is resized as ADE20K's recipe would at that crop."""
     if name == "shapes":
-        return crop_size or 128, crop_size or 128
+        return crop_size or 128, 4 * (crop_size or 128)
     recipe = augment.recipe_for(name, crop_size)
     return recipe.test_size, recipe.test_max_size
 
