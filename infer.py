@@ -70,7 +70,7 @@ import drawing
 import maskformer
 import prepare
 import weights
-from checkpoint import CheckpointError, read_checkpoint
+from checkpoint import CheckpointError, config_differences, read_checkpoint
 from distributed import is_distributed, sum_over_processes
 from metrics import PanopticMetrics, SemanticMetrics, strict_json
 
@@ -564,6 +564,8 @@ def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
     if args.config is not None:
         K = (saved_config or {}).get("num_classes") or num_classes or 150
         model, description = maskformer.build_model(args.config, num_classes=K), f"--config {args.config} (K={K})"
+        differences = config_differences(asdict(model.config), saved_config or {})
+        description += f", whose {differences} in the file's config" if differences else ""
     elif saved_config is not None:
         known = {f.name for f in fields(maskformer.MaskFormerConfig)}
         try:

@@ -9,6 +9,7 @@ or file at fault, and that no file that was in the run / output folder before th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -222,6 +223,17 @@ def test_missing_or_wrong_input_file(tmp_path, capsys, script, flags, code, name
     main, argv = (train.main, T) if script == "train" else (infer.main, [])
     result = run_main(main, argv + flags + ["--output", str(tmp_path / "out")], capsys)
     assert_clean_error(result, [name], code=code)
+    assert_unchanged(before, tmp_path)
+
+
+def test_infer_weights_of_another_config_names_the_differences(tmp_path, capsys):
+    other = maskformer.build_model("tiny", num_classes=5, hidden_dim=32, mask_dim=32, conv_dim=32, dim_feedforward=64)
+    torch.save({"model": other.state_dict(), "config": dataclasses.asdict(other.config)}, tmp_path / "other.pt")
+    Image.fromarray(random_image(0)).save(tmp_path / "photo.png")
+    before = checksums(tmp_path)
+    result = run_main(infer.main, ["--config", "tiny", "--weights", str(tmp_path / "other.pt"), "--input",
+                                   str(tmp_path / "photo.png"), "--output", str(tmp_path / "out")], capsys)
+    assert_clean_error(result, [str(tmp_path / "other.pt"), "K=5", "hidden_dim 64 (found 32)"], code=1)
     assert_unchanged(before, tmp_path)
 
 
