@@ -7,7 +7,8 @@ them back for `--resume` and `--weights`), infer.py and convert.py (read/write
 Reading order: `save_checkpoint` (atomic; a failed write keeps the previous file) ->
 `remove_partial_saves` -> `read_checkpoint` (`weights_only=True`, used by train.py, infer.py and
 convert.py) -> `read_usable_checkpoint` (loads and is finite) -> `load_checkpoint` ->
-`rng_states` / `set_rng_states` (exact resume) -> `load_pretrained` (`train.py --weights`) ->
+`config_differences` (what a refused checkpoint's config has otherwise) -> `rng_states` /
+`set_rng_states` (exact resume) -> `load_pretrained` (`train.py --weights`) ->
 `rename_old_keys` (names used by checkpoints and metrics files written before the focal term
 was called `focal`).
 """
