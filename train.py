@@ -228,9 +228,13 @@ def train(args: argparse.Namespace) -> dict:
                 save_checkpoint(out / "best.pt", checkpoint_state(stateful, done, best_metric, about))
     progress.close()
 
-    if not last_metrics:  # resumed at the last step: its validation had not finished
+    if not last_metrics:  # resumed at the last step, whose validation had not finished: done now
         last_metrics = validate_at(recipe.max_iter, out, model, val_loader, recipe.task, device, amp_dtype,
                                    args.data, log)
+        metrics_log.append({"step": recipe.max_iter, "val_" + metric_name: last_metrics[metric_name]})
+        if is_main and last_metrics[metric_name] > best_metric:
+            save_checkpoint(out / "best.pt", checkpoint_state(stateful, recipe.max_iter, last_metrics[metric_name],
+                                                              about))
     if is_main:
         save_figures(model, val_set, train_set, metrics_log.history, device, out)
         (out / "final_metrics.json").write_text(strict_json(last_metrics, indent=1))

@@ -370,6 +370,25 @@ def bad_validation_label(tmp_path, capsys, finished, monkeypatch):
     return result, out, {}, ["validation at step 2", str(root / "labels" / "val" / "1.png"), "--resume"]
 
 
+def resume_after_validation_failure(tmp_path, capsys, finished, monkeypatch):
+    """The validation of the last step failed (a bad label); once the label is fixed, --resume does that
+    validation, records it and finishes the run, without training again."""
+    root = folder_dataset(tmp_path / "data", "out_of_range", split_of_fault="val")
+    out = tmp_path / "run"
+    argv = T + ["--data", "folder", "--data-root", str(root), "--iters", "2", "--eval-period", "2",
+                "--checkpoint-period", "100", "--output", str(out)]
+    failed = run_main(train.main, argv, capsys)
+    assert_clean_error(failed, ["validation at step 2", str(root / "labels" / "val" / "1.png")])
+    before = {"last.pt": checksums(out)["last.pt"]}
+    Image.fromarray(label_map(1)).save(root / "labels" / "val" / "1.png")  # the label fixed
+    result = run_main(train.main, argv + ["--resume"], capsys)
+    assert "validation mIoU" in result.out
+    assert strict_json_loads((out / "final_metrics.json").read_text())["num_images"] == 2
+    records = [strict_json_loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 2] and "val_mIoU" in records[-1]
+    return result, out, before, None
+
+
 def all_ignore_validation(tmp_path, capsys, finished, monkeypatch):
     """Validation labels that are all `ignore`: a warning (not a silent nan), strict JSON with null."""
     root = folder_dataset(tmp_path / "data", "all_ignore", split_of_fault="val")
@@ -435,10 +454,12 @@ def bad_training_file(fault: str):
 TRAINING_CASES = {case.__name__: case for case in [
     nan_mask_classification, nan_per_pixel, clobber_explicit_output, resume_finished_run, resume_another_config,
     resume_another_class_count, resume_after_crash_leftovers, overwrite_replaces_a_run, default_output_keeps_old_runs,
-    bad_validation_label, all_ignore_validation, disk_full_during_save, weights_of_another_config,
+    bad_validation_label, resume_after_validation_failure, all_ignore_validation, disk_full_during_save,
+    weights_of_another_config,
     *(bad_training_file(fault) for fault in ("out_of_range", "size", "rgb", "corrupt")),
 ]}
 SUCCEEDS = {"resume_finished_run", "resume_after_crash_leftovers", "overwrite_replaces_a_run",
+            "resume_after_validation_failure",
             "default_output_keeps_old_runs", "all_ignore_validation"}
 
 
