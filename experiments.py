@@ -42,7 +42,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -452,7 +452,8 @@ def write_study_files(results: Path, name: str, result: dict) -> None:
     (results / f"{name}.md").write_text(markdown_table(result))
     bars = {label: (arm["mean"][m], arm["std"][m]) for m in result["metrics"] for label, arm in
             [(f"{label} {m}" if len(result["metrics"]) > 1 else label, arm) for label, arm in result["arms"].items()]}
-    draw_bars(bars, result["title"], results / f"{name}.png")
+    draw_bars(bars, f"{result['title']}: {', '.join(result['metrics'])} (%), mean ± std over seeds",
+              results / f"{name}.png")
 
 
 def write_figure4_files(results: Path, result: dict) -> None:
@@ -481,7 +482,8 @@ def draw_bars(bars: dict[str, tuple[float, float]], title: str, path: Path, scal
     top = max(finite + [1e-9]) * 1.1
     width = (W - 2 * pad) / max(len(bars), 1)
     draw.line([(pad, H - bottom), (W - pad, H - bottom)], fill="black")
-    draw.text((pad, 10), title[:110], fill="black")
+    for row, start in enumerate(range(0, len(title), 110)):
+        draw.text((pad, 8 + 12 * row), title[start:start + 110], fill="black")
     draw.text((4, pad - 14), f"{top:.3g}", fill="black")
     for i, (label, (mean, std)) in enumerate(bars.items()):
         if not math.isfinite(mean):
@@ -552,9 +554,6 @@ def figure4_loader(args: argparse.Namespace, budget: Budget):
         raise SystemExit(f"error: {e}") from None
     return batches(dataset, batch_size=1 if args.data != "shapes" else 8)
 
-
-__all__ = ["Arm", "Budget", "FULL", "QUICK", "STUDIES", "categories_per_query", "compare_inference",
-           "cross_attention_maps", "mean_std", "replace", "run_study"]
 
 if __name__ == "__main__":
     main()
