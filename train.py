@@ -909,9 +909,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if lost_contact(e):  # another process died or hangs: one line, not a traceback or a hang
             raise SystemExit(lost_contact_message(e, args.dist_timeout)) from None
-        if "DataLoader worker" not in str(e):
+        if not isinstance(e, OSError) and "DataLoader worker" not in str(e):
             raise
-        raise SystemExit(f"error: {infer.error_line(e)}") from None  # e.g. a bad training image, named by the worker
+        # a bad training image named by the worker that read it, a full disk while writing logs or figures
+        raise SystemExit(f"error: {infer.error_line(e)}") from None
 
 
 if __name__ == "__main__":

@@ -425,6 +425,19 @@ def disk_full_during_save(tmp_path, capsys, finished, monkeypatch):
     return result, out, {}, [str(out / "last.pt"), "No space left on device", "previous last.pt is kept"]
 
 
+def disk_full_writing_figures(tmp_path, capsys, finished, monkeypatch):
+    """The disk fills while the end-of-run figures are written: one line naming the file; last.pt kept."""
+    out = tmp_path / "run"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "loss_curve.png"))
+
+    monkeypatch.setattr(train, "save_figures", full_disk)
+    result = run_main(train.main, T + ["--iters", "1", "--eval-period", "1", "--output", str(out)], capsys)
+    assert finite_checkpoint(out / "last.pt")["step"] == 1
+    return result, out, {}, ["No space left on device", str(out / "loss_curve.png")]
+
+
 def weights_of_another_config(tmp_path, capsys, finished, monkeypatch):
     other = maskformer.build_model("tiny", num_classes=4, backbone_kwargs={"norm": "bn", "width": 16}, hidden_dim=32,
                                    mask_dim=32, conv_dim=32, dim_feedforward=64)
@@ -455,7 +468,7 @@ TRAINING_CASES = {case.__name__: case for case in [
     nan_mask_classification, nan_per_pixel, clobber_explicit_output, resume_finished_run, resume_another_config,
     resume_another_class_count, resume_after_crash_leftovers, overwrite_replaces_a_run, default_output_keeps_old_runs,
     bad_validation_label, resume_after_validation_failure, all_ignore_validation, disk_full_during_save,
-    weights_of_another_config,
+    disk_full_writing_figures, weights_of_another_config,
     *(bad_training_file(fault) for fault in ("out_of_range", "size", "rgb", "corrupt")),
 ]}
 SUCCEEDS = {"resume_finished_run", "resume_after_crash_leftovers", "overwrite_replaces_a_run",
