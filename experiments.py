@@ -443,7 +443,11 @@ def footer(result: dict) -> list[str]:
             f"Budget per run: {budget['iters']} iterations, batch {budget['batch_size']}, "
             f"{budget['image_size']}x{budget['image_size']} images, {budget['val_images']} validation images, "
             f"seeds {budget['seeds']}.", f"Command: `{result['command']}`", f"Machine: {result['machine']}",
-            f"Wall time: {result['wall_s'] / 60:.1f} min (training and evaluation of the runs listed)."]
+            f"Wall time: {duration(result['wall_s'])} (training and evaluation of the runs listed)."]
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def write_study_files(results: Path, name: str, result: dict) -> None:
@@ -538,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                              loader)
         else:
             result = inference(budget, results, work, command)
-        print(f"{name}: wrote {results / name}.json, .md, .png ({result['wall_s'] / 60:.1f} min)")
+        print(f"{name}: wrote {results / name}.json, .md, .png ({duration(result['wall_s'])})")
 
 
 def figure4_loader(args: argparse.Namespace, budget: Budget):
