@@ -4,6 +4,7 @@
     python benchmark.py --device cuda                     # CUDA: bf16 autocast, eager and torch.compile
     python benchmark.py --configs tiny --repeats 1 --size 128 --json out.json
     python benchmark.py --ddp 2 --configs tiny --size 128      # 2 processes (DDP) against 1, per step
+    python benchmark.py --time-to-accuracy --runs 3         # `python train.py` x 3: time to 0.70/0.80 mIoU, phases
 
 What it prints (and writes as JSON with --json), with the machine, torch version, threads and dtype:
 
@@ -29,6 +30,11 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    (train.wrap_for_training; gloo on CPU, NCCL on CUDA) against 1 process, each with the same batch
    per process and the same threads, and the all-reduce of the gradients alone (`ddp_speed`): the
    distributed path's overhead per step (on CPU communication only; the cores are shared).
+7. Only with --time-to-accuracy (instead of 1-5): --runs fresh `python train.py` processes (the default
+   classroom run, or --train-args), one after the other: the wall time of each (imports included), when
+   its validation first reached 0.70 and 0.80 mIoU, images/s, the medians; then `phase_profile`, the
+   share of that run's time per phase (data, forward, loss and matching, AdamW, backward; validation,
+   checkpoints, figures), timed by hooks on the real `train.train_step`.
 
 Fairness: every variant gets the same images, targets, threads, dtype and optimizer (AdamW, lr 1e-4,
 weight decay 1e-4, PyTorch defaults otherwise). Our backbones run in channels-last memory (see
@@ -56,7 +62,9 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -77,6 +85,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import augment
+import checkpoint
 import data
 import maskformer
 import train
@@ -685,6 +694,182 @@ def print_speed_table(rows: list[dict], ratios: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# -----------------------------------------------------------------------------------------------
+# Time to accuracy of the default run (`python train.py`), and where its time goes
+# -----------------------------------------------------------------------------------------------
+VALIDATION_LINE = re.compile(r"step (\d+): validation (mIoU|PQ) = ([\d.]+)")
+
+
+def time_to_accuracy_run(out: Path, train_argv: list[str], thresholds: tuple[float, ...]) -> dict:
+    """One `python train.py --output OUT --no-progress [train_argv]` in a fresh process: its wall time
+    (process start to exit, imports included), the wall time at which each validation line was printed,
+    the first time each threshold was reached, the final metric and the logged images/s."""
+    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--output", str(out), "--no-progress",
+               *train_argv]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=Path(__file__).parent)
+    validations, lines = [], []
+    for line in process.stdout:
+        lines.append(line)
+        match = VALIDATION_LINE.search(line)
+        if match:
+            validations.append({"step": int(match[1]), "value": float(match[3]) / 100,
+                                "wall_s": round(time.perf_counter() - start, 2)})
+    if process.wait():
+        raise SystemExit(f"error: {' '.join(command)} failed:\n{''.join(lines[-10:])}")
+    wall = time.perf_counter() - start
+    logged = [r["img_per_s"] for r in train.read_records(out / "metrics.jsonl") if "img_per_s" in r]
+    reached = {f"{t:.2f}": next((v["wall_s"] for v in validations if v["value"] >= t), None) for t in thresholds}
+    return {"wall_s": round(wall, 2), "final": validations[-1]["value"] if validations else None,
+            "reached_s": reached, "validations": validations,
+            "img_per_s": round(statistics.median(logged), 2) if logged else None}
+
+
+class PhaseTimer:
+    """Wall time per named phase, accumulated by hooks around modules, methods and optimiser steps."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        self.started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self.started.pop(name)
+
+    def around_module(self, module: nn.Module, name: str) -> None:
+        module.register_forward_pre_hook(lambda *_: self.start(name))
+        module.register_forward_hook(lambda *_: self.stop(name))
+
+    def around_call(self, function: Callable, name: str) -> Callable:
+        def timed(*args, **kwargs):
+            self.start(name)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.stop(name)
+        return timed
+
+    def around_iterator(self, iterator, name: str):
+        while True:
+            self.start(name)
+            item = next(iterator)
+            self.stop(name)
+            yield item
+
+
+def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> dict:
+    """Where the default run's time goes: `steps` real `train.train_step` calls of the run that
+    `python train.py [train_argv]` makes (same builders, data loader and settings), timed per phase by
+    hooks, plus one validation, one checkpoint save and the end-of-run figures; then scaled to the
+    whole run (iterations, validations and saves of its recipe). Phases of a step: waiting for the
+    data loader, the forward pass (Figure 2), the loss (Eq. (3.2d)) with the matching (Eq. (3.2c))
+    inside it, the AdamW step, and the rest (backward, gradient clipping, the one host read-back)."""
+    args = train.parse_args(train_argv)
+    recipe, device = train.resolve_recipe(args), torch.device(args.device or "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train_set, val_set = train.build_datasets(args, recipe)
+    per_device, accum = train.split_batch(recipe.batch_size, 1, device, args)
+    model, criterion = train.build_model_and_criterion(args, recipe, train_set.num_classes, train_set.ignore_index)
+    model.to(device)
+    optimizer, scheduler = train.build_optimizer(model, recipe)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    train_model = train.wrap_for_training(model, device, 1, compile_model=False)
+    settings = train.StepSettings(accum, device, None, recipe.clip_grad_norm, model.config.num_queries)
+    timer = PhaseTimer()
+    timer.around_module(model, "forward")
+    timer.around_module(criterion, "loss (with matching)")
+    if hasattr(criterion, "matcher"):
+        criterion.matcher.match = timer.around_call(criterion.matcher.match, "  of which matching")
+    optimizer.register_step_pre_hook(lambda *_: timer.start("optimizer (AdamW)"))
+    optimizer.register_step_post_hook(lambda *_: timer.stop("optimizer (AdamW)"))
+    loader = train.build_train_loader(train_set, per_device, accum, 0, 0, 1, device, args)
+    batches = timer.around_iterator(iter(loader), "data (waiting for the loader)")
+    for step in range(warmup + steps):
+        if step == warmup:
+            timer.seconds.clear()
+            begin = time.perf_counter()
+        train.train_step(train_model, batches, criterion, optimizer, scaler, settings)
+        scheduler.step()
+    per_step = {name: s / steps for name, s in timer.seconds.items()}
+    step_s = (time.perf_counter() - begin) / steps
+    per_step["backward, clipping, rest"] = step_s - sum(s for n, s in per_step.items() if not n.startswith(" "))
+    once = {}
+    start = time.perf_counter()
+    train.validate(model, train.build_val_loader(val_set, args), recipe.task, device, None, args.data)
+    once["validation"] = time.perf_counter() - start
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    about = train.run_description(model, recipe, train_set.class_names, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        checkpoint.save_checkpoint(Path(tmp) / "last.pt", train.checkpoint_state(stateful, 1, 0.0, about))
+        once["checkpoint save"] = time.perf_counter() - start
+        start = time.perf_counter()
+        history = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
+        train.save_figures(model, val_set, train_set, history, device, Path(tmp))
+        once["figures"] = time.perf_counter() - start
+    return whole_run_shares(recipe, per_step, once, step_s)
+
+
+def whole_run_shares(recipe, per_step: dict[str, float], once: dict[str, float], step_s: float) -> dict:
+    """Per-step and per-event seconds scaled to the whole run: recipe.max_iter steps, a validation every
+    eval_period and at the end, last.pt at those steps and every checkpoint_period, best.pt at each
+    validation (at most: only when the metric improves), the figures once."""
+    n, ends = recipe.max_iter, range(1, recipe.max_iter + 1)
+    validations = sum(1 for s in ends if s % recipe.eval_period == 0 or s == n)
+    saves = sum(1 for s in ends if s % recipe.eval_period == 0 or s == n or s % recipe.checkpoint_period == 0)
+    run = {name: s * n for name, s in per_step.items()}
+    run.update({"validation": once["validation"] * validations,
+                "checkpoint save": once["checkpoint save"] * (saves + validations), "figures": once["figures"]})
+    total = sum(s for name, s in run.items() if not name.startswith(" "))
+    return {"step_s": round(step_s, 4), "img_per_s": round(recipe.batch_size / step_s, 2),
+            "per_step_ms": {k: round(1000 * v, 2) for k, v in per_step.items()},
+            "once_s": {k: round(v, 3) for k, v in once.items()}, "validations": validations,
+            "saves": saves + validations, "modelled_run_s": round(total, 1),
+            "share": {k: round(v / total, 4) for k, v in run.items()}}
+
+
+def time_to_accuracy(args: argparse.Namespace) -> dict:
+    """--time-to-accuracy: --runs fresh `python train.py` runs (their wall times, the time each reached
+    the thresholds, the medians), then the phase profile of the same run."""
+    extra = args.train_args.split() if args.train_args else []
+    thresholds = (0.70, 0.80)
+    print(f"time to accuracy: {args.runs} x `python train.py {' '.join(extra)}` (fresh processes, one at a time); "
+          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            run = time_to_accuracy_run(Path(tmp) / f"run{i}", extra, thresholds)
+            runs.append(run)
+            reached = "  ".join(f"to {t}: {fmt(s, '5.1f')} s" for t, s in run["reached_s"].items())
+            print(f"  run {i + 1}: wall {run['wall_s']:.1f} s, final {run['final']:.3f}, {reached}, "
+                  f"{run['img_per_s']} img/s; validations: "
+                  + ", ".join(f"{v['step']}: {v['value']:.3f} at {v['wall_s']:.0f} s" for v in run["validations"]),
+                  flush=True)
+    median = {"wall_s": statistics.median(r["wall_s"] for r in runs),
+              "final": statistics.median(r["final"] for r in runs),
+              "img_per_s": statistics.median(r["img_per_s"] for r in runs)}
+    for t in runs[0]["reached_s"]:
+        times = [r["reached_s"][t] for r in runs]
+        median[f"to_{t}_s"] = statistics.median(times) if None not in times else None
+    print(f"median of {args.runs}: wall {median['wall_s']:.1f} s, final {median['final']:.3f}, "
+          + ", ".join(f"to {t}: {fmt(median[f'to_{t}_s'], '5.1f')} s" for t in runs[0]["reached_s"])
+          + f", {median['img_per_s']} img/s; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    profile = phase_profile(extra, steps=args.profile_steps)
+    print(f"\nwhere the time goes ({args.profile_steps} timed steps in this process, {profile['step_s'] * 1000:.0f} ms "
+          f"per step, {profile['img_per_s']} img/s; scaled to the run's {profile['validations']} validations and "
+          f"{profile['saves']} checkpoint saves; modelled run {profile['modelled_run_s']:.0f} s without start-up):")
+    for name, share in profile["share"].items():
+        cost = profile["per_step_ms"].get(name)
+        cost = f"{cost:8.1f} ms per step" if cost is not None else f"{profile['once_s'][name]:8.2f} s each"
+        print(f"  {name:32} {100 * share:5.1f} %   {cost}")
+    return {"runs": runs, "median": median, "phases": profile}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -712,12 +897,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe", nargs=3, default=None, help=argparse.SUPPRESS)  # internal: peak_memory_cpu
     parser.add_argument("--ddp", type=int, default=None, metavar="N",
                         help="instead of the tables: the training step of N processes under DDP against 1 process")
+    parser.add_argument("--time-to-accuracy", action="store_true",
+                        help="instead of the tables: --runs fresh `python train.py` runs, the wall time each takes "
+                             "to reach 0.70 and 0.80 validation mIoU, images/s, the medians, the time per phase")
+    parser.add_argument("--runs", type=int, default=3, help="--time-to-accuracy: training runs (the median is shown)")
+    parser.add_argument("--train-args", default="",
+                        help="--time-to-accuracy: extra train.py flags, one string (default: none, the default run)")
+    parser.add_argument("--profile-steps", type=int, default=20,
+                        help="--time-to-accuracy: training steps timed phase by phase")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.runs < 1 or args.profile_steps < 1:
+        parser.error("--runs and --profile-steps must be >= 1")
     if args.size is not None and (args.size < 32 or args.size % 32):
         parser.error(f"--size must be a multiple of 32 (the model's stride), got {args.size}")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
@@ -741,6 +936,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.probe:
         probe(args)
         return {}
+    if args.time_to_accuracy:
+        results = {"machine": machine_info(args), "time_to_accuracy": time_to_accuracy(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return results
     if args.ddp:
         results = {"machine": machine_info(args), "ddp": ddp_speed(args)}
         if args.json:

@@ -129,3 +129,45 @@ def test_gpu_peak_lookup_by_name():
     assert benchmark.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert benchmark.peak_tflops("Some Future GPU") is None
+
+
+def test_time_to_accuracy_runs_train_py_and_reads_its_validations(tmp_path, capsys):
+    """--time-to-accuracy on a few iterations: the validations it read are train.py's own (the
+    final one equals final_metrics' mIoU), each threshold's time is that of the first validation
+    reaching it, the medians are of the runs, and the phase shares add up to the whole run."""
+    train_args = ("--crop-size 64 --batch-size 4 --iters 4 --eval-period 2 --val-images 4 --workers 0 "
+                  "--threads 1 --log-period 1")
+    results = benchmark.main(["--time-to-accuracy", "--runs", "2", "--train-args", train_args,
+                              "--profile-steps", "2", "--json", str(tmp_path / "tta.json")])
+    report = results["time_to_accuracy"]
+    assert json.loads((tmp_path / "tta.json").read_text()) == json.loads(json.dumps(results))
+    for run in report["runs"]:
+        assert [v["step"] for v in run["validations"]] == [2, 4]
+        assert run["final"] == run["validations"][-1]["value"]
+        times = [v["wall_s"] for v in run["validations"]]
+        assert 0 < times[0] <= times[1] <= run["wall_s"]
+        for threshold, seconds in run["reached_s"].items():
+            first = [v["wall_s"] for v in run["validations"] if v["value"] >= float(threshold)]
+            assert seconds == (first[0] if first else None)
+        assert finite_positive(run["img_per_s"])
+    assert report["median"]["wall_s"] == pytest.approx(sum(r["wall_s"] for r in report["runs"]) / 2)
+    phases = report["phases"]
+    top_level = {k: v for k, v in phases["share"].items() if not k.startswith(" ")}
+    assert sum(top_level.values()) == pytest.approx(1, abs=1e-3)
+    assert 0 < phases["per_step_ms"]["  of which matching"] < phases["per_step_ms"]["loss (with matching)"]
+    assert (phases["validations"], phases["saves"]) == (2, 2 + 2)  # steps 2 and 4: last.pt and best.pt each
+    assert "where the time goes" in capsys.readouterr().out
+
+
+def test_whole_run_shares_count_validations_and_saves_by_hand():
+    """10 iterations, validation every 4 (steps 4, 8 and the last, 10), last.pt every 3 and at each
+    validation (3, 4, 6, 8, 9, 10), best.pt at each validation: 3 validations, 9 saves."""
+    recipe = type("Recipe", (), dict(max_iter=10, eval_period=4, checkpoint_period=3, batch_size=2))
+    shares = benchmark.whole_run_shares(recipe, {"forward": 0.5, "backward, clipping, rest": 1.0},
+                                        {"validation": 2.0, "checkpoint save": 1.0, "figures": 3.0}, step_s=1.5)
+    assert (shares["validations"], shares["saves"]) == (3, 9)
+    total = 10 * 1.5 + 3 * 2.0 + 9 * 1.0 + 3.0  # 33 s
+    assert shares["modelled_run_s"] == total and shares["img_per_s"] == pytest.approx(2 / 1.5, abs=0.01)
+    assert shares["share"] == pytest.approx({"forward": 5 / total, "backward, clipping, rest": 10 / total,
+                                             "validation": 6 / total, "checkpoint save": 9 / total,
+                                             "figures": 3 / total}, abs=1e-4)

@@ -3,6 +3,7 @@ DDP equivalence and the non-finite-loss stop. Everything runs tiny models on the
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -270,3 +271,28 @@ def test_the_training_loop_is_in_the_first_screens_of_train_py():
     loop = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("for step in range("))
     train_def = next(i for i, line in enumerate(lines, 1) if line.startswith("def train("))
     assert train_def < loop <= 200, f"train() at line {train_def}, its loop at line {loop}"
+
+
+def test_optimizer_is_fused_adamw_with_the_plain_update():
+    """build_optimizer uses PyTorch's fused AdamW on CPU; three steps give the weights of the plain
+    (per-tensor loop) AdamW with the same groups, up to float rounding, and they did move."""
+    args = train.parse_args([])
+    recipe = train.resolve_recipe(args)
+    torch.manual_seed(0)
+    model, _ = train.build_model_and_criterion(args, recipe, num_classes=7)
+    initial, reference = copy.deepcopy(model), copy.deepcopy(model)
+    optimizer, _ = train.build_optimizer(model, recipe)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    plain = torch.optim.AdamW(train.param_groups(reference, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
+                              lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=False)
+    for fused_group, plain_group in zip(optimizer.param_groups, plain.param_groups):
+        plain_group["lr"] = fused_group["lr"]  # the schedule's first factor (warm-up), set by build_optimizer
+    for step in range(3):
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step)) * 1e-3
+            q.grad = p.grad.clone()
+        optimizer.step()
+        plain.step()
+    for p, q, p0 in zip(model.parameters(), reference.parameters(), initial.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6)
+        assert (p - p0).abs().max() > optimizer.param_groups[0]["lr"]  # Adam moves ~lr per step
