@@ -175,7 +175,9 @@ STUDIES: dict[str, Study] = {
          "mask classification, K = 7": "78.5 (Cityscapes)", "mask classification, K = 97": "44.5 (ADE20K)"},
         "paper: Table 2, R50 (R101 on Cityscapes), mIoU: +1.1 with 19 classes, +5.3 with 150"),
 }
-FIGURE4_ARM = STUDIES["classes"].arms[f"mask classification, K = {shapes.num_shapes_classes(MANY, 0)}"]
+# Figure 4 and the attention maps: the classes study's MaskFormers (N = 20), many classes and few
+FIGURE4_ARMS = {f"K = {arm.num_classes}": arm for arm in (STUDIES["classes"].arms[f"mask classification, K = {k}"]
+                                                           for k in (shapes.num_shapes_classes(MANY, 0), 7))}
 INFERENCE_ARM = STUDIES["table5"].arms["mask matching"]
 STUDY_NAMES = (*STUDIES, "figure4", "inference")
 
@@ -348,22 +350,24 @@ def checkpoint_of(arm: Arm, seed: int, budget: Budget, results: Path, work: Path
 
 def figure4(budget: Budget, results: Path, work: Path, command: str, checkpoint: Path | None = None,
             loader=None) -> dict:
-    """Unique categories per query, sorted, for FIGURE4_ARM's seeds or for one --checkpoint."""
+    """Unique categories per query, sorted, for every seed of FIGURE4_ARMS or for one --checkpoint."""
     start = time.perf_counter()
     if checkpoint is not None:
         sources = {str(checkpoint): (checkpoint, loader)}
     else:
-        val = batches(validation_set(FIGURE4_ARM, budget))
-        sources = {f"seed {s}": (checkpoint_of(FIGURE4_ARM, s, budget, results, work), val) for s in budget.seeds}
+        sources = {}
+        for name, arm in FIGURE4_ARMS.items():
+            val = batches(validation_set(arm, budget))
+            sources.update({f"{name}, seed {s}": (checkpoint_of(arm, s, budget, results, work), val)
+                            for s in budget.seeds})
     counts = {}
     for label, (path, val) in tqdm(sources.items(), desc="figure4", unit="checkpoint"):
         counts[label] = sorted(categories_per_query(load_model(path), val), reverse=True)
     table = {label: {"max": c[0], "median": float(np.median(c)), "never": sum(v == 0 for v in c),
                      "queries": len(c)} for label, c in counts.items()}
     result = {"study": "figure4", "title": "Figure 4: unique categories predicted by each query (sorted)",
-              "arm": asdict(FIGURE4_ARM) if checkpoint is None else str(checkpoint),
-              "num_classes": FIGURE4_ARM.num_classes if checkpoint is None else None,
-              "counts": counts, "summary": table,
+              "arms": {name: asdict(arm) for name, arm in FIGURE4_ARMS.items()} if checkpoint is None
+              else str(checkpoint), "counts": counts, "summary": table,
               **about_run(budget, command, time.perf_counter() - start)}
     write_figure4_files(results, result)
     return result
@@ -467,13 +471,14 @@ def write_figure4_files(results: Path, result: dict) -> None:
              "queries predicting no category |", "|---|---|---|---|---|"]
     for label, row in result["summary"].items():
         lines.append(f"| {label} | {row['queries']} | {row['max']} | {row['median']:g} | {row['never']} |")
-    note = (f"Data: shapes with {result['num_classes']} classes." if result["num_classes"] else "")
-    lines += ["", note, "paper: Figure 4 (ADE20K val, 100 queries): queries differ widely in how many "
-              "categories they predict.", *footer({**result, "paper_note": ""})[1:]]
+    lines += ["", "Models: the classes study's MaskFormers (N = 20) on shapes with K classes.",
+              "paper: Figure 4 (ADE20K val, 100 queries): queries differ widely in how many categories they predict.",
+              *footer({**result, "paper_note": ""})[1:]]
     (results / "figure4.md").write_text("\n".join(lines) + "\n")
-    first = next(iter(result["counts"].values()))
-    draw_bars({str(i): (float(v), 0.0) for i, v in enumerate(first)}, "unique categories per query, sorted "
-              f"({next(iter(result['counts']))})", results / "figure4.png", scale=1.0)
+    bars = {f"{label.split(',')[0]} #{i}": (float(v), 0.0) for label, c in result["counts"].items()
+            if label.endswith("seed 0") or "seed" not in label for i, v in enumerate(c)}
+    draw_bars(bars, "Figure 4: unique categories predicted per query, sorted (seed 0 of each model)",
+              results / "figure4.png", scale=1.0)
 
 
 def draw_bars(bars: dict[str, tuple[float, float]], title: str, path: Path, scale: float = 100.0,
