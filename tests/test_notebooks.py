@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-EXPECTED = ["01_data", "02_model", "03_matching", "04_losses", "05_inference", "06_training", "07_pretrained"]
+EXPECTED = ["01_data", "02_model", "03_matching", "04_losses", "05_inference", "06_training", "07_pretrained", "08_queries"]
 STORED = sorted(NOTEBOOKS.glob("*.ipynb"))
 EXERCISES = sorted((REPO / "exercises").glob("*.ipynb"))
 PAPER_REFERENCE = re.compile(r"Eq\. \(3\.[1-4][a-g]\)|§[34]")
