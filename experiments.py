@@ -12,7 +12,7 @@ seen and identical for every arm (`FULL`), then writes three small files:
 
     python experiments.py table4      # PerPixelBaseline, PerPixelBaseline+, fixed vs bipartite matching
     python experiments.py table5      # box- vs mask-based matching on panoptic shapes: PQ, PQ^Th, PQ^St
-    python experiments.py table6      # the number of queries N
+    python experiments.py table6      # the number of queries N (97 classes; table6_k7: 7 classes)
     python experiments.py classes     # per-pixel vs mask classification as the number of classes K grows
     python experiments.py figure4     # unique categories predicted per query (any checkpoint: --checkpoint)
     python experiments.py inference   # semantic (3.4b) vs general (3.4a) inference, mIoU and PQ
@@ -164,6 +164,13 @@ STUDIES: dict[str, Study] = {
         ("mIoU",),
         {"N = 20": "42.9", "N = 50": "43.9", "N = 100": "44.5"},
         "paper: ADE20K-150, R50, mIoU (N = 10 not in the paper)"),
+    # The same on K = 7, added after table6 (K = 97) had left every arm at the floor (below 1 % mIoU)
+    "table6_k7": Study(
+        "Number of queries N (shapes, K = 7; added after table6 on K = 97 showed no learning)",
+        {f"N = {n}": Arm(num_queries=n) for n in (7, 20, 50, 100)},
+        ("mIoU",),
+        {"N = 20": "42.9", "N = 50": "43.9", "N = 100": "44.5"},
+        "paper: ADE20K-150, R50, mIoU (N = 7 not in the paper)"),
     # per-pixel vs mask classification as K grows (paper, Table 2: the gap grows with K)
     "classes": Study(
         "Per-pixel vs mask classification as the number of classes K grows (N = 20)",
