@@ -203,3 +203,20 @@ def test_quick_study_end_to_end_then_resumes_without_training(tmp_path, monkeypa
     experiments.main(["table4", "--quick", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")])
     again = json.loads((tmp_path / "results" / "table4.json").read_text())
     assert again["arms"] == result["arms"] and math.isfinite(again["wall_s"])
+
+
+# ---- the command-line flags ------------------------------------------------------------------------
+def test_train_flags_for_box_matching_and_the_shapes_options():
+    import train
+
+    args = train.parse_args(["--matcher", "box", "--shapes-stuff", "4", "--task", "panoptic", "--crop-size", "64",
+                             "--val-images", "2"])
+    recipe = train.resolve_recipe(args)
+    train_set, val_set = train.build_datasets(args, recipe)
+    assert recipe.task == train_set.task == "panoptic" and train_set.num_classes == 4 + 6
+    assert val_set.dataset.stuff == 4 and len(val_set) == 2
+    _, criterion = train.build_model_and_criterion(args, recipe, train_set.num_classes)
+    assert isinstance(criterion.matcher, matcher.BoxMatcher)
+    for argv in (["--matcher", "box", "--head", "per_pixel"], ["--data", "ade20k", "--shapes-colours", "2"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
