@@ -484,7 +484,9 @@ def write_figure4_files(results: Path, result: dict) -> None:
     (results / "figure4.md").write_text("\n".join(lines) + "\n")
     bars = {f"{label.split(',')[0]} #{i}": (float(v), 0.0) for label, c in result["counts"].items()
             if label.endswith("seed 0") or "seed" not in label for i, v in enumerate(c)}
-    draw_bars(bars, "Figure 4: unique categories predicted per query, sorted (seed 0 of each model)",
+    models = " | ".join(label.split(",")[0] for label in result["counts"]
+                        if "seed" not in label or label.endswith("seed 0"))
+    draw_bars(bars, f"Figure 4: unique categories predicted per query, sorted (seed 0; left to right: {models})",
               results / "figure4.png", scale=1.0)
 
 
