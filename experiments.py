@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
                    "with --quick: runs/experiments-quick/results)")
     p.add_argument("--work", default=None, help="folder of the training runs (default: runs/experiments)")
     p.add_argument("--checkpoint", default=None, help="figure4: a train.py checkpoint instead of the study's "
-                   "own runs (with --data, --data-root)")
+                   "own runs (with --data, --data-root); files go to CHECKPOINT_FOLDER/figure4/ unless --results")
     p.add_argument("--data", default="shapes", choices=data.DATASETS, help="figure4 --checkpoint: its dataset")
     p.add_argument("--data-root", default=None, help="figure4 --checkpoint: the dataset's folder")
     p.add_argument("--val-images", type=infer.int_at_least(1), default=None,
@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
     budget = QUICK if args.quick else FULL
     default_root = Path("runs") / ("experiments-quick" if args.quick else "experiments")
     results = Path(args.results) if args.results else (default_root / "results" if args.quick else Path("results"))
+    if args.checkpoint and not args.results:  # the committed results/figure4.* stay as they are
+        results = Path(args.checkpoint).parent / "figure4"
     work = Path(args.work) if args.work else default_root
     command = "python experiments.py " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(1)

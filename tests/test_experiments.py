@@ -220,3 +220,17 @@ def test_train_flags_for_box_matching_and_the_shapes_options():
     for argv in (["--matcher", "box", "--head", "per_pixel"], ["--data", "ade20k", "--shapes-colours", "2"]):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
+
+
+def test_figure4_on_the_study_runs_and_on_a_given_checkpoint(tmp_path):
+    results, work = tmp_path / "results", tmp_path / "work"
+    experiments.main(["figure4", "--quick", "--results", str(results), "--work", str(work)])
+    result = json.loads((results / "figure4.json").read_text())
+    assert list(result["counts"]) == ["K = 97, seed 0", "K = 7, seed 0"]
+    for label, counts in result["counts"].items():
+        assert len(counts) == 20 and counts == sorted(counts, reverse=True)
+        assert result["summary"][label]["never"] == counts.count(0)
+    checkpoint = work / experiments.run_key(experiments.FIGURE4_ARMS["K = 7"], 0) / "last.pt"
+    experiments.main(["figure4", "--checkpoint", str(checkpoint), "--val-images", "4"])
+    again = json.loads((checkpoint.parent / "figure4" / "figure4.json").read_text())
+    assert list(again["counts"]) == [str(checkpoint)] and len(again["counts"][str(checkpoint)]) == 20
