@@ -7,7 +7,9 @@ both semantic and panoptic ground truth (`data.ShapesDataset` turns it into the 
 (class, mask) pairs of Eq. (3.2b)).
 
 Reading order: `generate_shapes` (one scene from a seeded rng) -> `ShapesScene` -> `shape_mask`
-(`shape_outline`, `polygon_mask`) -> the background and paint helpers.
+(`shape_outline`, `polygon_mask`) -> the background and paint helpers -> the options (last section):
+many classes (outline x colour, up to 97 classes: `--shapes-colours`) and panoptic "stuff" (textured
+background regions: `--shapes-stuff`), for the §4 studies of experiments.py.
 """
 
 from __future__ import annotations
