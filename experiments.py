@@ -36,6 +36,7 @@ iterations), so the numbers are not comparable with the paper's, only the direct
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -210,7 +211,7 @@ def run_arm(arm: Arm, seed: int, budget: Budget, results: Path, work: Path) -> d
             "--workers", "0", "--no-progress"]
     argv.append("--resume" if (out / "last.pt").exists() else "--overwrite")
     start = time.perf_counter()
-    with open(os.devnull, "w") as quiet, _redirect_stdout(quiet):
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # train.py's log lines: not over the bar
         metrics = train.train(train.parse_args(argv))
     keep = ("mIoU", "pixel_acc") if arm.task == "semantic" else ("PQ", "PQ_th", "PQ_st", "SQ", "RQ")
     record = {"arm": asdict(arm), "seed": seed, "argv": argv[:-1],
@@ -219,19 +220,6 @@ def run_arm(arm: Arm, seed: int, budget: Budget, results: Path, work: Path) -> d
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(strict_json(record, indent=1))
     return record
-
-
-class _redirect_stdout:
-    """train.py's log lines would break the study's progress bar: send them elsewhere."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def __enter__(self):
-        self.saved, sys.stdout = sys.stdout, self.stream
-
-    def __exit__(self, *exc):
-        sys.stdout = self.saved
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
