@@ -21,7 +21,9 @@ seen and identical for every arm (`FULL`), then writes three small files:
 Runs are shared between studies (an arm is a set of training flags; Table 4's PerPixelBaseline is
 also the classes study's K = 7 per-pixel arm) and each finished run is a file results/runs/*.json:
 an interrupted study resumes where it stopped (an unfinished training continues from its last.pt
-under runs/experiments/).
+under runs/experiments/). `figure4` and `inference` read the checkpoints of their runs, which are not
+committed: on a fresh copy they first train those runs again (and rewrite their records). To rerun a
+study from scratch, give it other folders: `python experiments.py table4 --results R --work W`.
 
 Reading order: `Budget` and `Arm` (what one training run is) -> `STUDIES` (the arms of each study)
 -> `run_arm` (one run through train.py) -> `run_study` (seeds, mean ± std, files) -> the two
