@@ -9,6 +9,7 @@ of docs/*.md must reach an existing file (and anchor).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -127,3 +128,65 @@ def test_every_relative_link_of_readme_and_docs_resolves():
                 if anchor not in set(ANCHOR.findall(text)) | headings:
                     broken.append(f"{page.relative_to(REPO)}: {target} (no such anchor)")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+# ----- The README's findings table is the results files' numbers, and its directions hold in them -----
+
+RESULTS = REPO / "results"
+
+
+def findings_rows() -> dict[str, str]:
+    """study name (from `python experiments.py STUDY`) -> the README row that reports it."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("**The paper's findings at classroom scale**")
+    rows = {}
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("**"):
+            break
+        match = re.search(r"`python experiments\.py (\w+)`", line)
+        if line.startswith("|") and match:
+            rows[match.group(1)] = line
+    return rows
+
+
+def study(name: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """arm -> metric -> (mean, std) in %, as the README rounds them."""
+    arms = json.loads((RESULTS / f"{name}.json").read_text())["arms"]
+    return {arm: {metric: (100 * value["mean"][metric], 100 * value["std"][metric]) for metric in value["mean"]}
+            for arm, value in arms.items()}
+
+
+def test_every_number_of_the_findings_table_is_in_its_results_file():
+    rows = findings_rows()
+    assert set(rows) == {"table4", "table5", "classes", "table6_k7", "inference"}
+    for name, row in rows.items():
+        reported = re.findall(r"(\d+\.\d) ± (\d+\.\d)", row)
+        assert reported, f"README's {name} row has no mean ± std"
+        available = {f"{mean:.1f} ± {std:.1f}" for metrics in study(name).values() for mean, std in metrics.values()}
+        for pair in reported:
+            said = " ± ".join(pair)
+            assert said in available, f"README's {name} row says {said}; results/{name}.json has {sorted(available)}"
+
+
+def clearly_above(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """a's mean exceeds b's by more than the two standard deviations together."""
+    return a[0] - b[0] > a[1] + b[1]
+
+
+def test_the_findings_table_directions_hold_in_the_results():
+    table4 = {arm: metrics["mIoU"] for arm, metrics in study("table4").items()}
+    for mask_arm in ("MaskFormer, fixed matching", "MaskFormer, bipartite matching"):
+        for pixel_arm in ("PerPixelBaseline", "PerPixelBaseline+"):
+            assert clearly_above(table4[mask_arm], table4[pixel_arm]), (mask_arm, pixel_arm)
+    assert not clearly_above(table4["MaskFormer, bipartite matching"], table4["MaskFormer, fixed matching"])
+    table5 = study("table5")
+    assert table5["mask matching"]["PQ"][0] > table5["box matching"]["PQ"][0]
+    assert table5["mask matching"]["PQ_st"][0] > table5["box matching"]["PQ_st"][0]
+    classes = {arm: metrics["mIoU"] for arm, metrics in study("classes").items()}
+    assert clearly_above(classes["mask classification, K = 7"], classes["per-pixel, K = 7"])
+    assert max(classes["mask classification, K = 97"][0], classes["per-pixel, K = 97"][0]) < 5  # not learned
+    queries = sorted(metrics["mIoU"] for metrics in study("table6_k7").values())
+    assert not clearly_above(queries[-1], queries[0])
+    inference = {arm: metrics["mIoU"] for arm, metrics in study("inference").items()}
+    semantic, general = inference["semantic inference (3.4b)"], inference["general inference (3.4a)"]
+    assert not clearly_above(semantic, general) and not clearly_above(general, semantic)
