@@ -218,12 +218,21 @@ def resolve(spec: str, mirror: str | None = None, log=print) -> str:
 
 
 def load_model(spec: str, mirror: str | None = None, log=print) -> tuple[maskformer.MaskFormer, list[str]]:
-    """(model in eval mode, class names) of a published name / alias or a converted checkpoint file:
+    """(model in eval mode, class names) of a published name / alias, a converted checkpoint file or a
+    Hugging Face model folder downloaded by hand (renamed in memory by `convert.load_hf_folder`):
     the one-call form for notebooks, e.g. `model, names = weights.load_model("swin-t-ade")`."""
-    checkpoint = torch.load(resolve(spec, mirror, log), map_location="cpu", weights_only=True)
-    model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**checkpoint["config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), list(checkpoint["class_names"])
+    path = Path(resolve(spec, mirror, log)).expanduser()
+    if not path.exists():
+        raise WeightsError(f"{spec}: no such file or folder, and not a published model name (python infer.py --list)")
+    if path.is_dir():
+        state, name, overrides, class_names = convert.load_hf_folder(path)
+        model = maskformer.build_model(name, num_classes=len(class_names), **overrides)
+    else:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**checkpoint["config"]))
+        state, class_names = checkpoint["model"], checkpoint["class_names"]
+    model.load_state_dict(state)
+    return model.eval(), list(class_names)
 
 
 def imagenet_entry(backbone: str) -> ImageNet:
@@ -298,9 +307,9 @@ def download(url: str, path: Path, log) -> None:
     """`url` (http(s) or file://) → `path`, through `<path>.part`, with a progress bar."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
-    log(f"downloading {url} to {path}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            log(f"downloading {url} to {path}")  # once connected: offline, the error below is the only line
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
                       disable=None) as bar:

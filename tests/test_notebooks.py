@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-EXPECTED = ["01_data", "02_model", "03_matching", "04_losses", "05_inference", "06_training", "07_pretrained", "08_queries"]
+EXPECTED = ["01_data", "02_model", "03_matching", "04_losses", "05_inference", "06_training", "07_pretrained",
+            "08_queries"]
 STORED = sorted(NOTEBOOKS.glob("*.ipynb"))
 EXERCISES = sorted((REPO / "exercises").glob("*.ipynb"))
+SAFETENSORS = "model.safetensors"
 PAPER_REFERENCE = re.compile(r"Eq\. \(3\.[1-4][a-g]\)|§[34]")
 
 
@@ -106,18 +109,36 @@ def test_the_stored_checks_fail_on_a_notebook_without_outputs(tmp_path):
         test_stored_executed_with_figures_and_no_error(tmp_path / "05_inference.ipynb")
 
 
+def offline_weights(tmp_path: Path) -> dict[str, str]:
+    """07 without network: an empty torch hub cache and a mirror folder that does not exist (fails at once)."""
+    return {"TORCH_HOME": str(tmp_path / "torch"), "MASKFORMER_WEIGHTS_MIRROR": (tmp_path / "no-mirror").as_uri()}
+
+
+def stream_text(nb) -> str:
+    return "".join(o.get("text", "") for o in outputs_of(nb) if o.output_type == "stream")
+
+
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_runs_top_to_bottom(name):
+def test_notebook_runs_top_to_bottom(name, tmp_path):
     start = time.perf_counter()
-    nb = execute(NOTEBOOKS / f"{name}.ipynb", env={"MASKFORMER_NOTEBOOK_FAST": "1"})
+    env = {"MASKFORMER_NOTEBOOK_FAST": "1", **(offline_weights(tmp_path) if name == "07_pretrained" else {})}
+    nb = execute(NOTEBOOKS / f"{name}.ipynb", env=env)
     assert not [o for o in outputs_of(nb) if o.output_type == "error"]
     assert figures(nb) >= 1, f"{name}: no matplotlib figure"
     print(f"{name}: {time.perf_counter() - start:.1f} s")
+    if name == "07_pretrained":  # offline: the one-line reason, then every later cell skips
+        missing = tmp_path / "torch" / "hub" / "checkpoints" / "maskformer" / "maskformer-swin-tiny-ade" / SAFETENSORS
+        load_cell = next(cell for cell in nb.cells if "weights.load_model(WEIGHTS)" in cell.source)
+        reason, skipped = "".join(o.get("text", "") for o in load_cell.outputs).splitlines()
+        assert skipped.startswith("no weights: the rest of this notebook is skipped")
+        assert reason.startswith(f"cannot download {(tmp_path / 'no-mirror').as_uri()}/maskformer-swin-tiny-ade/"
+                                 f"{SAFETENSORS} (") and f"put it at {missing}," in reason
+        assert stream_text(nb).count("skipped (no weights)") == 2 and figures(nb) == 1  # the photo only
 
 
-@pytest.mark.slow
-def test_pretrained_notebook_with_a_hugging_face_folder(tmp_path):
-    """07 with a Hugging Face model folder, as a user downloads it (random weights, built offline)."""
+def small_hugging_face_model(folder: Path, weights_file: str = SAFETENSORS) -> None:
+    """A random MaskFormer in the Hugging Face port's format (ResNet-18, 3 classes, 10 queries) at `folder`:
+    config.json and `weights_file`, model.safetensors or pytorch_model.bin (a torch.save of the state dict)."""
     transformers = pytest.importorskip("transformers", reason="transformers builds the stand-in HF folder")
     backbone = transformers.ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
                                          out_features=["stage1", "stage2", "stage3", "stage4"])
@@ -126,16 +147,51 @@ def test_pretrained_notebook_with_a_hugging_face_folder(tmp_path):
         fpn_feature_size=64, mask_feature_size=64,
         decoder_config=dict(model_type="detr", d_model=64, decoder_layers=2, decoder_attention_heads=4,
                             decoder_ffn_dim=128, num_queries=10))
-    transformers.MaskFormerForInstanceSegmentation(config).save_pretrained(tmp_path / "hf")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)  # the port's random initialisation: the same stand-in on every run
+    model = transformers.MaskFormerForInstanceSegmentation(config)
+    model.save_pretrained(folder)  # recent releases write model.safetensors only
+    if weights_file != SAFETENSORS:
+        torch.save(model.state_dict(), folder / weights_file)
+        (folder / SAFETENSORS).unlink()
+
+
+def run_pretrained_notebook(tmp_path: Path, env: dict[str, str]):
+    """07 on a 128 × 128 `shapes` image; checks what every run with weights shows, returns the stream text."""
     from PIL import Image
 
     import data
 
     photo = data.denormalize(data.build_dataset("shapes", split="val")[0]["image"])  # (128, 128, 3)
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    env = {"MASKFORMER_HF_WEIGHTS": str(tmp_path / "hf"), "MASKFORMER_PHOTO": str(tmp_path / "photo.png")}
-    nb = execute(NOTEBOOKS / "07_pretrained.ipynb", env=env)
-    text = "".join(o.get("text", "") for o in outputs_of(nb) if o.output_type == "stream")
-    assert "loaded hf: backbone resnet18, 3 classes" in text and "photo: (128, 128, 3)" in text
-    assert "skipped" not in text
+    nb = execute(NOTEBOOKS / "07_pretrained.ipynb", env={"MASKFORMER_PHOTO": str(tmp_path / "photo.png"), **env})
+    text = stream_text(nb)
+    assert "backbone resnet18, 3 classes, 10 queries" in text and "photo: (128, 128, 3)" in text
+    assert "skipped" not in text and "of 10 queries predict ∅" in text
     assert figures(nb) == 3  # the photo, the overlay and the queries
+    return text
+
+
+def test_pretrained_notebook_by_name_through_a_mirror(tmp_path):
+    """07 by published name, fetched from a file:// mirror into an empty cache, converted, run on the photo.
+
+    The entry served is a Hugging Face row whose publisher gives no digest (so a random stand-in passes
+    the check); the download, conversion and cache are those of a real name."""
+    import weights
+
+    entry = next(m for m in weights.MODELS if m.source == "hf" and all(f.sha256 is None for f in m.files))
+    small_hugging_face_model(tmp_path / "mirror" / entry.name, entry.files[0].filename)
+    env = {"MASKFORMER_WEIGHTS": entry.alias, "TORCH_HOME": str(tmp_path / "torch"),
+           "MASKFORMER_WEIGHTS_MIRROR": (tmp_path / "mirror").as_uri()}
+    text = run_pretrained_notebook(tmp_path, env)
+    converted = tmp_path / "torch" / "hub" / "checkpoints" / "maskformer" / entry.name / "converted.pt"
+    assert f"downloading {(tmp_path / 'mirror').as_uri()}/{entry.name}/{entry.files[0].filename}" in text
+    assert f"cached at {converted})" in text and converted.is_file()
+    assert f"loaded {entry.alias}: backbone resnet18" in text
+
+
+def test_pretrained_notebook_with_a_hugging_face_folder(tmp_path):
+    """07 with a Hugging Face model folder, as a user downloads it by hand (random weights, built offline)."""
+    small_hugging_face_model(tmp_path / "hf")
+    text = run_pretrained_notebook(tmp_path, {"MASKFORMER_WEIGHTS": str(tmp_path / "hf"), **offline_weights(tmp_path)})
+    assert "loaded hf: backbone resnet18" in text and "downloading" not in text

@@ -100,6 +100,28 @@ def test_load_model_and_the_cli_by_name(hf_tiny, tmp_path, monkeypatch, capsys):
                                    atol=1e-4, rtol=1e-4)
 
 
+def test_load_model_reads_a_hugging_face_folder_as_downloaded_by_hand(hf_tiny, tmp_path, cache):
+    """A folder path (config.json + pytorch_model.bin) gives the HF port's function; nothing is cached."""
+    hf_tiny.save_pretrained(tmp_path / "by hand")  # recent transformers write model.safetensors only
+    torch.save(hf_tiny.state_dict(), tmp_path / "by hand" / "pytorch_model.bin")  # the .bin of older uploads
+    (tmp_path / "by hand" / "model.safetensors").unlink()
+    model, names = weights.load_model(str(tmp_path / "by hand"), log=lambda _: pytest.fail("logged a download"))
+    assert not model.training and names == [hf_tiny.config.id2label[i] for i in range(K)]
+    images = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, theirs = model(images), hf_tiny(pixel_values=images)
+    torch.testing.assert_close(ours["pred_logits"], theirs.class_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours["pred_masks"], theirs.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    assert not cache.exists()
+
+
+def test_load_model_of_a_missing_path_is_one_line(tmp_path):
+    with pytest.raises(weights.WeightsError) as e:
+        weights.load_model(str(tmp_path / "nowhere" / "maskformer-swin-tiny-ade"))
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'nowhere'}") and "no such file or folder" in message
+
+
 def test_second_call_reads_the_converted_cache(hf_tiny, tmp_path, monkeypatch):
     """The second resolve neither downloads (the mirror is gone) nor converts (convert_file fails)."""
     monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
@@ -163,9 +185,11 @@ def test_offline_names_the_url_and_the_cache_path(cache, monkeypatch):
         raise urllib.error.URLError(OSError(101, "Network is unreachable"))
 
     monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    lines = []
     with pytest.raises(weights.WeightsError) as e:
-        weights.resolve("swin-t-ade", log=lambda _: None)
+        weights.resolve("swin-t-ade", log=lines.append)
     message = str(e.value)
+    assert lines == []  # no "downloading" line for a download that never started: the error is the one line
     expected_path = cache / "maskformer-swin-tiny-ade" / "model.safetensors"
     assert "\n" not in message and "Network is unreachable" in message
     assert "https://huggingface.co/facebook/maskformer-swin-tiny-ade/resolve/main/model.safetensors" in message
