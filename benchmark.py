@@ -766,7 +766,8 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     hooks, plus one validation, one checkpoint save and the end-of-run figures; then scaled to the
     whole run (iterations, validations and saves of its recipe). Phases of a step: waiting for the
     data loader, the forward pass (Figure 2), the loss (Eq. (3.2d)) with the matching (Eq. (3.2c))
-    inside it, the AdamW step, and the rest (backward, gradient clipping, the one host read-back)."""
+    inside it, the AdamW step, and the rest (backward, gradient clipping, the one host read-back).
+    A CPU profile (wall time between hooks): on CUDA the phases would need a synchronisation each."""
     args = train.parse_args(train_argv)
     recipe, device = train.resolve_recipe(args), torch.device(args.device or "cpu")
     if args.threads:
