@@ -31,7 +31,7 @@ import metrics
 import train
 from tests.conftest import REPO
 
-# the issue's `T`: a tiny model on 64 x 64 crops, validation on 2 images, a log line every step
+# `T`: a tiny model on 64 x 64 crops, validation on 2 images, a log line every step
 T = ["--config", "tiny", "--batch-size", "2", "--crop-size", "64", "--workers", "0", "--no-progress",
      "--val-images", "2", "--log-period", "1", "--threads", "1"]
 
@@ -263,7 +263,7 @@ def test_unusable_output_folder(tmp_path, capsys, script, kind):
 # Training under faults: one function per row of the table below
 # ---------------------------------------------------------------------------------------------
 def nan_mask_classification(tmp_path, capsys, finished, monkeypatch):
-    """The issue's reproduction: at lr 1e6 the loss is finite (~1e32) at step 2 but the gradient norm is
+    """At lr 1e6 the loss is finite (~1e32) at step 2 but the gradient norm is
     NaN. Run as a real process: exit status 1, one line, and last.pt is the last finite one."""
     out = tmp_path / "run"
     result = run_script("train.py", T + ["--iters", "8", "--eval-period", "100", "--checkpoint-period", "1",
