@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 import convert
 import maskformer
+from checkpoint import save_checkpoint
 
 MIRROR_ENV = "MASKFORMER_WEIGHTS_MIRROR"
 HF = "https://huggingface.co"
@@ -277,10 +278,7 @@ def cached_conversion(name: str, files: tuple[Download, ...], mirror: str | None
     for file in files:
         fetch(file, folder / file.filename, mirror, log)
     log(f"converting {name} with convert.py's rules (once; cached at {converted})")
-    checkpoint = convert_fn(folder)
-    partial = converted.with_suffix(".part")
-    torch.save(checkpoint, partial)
-    partial.replace(converted)
+    save_checkpoint(converted, convert_fn(folder))  # atomic: a crash never leaves a torn converted.pt
     return converted
 
 
