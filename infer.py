@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import tempfile
@@ -895,22 +894,13 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
     print_table(rows, summary, results["num_images"])
     report = {**summary, "num_images": results["num_images"], "test_size": short_edge, "test_max_size": long_edge,
               "tta": args.tta, "per_class": rows}
-    (out / f"eval_{args.task}.json").write_text(json.dumps(_nan_to_none(report), indent=1))  # strict JSON
+    (out / f"eval_{args.task}.json").write_text(strict_json(report, indent=1))
     with open(out / f"eval_{args.task}_per_class.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     print(f"per-class results: {out / f'eval_{args.task}.json'} and {out / f'eval_{args.task}_per_class.csv'}")
     return results
-
-
-def _nan_to_none(value):
-    """Classes absent from ground truth and prediction have nan metrics: null in JSON."""
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def print_table(rows: list[dict], summary: dict[str, float], num_images: int) -> None:
