@@ -443,12 +443,9 @@ def prepare_ade20k_panoptic(root: Path) -> Path:
                 instance_path = base / "annotations_instance" / folder / f"{stem}.png"
                 semantic = read_label(semantic_path)
                 instance = read_image(instance_path)
-                with Image.open(image_path) as img:
-                    w, h = img.size
-                for path, shape in ((semantic_path, semantic.shape), (instance_path, instance.shape[:2])):
-                    if shape != (h, w):
-                        raise DatasetError(f"{path}: size {shape[1]}x{shape[0]} (WxH) differs from its image "
-                                           f"{image_path} ({w}x{h})")
+                check_size(image_path, semantic.shape, semantic_path)
+                check_size(image_path, instance.shape[:2], instance_path)
+                h, w = semantic.shape
                 pan_seg, segments_info = ade_panoptic_segments(semantic, instance, is_thing,
                                                                meta["instance_to_semantic"], instance_path)
                 rgb = encode_panoptic_png(pan_seg)
