@@ -134,6 +134,9 @@ class MaskFormerLoss(nn.Module):
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = no_object_weight
         self.register_buffer("empty_weight", empty_weight, persistent=False)
+        # ∅'s weight as a host number (the buffer's float32 value): the CE normaliser reads it every step,
+        # and reading it from the buffer on a GPU would be a host-device sync
+        self.no_object_weight = float(empty_weight[-1])
 
         layer_weights = {"loss_ce": class_weight, "loss_focal": focal_weight, "loss_dice": dice_weight}
         self.weight_dict = dict(layer_weights)
@@ -162,7 +165,7 @@ class MaskFormerLoss(nn.Module):
         num_masks = batch["num_masks"] if "num_masks" in batch else count_masks(targets, outputs["pred_logits"].device)
         # the cross-entropy's normaliser, likewise global (batch["class_weight_sum"] under accumulation)
         class_weight_sum = batch["class_weight_sum"] if "class_weight_sum" in batch else count_class_weights(
-            targets, N, float(self.empty_weight[-1]), outputs["pred_logits"].device)
+            targets, N, self.no_object_weight, outputs["pred_logits"].device)
         losses = self.layer_losses(outputs, targets, num_masks, class_weight_sum)
         # deep supervision: every decoder layer is matched anew and gets the same terms
         for i, layer_outputs in enumerate(aux_outputs):
@@ -190,7 +193,7 @@ class MaskFormerLoss(nn.Module):
         target_classes[batch_idx, query_idx] = torch.cat(
             [t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(device)
         if class_weight_sum is None:
-            class_weight_sum = count_class_weights(targets, N, float(self.empty_weight[-1]), device)
+            class_weight_sum = count_class_weights(targets, N, self.no_object_weight, device)
         # weighted mean over the B·N queries of −log p(target), ∅ weighted by no_object_weight
         loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.empty_weight,
                                   reduction="sum") / class_weight_sum

@@ -273,7 +273,7 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     normalisers = {"num_masks": losses.count_masks(step_targets, settings.device) / settings.accum}
     if isinstance(criterion, losses.MaskFormerLoss) and settings.num_queries:  # the same for the cross-entropy
         normalisers["class_weight_sum"] = losses.count_class_weights(
-            step_targets, settings.num_queries, float(criterion.empty_weight[-1]), settings.device) / settings.accum
+            step_targets, settings.num_queries, criterion.no_object_weight, settings.device) / settings.accum
     for micro, batch in enumerate(micro_batches):
         batch = {**move_batch(batch, settings.device), **normalisers}
         images += batch["images"].shape[0]
