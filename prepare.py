@@ -252,12 +252,8 @@ def prepare_ade20k_full(root: Path) -> Path:
         seg_path = image_path.with_name(image_path.stem + "_seg.png")
         seg = read_image(seg_path)  # (H, W, 3) RGB
         classes = decode_ade_seg(seg)  # (H, W) ADE object class values
-        with Image.open(image_path) as img:
-            w, h = img.size
-        if (h, w) != classes.shape:
-            raise DatasetError(f"{seg_path}: size {classes.shape[1]}x{classes.shape[0]} (WxH) differs from its "
-                               f"image {image_path} ({w}x{h})")
-        size = shrunk_size(h, w)
+        check_size(image_path, classes.shape, seg_path)
+        size = shrunk_size(*classes.shape)
         if size is None:
             save_atomic(out_image, lambda tmp, source=image_path: shutil.copyfile(source, tmp))
         else:
