@@ -461,12 +461,12 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
             if "orig_size" not in targets[0]:
                 raise ValueError("evaluate needs items of an evaluation dataset (train=False): no 'orig_size'")
             orig_sizes = [t["orig_size"] for t in targets]
-            if task == "semantic" and tta:  # multi-scale + flip, each scale resized from the original image
-                preds = [tta_class_scores(model, t["orig_image"].numpy(), *tta_resize(dataset, t["orig_size"]),
-                                          amp_dtype).argmax(0) for t in targets]
-            elif task == "semantic":
-                preds = predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
             if task == "semantic":
+                if tta:  # multi-scale + flip, each scale resized from the original image
+                    preds = [tta_class_scores(model, t["orig_image"].numpy(), *tta_resize(dataset, t["orig_size"]),
+                                              amp_dtype).argmax(0) for t in targets]
+                else:
+                    preds = predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
                 for pred, target in zip(preds, targets):
                     metric.update(pred, target["orig_sem_seg"].to(device))
             else:
