@@ -200,15 +200,20 @@ def run_key(arm: Arm, seed: int) -> str:
     return f"{arm.name()}-seed{seed}"
 
 
+def record_path(results: Path, arm: Arm, seed: int) -> Path:
+    """results/runs/KEY.json: what one run measured (written once it has finished)."""
+    return results / "runs" / f"{run_key(arm, seed)}.json"
+
+
 def run_arm(arm: Arm, seed: int, budget: Budget, results: Path, work: Path) -> dict:
     """One training run through train.py (resumed if interrupted), recorded in results/runs/KEY.json.
 
     A run whose record exists is not trained again. Returns {"arm", "seed", "metrics", "wall_s"}."""
     import train  # here: train imports this project's every module; studies on checkpoints need none of it
 
-    record_path = results / "runs" / f"{run_key(arm, seed)}.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
+    record_file = record_path(results, arm, seed)
+    if record_file.exists():
+        return json.loads(record_file.read_text())
     out = work / run_key(arm, seed)
     argv = [*budget.flags(), *arm.flags(), "--seed", str(seed), "--output", str(out), "--threads", "1",
             "--workers", "0", "--no-progress"]
@@ -220,8 +225,8 @@ def run_arm(arm: Arm, seed: int, budget: Budget, results: Path, work: Path) -> d
     record = {"arm": asdict(arm), "seed": seed, "argv": argv[:-1],
               "metrics": {k: metrics[k] for k in keep if k in metrics},
               "wall_s": round(time.perf_counter() - start, 1)}
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(strict_json(record, indent=1))
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    record_file.write_text(strict_json(record, indent=1))
     return record
 
 
@@ -339,9 +344,9 @@ def segments_of_classes(label_map: Tensor) -> tuple[Tensor, list[dict]]:
 
 def checkpoint_of(arm: Arm, seed: int, budget: Budget, results: Path, work: Path) -> Path:
     """last.pt of an arm's run, trained first if needed (its record too)."""
-    path = work / run_key(arm, seed) / "last.pt"
-    if not path.exists() or not (results / "runs" / f"{run_key(arm, seed)}.json").exists():
-        (results / "runs" / f"{run_key(arm, seed)}.json").unlink(missing_ok=True)
+    path, record_file = work / run_key(arm, seed) / "last.pt", record_path(results, arm, seed)
+    if not path.exists() or not record_file.exists():
+        record_file.unlink(missing_ok=True)
         run_arm(arm, seed, budget, results, work)
     return path
 
