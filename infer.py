@@ -637,8 +637,7 @@ def write_semantic(out: Path, stem: str, image: np.ndarray, labels: Tensor, name
 def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, segments_info: list[dict],
                    names: list[str], palette: np.ndarray) -> None:
     """<stem>_panoptic.png (COCO: id = R + 256 G + 256² B), <stem>_panoptic.json, <stem>_overlay.png."""
-    ids = pan_seg.cpu().numpy().astype(np.uint32)
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2 % 256], -1).astype(np.uint8)
+    rgb = prepare.encode_panoptic_png(pan_seg.cpu().numpy().astype(np.uint32))  # (H, W, 3)
     Image.fromarray(rgb).save(out / f"{stem}_panoptic.png")
     info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
     (out / f"{stem}_panoptic.json").write_text(strict_json({"file_name": f"{stem}_panoptic.png",
