@@ -581,7 +581,7 @@ def write_ade_like_fixture(root: Path, num_images: int = 16, size: tuple[int, in
 
 
 def data_pipeline_speed(root: str | Path | None = None, workers: tuple[int, ...] = (0, 2), num_batches: int = 8,
-              batch_size: int = 8, crop_size: int = 512) -> dict[str, float]:
+                        batch_size: int = 8, crop_size: int = 512) -> dict[str, float]:
     """Speed of the ADE20K training pipeline (decode + augment + targets, crop `crop_size`).
 
     Measures, in this process, the milliseconds per image of each stage, then the samples per
@@ -611,8 +611,8 @@ def data_pipeline_speed(root: str | Path | None = None, workers: tuple[int, ...]
         for workers_n in workers:
             sampler = torch.utils.data.RandomSampler(dataset, replacement=True,
                                                      num_samples=(num_batches + 1) * batch_size)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers_n,
-                                collate_fn=data.collate)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                                 num_workers=workers_n, collate_fn=data.collate)
             batches = iter(loader)
             next(batches)  # worker start-up and the first batch are not timed
             start = time.perf_counter()
