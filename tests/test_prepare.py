@@ -565,3 +565,20 @@ def test_mapillary_v2_download_layout_and_a_deleted_prepared_file(tmp_path):
     (root / "coco_stuff_10k" / "annotations_detectron2" / "test" / "b.png").unlink()
     with pytest.raises(DatasetError, match=r"test holds 0 label files, prepared_coco_stuff_10k\.json says 1; run"):
         data.build_dataset("coco_stuff_10k", root, split="val")
+
+
+def test_a_label_of_another_size_than_its_image_is_one_line(tmp_path):
+    """ADE20K-Full _seg.png and ADE20K panoptic instance PNG of 3 x 2 beside a 2 x 3 image."""
+    root = write_ade_full(tmp_path / "full", {"ADE_train_00000001": np.array([[WALL, WALL, AD]]),
+                                              "ADE_val_00000001": np.array([[WALL]])})
+    seg = next((root / "ADE20K_2021_17_01").rglob("ADE_train_00000001_seg.png"))
+    save(ade_seg_png(np.full((3, 2), WALL)), seg)
+    with pytest.raises(DatasetError, match=r"_seg\.png: label size 2x3 \(WxH\) differs from its image .*\(3x1\)"):
+        prepare.prepare("ade20k_full", root)
+    root = write_ade_panoptic(tmp_path / "pan", {"ADE_train_00000001": (PAN_SEMANTIC, PAN_CATEGORY, PAN_INSTANCE),
+                                                 "ADE_val_00000001": (PAN_SEMANTIC, PAN_CATEGORY, PAN_INSTANCE)})
+    instance = root / "ADEChallengeData2016" / "annotations_instance" / "training" / "ADE_train_00000001.png"
+    save(np.zeros((4, 3, 3), np.uint8), instance)
+    with pytest.raises(DatasetError, match=r"annotations_instance.*: label size 3x4 \(WxH\) differs from its image "
+                                           r".*\(4x3\)"):
+        prepare.prepare("ade20k_panoptic", root)
