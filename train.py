@@ -252,7 +252,7 @@ class StepSettings:
     device: torch.device
     amp_dtype: torch.dtype | None  # autocast dtype, None for float32
     clip_grad_norm: float  # whole-model L2 gradient-norm clip, 0: off
-    num_queries: int | None = None  # N: the CE normaliser counts the whole step's queries (None: each micro-batch's)
+    num_queries: int  # N: the CE normaliser counts the whole step's queries
 
 
 def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -269,9 +269,11 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     # global batch's summed mask losses by its mask count. Dividing each micro-batch by the global count /
     # accumulation steps (the count is also averaged over processes) makes the mean of the micro-steps'
     # gradients that objective's gradient.
-    step_targets = [t for b in micro_batches for t in b["targets"]]
-    normalisers = {"num_masks": losses.count_masks(step_targets, settings.device) / settings.accum}
-    if isinstance(criterion, losses.MaskFormerLoss) and settings.num_queries:  # the same for the cross-entropy
+    normalisers = {}
+    if isinstance(criterion, losses.MaskFormerLoss):  # the per-pixel loss of Eq. (3.1b) needs neither
+        step_targets = [t for b in micro_batches for t in b["targets"]]
+        normalisers["num_masks"] = losses.count_masks(step_targets, settings.device) / settings.accum
+        # the same for the cross-entropy
         normalisers["class_weight_sum"] = losses.count_class_weights(
             step_targets, settings.num_queries, criterion.no_object_weight, settings.device) / settings.accum
     for micro, batch in enumerate(micro_batches):
