@@ -26,7 +26,8 @@ Follow one image from the dataset to the loss value:
    three terms, keys suffixed "_0" (earliest layer) … "_4".
 
 Reading order: `MaskFormerLoss.forward` → `loss_labels` → `loss_masks` → `sigmoid_focal_loss`,
-`dice_loss`; then `PerPixelLoss` (Eq. (3.1b)) → `per_pixel_loss`. Both criteria are called the
+`dice_loss`; then `PerPixelLoss` (Eq. (3.1b)) → `per_pixel_cross_entropy` (`per_pixel_loss`: the same
+with its label check). Both criteria are called the
 same way by train.py: `terms = criterion(outputs, batch)`, then Σ_k weight_dict[k] · terms[k].
 
 How this differs from the paper's formulas, following the official code (SetCriterion in
@@ -224,26 +225,35 @@ class MaskFormerLoss(nn.Module):
 
 
 def per_pixel_loss(sem_seg_logits: Tensor, sem_seg: Tensor, ignore_index: int = 255) -> Tensor:
-    """Eq. (3.1b) for PerPixelBaseline(+): per-pixel cross-entropy over K classes.
+    """Eq. (3.1b) for PerPixelBaseline(+): per-pixel cross-entropy over K classes, labels checked first.
 
     sem_seg_logits (B, K, h, w) are upsampled (bilinear) to the labels' (H, W); sem_seg (B, H, W)
     long with values in 0..K−1 or ignore_index. The mean over labelled pixels (official; the
     paper writes a sum); 0, still attached to the graph, when every pixel is ignored.
     """
-    B, K, h, w = sem_seg_logits.shape
-    if sem_seg.dim() != 3 or sem_seg.shape[0] != B or sem_seg.dtype != torch.long:
-        raise ValueError(f"per_pixel_loss: sem_seg must be a long (B={B}, H, W) tensor, "
+    check_sem_seg(sem_seg, *sem_seg_logits.shape[:2], ignore_index, "per_pixel_loss")
+    return per_pixel_cross_entropy(sem_seg_logits, sem_seg, ignore_index)
+
+
+def check_sem_seg(sem_seg: Tensor, num_images: int, num_classes: int, ignore_index: int, where: str) -> None:
+    """A clear error unless sem_seg is a long (B, H, W) map of 0..K−1 or ignore_index (one host read)."""
+    if sem_seg.dim() != 3 or sem_seg.shape[0] != num_images or sem_seg.dtype != torch.long:
+        raise ValueError(f"{where}: sem_seg must be a long (B={num_images}, H, W) tensor, "
                          f"got {sem_seg.dtype} of shape {tuple(sem_seg.shape)}")
-    H, W = sem_seg.shape[-2:]
     labelled = sem_seg != ignore_index                                     # (B, H, W)
-    bad = labelled & ((sem_seg < 0) | (sem_seg >= K))
+    bad = labelled & ((sem_seg < 0) | (sem_seg >= num_classes))
     if bad.any():
-        raise ValueError(f"per_pixel_loss: sem_seg values must be in 0..{K - 1} or {ignore_index} (ignore), "
+        raise ValueError(f"{where}: sem_seg values must be in 0..{num_classes - 1} or {ignore_index} (ignore), "
                          f"got {sem_seg[bad].unique().tolist()[:10]}")
-    logits = F.interpolate(sem_seg_logits.float(), size=(H, W), mode="bilinear", align_corners=False)
+
+
+def per_pixel_cross_entropy(sem_seg_logits: Tensor, sem_seg: Tensor, ignore_index: int) -> Tensor:
+    """Eq. (3.1b) for labels already checked (`check_sem_seg`); see `per_pixel_loss`."""
+    H, W = sem_seg.shape[-2:]
+    logits = F.interpolate(sem_seg_logits.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
     # Eq. (3.1b): Σ_i −log p_i(y_i) over labelled pixels, then / their number
     total = F.cross_entropy(logits, sem_seg, ignore_index=ignore_index, reduction="sum")
-    return total / labelled.sum().clamp(min=1)
+    return total / (sem_seg != ignore_index).sum().clamp(min=1)
 
 
 class PerPixelLoss(nn.Module):
@@ -261,9 +271,12 @@ class PerPixelLoss(nn.Module):
         self.weight_dict = {"loss_ce": 1.0, **{f"loss_ce_{i}": 1.0 for i in range(num_aux_layers)}}
 
     def forward(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
-        sem_seg = batch["sem_seg"]
-        terms = {"loss_ce": per_pixel_loss(outputs["sem_seg_logits"], sem_seg, self.ignore_index)}
+        sem_seg, logits = batch["sem_seg"], outputs["sem_seg_logits"]
+        # checked once here, not once per decoder layer (each check is a host read: a GPU sync)
+        check_sem_seg(sem_seg, *logits.shape[:2], self.ignore_index, "PerPixelLoss")
+        terms = {"loss_ce": per_pixel_cross_entropy(logits, sem_seg, self.ignore_index)}
         # deep supervision: every decoder layer's per-pixel logits get the same loss
         for i, layer_outputs in enumerate(outputs.get("aux_outputs", [])):
-            terms[f"loss_ce_{i}"] = per_pixel_loss(layer_outputs["sem_seg_logits"], sem_seg, self.ignore_index)
+            terms[f"loss_ce_{i}"] = per_pixel_cross_entropy(layer_outputs["sem_seg_logits"], sem_seg,
+                                                            self.ignore_index)
         return terms

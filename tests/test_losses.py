@@ -273,6 +273,20 @@ def test_per_pixel_criterion_supervises_every_layer():
     assert set(PerPixelLoss()(outputs | {"aux_outputs": []}, {"sem_seg": labels})) == {"loss_ce"}
 
 
+def test_per_pixel_criterion_checks_labels_once_and_names_itself(monkeypatch):
+    # the label check reads the labels back to the host (a GPU sync): once per call, not per layer
+    import losses
+    calls = []
+    check = losses.check_sem_seg
+    monkeypatch.setattr(losses, "check_sem_seg", lambda *a: calls.append(a[-1]) or check(*a))
+    layers = [torch.randn(1, 3, 2, 2) for _ in range(6)]
+    outputs = {"sem_seg_logits": layers[-1], "aux_outputs": [{"sem_seg_logits": x} for x in layers[:-1]]}
+    PerPixelLoss(num_aux_layers=5)(outputs, {"sem_seg": torch.zeros(1, 4, 4, dtype=torch.long)})
+    assert calls == ["PerPixelLoss"]
+    with pytest.raises(ValueError, match=r"PerPixelLoss: sem_seg values must be in 0\.\.2 or 255"):
+        PerPixelLoss(num_aux_layers=5)(outputs, {"sem_seg": torch.full((1, 4, 4), 7)})
+
+
 def test_per_pixel_loss_all_ignored_and_bad_labels():
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     loss = per_pixel_loss(logits, torch.full((1, 8, 8), 255))
