@@ -27,7 +27,7 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    that those kernels set: ours' time in them / HF's whole time.
 5. The data pipeline's samples/s (`data_pipeline_speed`) next to what a training step consumes (images/s).
 6. Only with --ddp N (instead of 1-5): the training step of N processes under DistributedDataParallel
-   (train.wrap_for_training; gloo on CPU, NCCL on CUDA) against 1 process, each with the same batch
+   (distributed.wrap_for_training; gloo on CPU, NCCL on CUDA) against 1 process, each with the same batch
    per process and the same threads, and the all-reduce of the gradients alone (`ddp_speed`): the
    distributed path's overhead per step (on CPU communication only; the cores are shared).
 7. Only with --time-to-accuracy (instead of 1-5): --runs fresh `python train.py` processes (the default
@@ -84,10 +84,14 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import adamw
 import augment
 import checkpoint
 import data
+import distributed
+import evaluate
 import maskformer
+import runs
 import train
 from losses import MaskFormerLoss
 from tests import hf_reference  # the HF port, a test-only reference (transformers is optional)
@@ -503,7 +507,7 @@ def ddp_worker(rank: int, world_size: int, init_file: str, name: str, args: argp
                                 rank=rank, world_size=world_size)
     variant = build_variant(Variant("ours", "ours"), name, device)
     # the training script's own DDP set-up (channels-last weights, gradient_as_bucket_view)
-    variant.model = train.wrap_for_training(variant.model, device, world_size, compile_model=False)
+    variant.model = distributed.wrap_for_training(variant.model, device, world_size, compile_model=False)
     notes: list[str] = []
     steps = make_steps(args, name, [variant], "train")  # every process: the same random batch
     times = time_interleaved(steps, args.repeats, args.warmup, device, notes)["ours"]
@@ -719,7 +723,7 @@ def time_to_accuracy_run(out: Path, train_argv: list[str], thresholds: tuple[flo
     if process.wait():
         raise SystemExit(f"error: {' '.join(command)} failed:\n{''.join(lines[-10:])}")
     wall = time.perf_counter() - start
-    logged = [r["img_per_s"] for r in train.read_records(out / "metrics.jsonl") if "img_per_s" in r]
+    logged = [r["img_per_s"] for r in runs.read_records(out / "metrics.jsonl") if "img_per_s" in r]
     reached = {f"{t:.2f}": next((v["wall_s"] for v in validations if v["value"] >= t), None) for t in thresholds}
     return {"wall_s": round(wall, 2), "final": validations[-1]["value"] if validations else None,
             "reached_s": reached, "validations": validations,
@@ -777,9 +781,9 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     per_device, accum = train.split_batch(recipe.batch_size, 1, device, args)
     model, criterion = train.build_model_and_criterion(args, recipe, train_set.num_classes, train_set.ignore_index)
     model.to(device)
-    optimizer, scheduler = train.build_optimizer(model, recipe)
+    optimizer, scheduler = adamw.build_optimizer(model, recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    train_model = train.wrap_for_training(model, device, 1, compile_model=False)
+    train_model = distributed.wrap_for_training(model, device, 1, compile_model=False)
     settings = train.StepSettings(accum, device, None, recipe.clip_grad_norm, model.config.num_queries)
     timer = PhaseTimer()
     timer.around_module(model, "forward")
@@ -801,13 +805,13 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     per_step["backward, clipping, rest"] = step_s - sum(s for n, s in per_step.items() if not n.startswith(" "))
     once = {}
     start = time.perf_counter()
-    train.validate(model, train.build_val_loader(val_set, args), recipe.task, device, None, args.data)
+    evaluate.validate(model, evaluate.build_val_loader(val_set, args), recipe.task, device, None, args.data)
     once["validation"] = time.perf_counter() - start
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    about = train.run_description(model, recipe, train_set.class_names, args)
+    about = runs.run_description(model, recipe, train_set.class_names, args)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        checkpoint.save_checkpoint(Path(tmp) / "last.pt", train.checkpoint_state(stateful, 1, 0.0, about))
+        checkpoint.save_checkpoint(Path(tmp) / "last.pt", runs.checkpoint_state(stateful, 1, 0.0, about))
         once["checkpoint save"] = time.perf_counter() - start
         start = time.perf_counter()
         history = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]

@@ -7,7 +7,8 @@ gradients; the rest is here.
 Reading order: `setup_distributed` (device, rank, world size, the process group's timeout) ->
 `world_size` -> `sum_over_processes` (the one all-reduce, used by the loss's normalisers, train.py's
 logged averages and the metrics' confusion matrix and PQ counts) -> `lost_contact` (a process that
-died or hangs stops the others with one line).
+died or hangs stops the others with one line) -> `wrap_for_training` (train.py's model under
+DistributedDataParallel) -> `mean_over_processes` (train.py's logged averages).
 
 One process or many, the numbers are the same: the data order is cut into per-process chunks of the
 same global batch (data.TrainBatchSampler), the losses divide by global counts (losses.py), DDP
@@ -26,6 +27,8 @@ import re
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 DEFAULT_TIMEOUT_S = 600  # train.py --dist-timeout: the longest wait for another process in a collective
 
@@ -101,3 +104,29 @@ def lost_contact_message(error: BaseException, timeout_s: float) -> str:
     return (f"error: process {rank} of {world}: another process stopped or did not answer within "
             f"--dist-timeout {timeout_s:g} s ({first_line}); stopping. Continue from the run's last "
             f"checkpoint with --resume once every process can run")
+
+
+def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool) -> nn.Module:
+    """Channels-last weights, DistributedDataParallel over several processes, then torch.compile if asked.
+
+    The convolutions run channels-last (backbones.py), so their weight gradients come out channels-last.
+    DDP lays its gradient buckets out like the parameters: with contiguous weights every such gradient
+    was re-laid out into its bucket by a strided copy each step ("grad strides do not match bucket view
+    strides"). With the weights channels-last too, gradients and buckets share one layout, and with
+    gradient_as_bucket_view the gradients are views into the buckets, all-reduced in place (no second
+    copy of all gradients in memory). Same values; a checkpoint loads into a model of either layout.
+    """
+    model.to(memory_format=torch.channels_last)  # 4-d tensors (conv weights) only; the optimiser keeps them
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        gradient_as_bucket_view=True)
+    return torch.compile(model) if compile_model else model
+
+
+def mean_over_processes(values: dict[str, float], world_size: int) -> dict[str, float]:
+    """Averages logged scalars over processes so that rank 0 logs the global figure."""
+    if world_size == 1 or not values:
+        return values
+    keys = sorted(values)
+    total = sum_over_processes(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+    return {k: v / world_size for k, v in zip(keys, total.tolist())}

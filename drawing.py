@@ -2,10 +2,14 @@
 
 Not a part of the paper's method; these are the figures a reader looks at: infer.py's overlays
 (Figure 2's output, the semantic map of Eq. (3.4b) or the panoptic segments), train.py's end-of-run
-figures, and `python data.py --preview` (the ground truth z_gt of Eq. (3.2b) as colours).
+figures, and `python data.py --preview` (the ground truth z_gt of Eq. (3.2b) as colours); and the
+files `python infer.py --input` writes for each image (label PNG or COCO panoptic PNG + JSON, and
+the overlay).
 
 Reading order: `draw_overlay` (a semantic map over an image, with a legend) ->
-`draw_panoptic_overlay` -> `draw_loss_curve` -> `save_overlays` -> `preview`.
+`draw_panoptic_overlay` -> `draw_loss_curve` -> `save_overlays` -> `preview` -> infer.py's output
+files: `output_names` / `output_stems` (never over an input or another image's output) ->
+`write_semantic` / `write_panoptic`.
 All drawing is PIL + numpy (matplotlib is not a runtime dependency).
 """
 
@@ -19,7 +23,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+import prepare
 from data import colorize, denormalize, make_palette
+from metrics import strict_json
 
 
 def draw_overlay(image: np.ndarray, label_map: np.ndarray | Tensor, class_names: list[str], palette: np.ndarray,
@@ -133,3 +139,52 @@ def preview(dataset, path: str | Path, num_items: int = 6, columns: int = 2,
         y, x = (k // columns) * (h + 6), (k % columns) * (w + 6)
         grid[y:y + cell.shape[0], x:x + cell.shape[1]] = cell
     Image.fromarray(grid).save(path)
+
+
+def output_names(stem: str, task: str) -> list[str]:
+    """The files `write_semantic` / `write_panoptic` write for one image."""
+    if task == "semantic":
+        return [f"{stem}.png", f"{stem}_overlay.png"]
+    return [f"{stem}_panoptic.png", f"{stem}_panoptic.json", f"{stem}_overlay.png"]
+
+
+def output_stems(inputs: list[Path], out: Path, task: str) -> dict[Path, str]:
+    """The name each input's outputs start with: its stem ("photo"), or with its extension
+    ("photo_jpg") where the stem alone would write over an input file (--output = the input
+    folder) or over another image's outputs (photo.jpg and photo.png). One line if still clashing."""
+    input_files = {path.resolve() for path in inputs}
+    stems = {path: path.stem for path in inputs}
+    for attempt in range(2):
+        writers: dict[Path, list[Path]] = {}
+        for path, stem in stems.items():
+            for name in output_names(stem, task):
+                writers.setdefault((out / name).resolve(), []).append(path)
+        clashes = {target: paths for target, paths in writers.items() if len(paths) > 1 or target in input_files}
+        if not clashes:
+            return stems
+        if attempt == 0:
+            for path in {p for paths in clashes.values() for p in paths}:
+                stems[path] = f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+    target, paths = next(iter(clashes.items()))
+    raise SystemExit(f"error: --output {out}: {target.name} would be written for {', '.join(map(str, paths))}"
+                     f"{' and is an input' if target in input_files else ''}; give another --output")
+
+
+def write_semantic(out: Path, stem: str, image: np.ndarray, labels: Tensor, names: list[str],
+                   palette: np.ndarray) -> None:
+    """<stem>.png: the class id of every pixel (8-bit, or 16-bit for K > 256); <stem>_overlay.png."""
+    labels = labels.cpu().numpy()
+    raw = labels.astype(np.uint8) if len(names) <= 256 else labels.astype(np.uint16)
+    Image.fromarray(raw).save(out / f"{stem}.png")
+    draw_overlay(image, labels, names, palette).save(out / f"{stem}_overlay.png")
+
+
+def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, segments_info: list[dict],
+                   names: list[str], palette: np.ndarray) -> None:
+    """<stem>_panoptic.png (COCO: id = R + 256 G + 256² B), <stem>_panoptic.json, <stem>_overlay.png."""
+    rgb = prepare.encode_panoptic_png(pan_seg.cpu().numpy().astype(np.uint32))  # (H, W, 3)
+    Image.fromarray(rgb).save(out / f"{stem}_panoptic.png")
+    info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
+    (out / f"{stem}_panoptic.json").write_text(strict_json({"file_name": f"{stem}_panoptic.png",
+                                                           "segments_info": info}, indent=1))
+    draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")

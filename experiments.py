@@ -55,7 +55,9 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import cli
 import data
+import evaluate
 import infer
 import maskformer
 import shapes
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
                    "own runs (with --data, --data-root); files go to CHECKPOINT_FOLDER/figure4/ unless --results")
     p.add_argument("--data", default="shapes", choices=data.DATASETS, help="figure4 --checkpoint: its dataset")
     p.add_argument("--data-root", default=None, help="figure4 --checkpoint: the dataset's folder")
-    p.add_argument("--val-images", type=infer.int_at_least(1), default=None,
+    p.add_argument("--val-images", type=cli.int_at_least(1), default=None,
                    help="figure4 --checkpoint: only the first N validation images")
     args = p.parse_args(argv)
     budget = QUICK if args.quick else FULL
@@ -565,7 +567,7 @@ def figure4_loader(args: argparse.Namespace, budget: Budget):
     recipe = ckpt.get("recipe", {}) if isinstance(ckpt, dict) else {}
     size = (recipe.get("test_size") or budget.image_size, recipe.get("test_max_size") or budget.image_size)
     try:
-        dataset = infer.evaluation_dataset(args.data, args.data_root, "semantic", size, args.val_images)
+        dataset = evaluate.evaluation_dataset(args.data, args.data_root, "semantic", size, args.val_images)
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}") from None
     return batches(dataset, batch_size=1 if args.data != "shapes" else 8)

@@ -1,4 +1,4 @@
-"""Inference: from MaskFormer's N (class, mask) pairs to segmentation maps (§3.4), evaluation, CLI.
+"""Inference: from MaskFormer's N (class, mask) pairs to segmentation maps (§3.4), and its CLI.
 
 The model (maskformer.py) returns, per image, N class logits over K + 1 classes (the last one is
 "no object" ∅) and N mask logits at stride 4. §3.4 turns them into outputs:
@@ -15,8 +15,8 @@ The model (maskformer.py) returns, per image, N class logits over K + 1 classes 
 Around these: `resize_to_original` (upsample to the padded input, crop the padding, resize to the
 original image, as detectron2's `sem_seg_postprocess`), `predict_semantic` / `predict_panoptic`
 (a batch of images → predictions at the original size, with optional multi-scale + flip test-time
-augmentation), `evaluate` (mIoU or PQ over a loader, used by train.py), and the CLI (which
-draws its overlays with drawing.py):
+augmentation), and the CLI (which writes its files and overlays with drawing.py, and runs `--eval`
+with evaluate.py, where mIoU / PQ over a loader is computed for train.py too):
 
     python infer.py --config tiny --random-init --input photo.jpg --output out/      # a demo
     python infer.py --weights run/best.pt --input photos/ --data ade20k --output out/
@@ -25,8 +25,8 @@ draws its overlays with drawing.py):
     python infer.py --eval --data ade20k --data-root datasets --weights run/best.pt --output out/
 
 Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
-resize_to_original → predict_semantic / tta_class_scores / predict_panoptic → test_resize →
-evaluation_dataset → evaluate → main (CLI).
+resize_to_original → predict_semantic / tta_class_scores / predict_panoptic → main (CLI) →
+run_inference; evaluate.py for `--eval`.
 
 How this differs from the official code (facebookresearch/MaskFormer, mask_former_model.py):
 - Same order of operations: mask logits are upsampled to the padded input size before the
@@ -39,39 +39,33 @@ How this differs from the official code (facebookresearch/MaskFormer, mask_forme
 - Test-time augmentation resizes the original image once per scale; the official
   DatasetMapperTTA resizes the image its test loader already resized to the test size (two
   interpolations, the same target sizes).
-- The test resize of `--eval` comes from the checkpoint (the recipe it was trained with, or the
-  official test size of a converted model), so that train.py's validation and `--eval` give one
-  number; the official code takes it from the config file passed on the command line.
+- The test resize comes from the checkpoint (evaluate.resolve_test_resize), not from a config file.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import sys
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
 import augment
+import cli
 import convert
 import data
 import datasets
 import drawing
+import evaluate
 import maskformer
 import prepare
 import weights
 from checkpoint import CheckpointError, config_differences, read_checkpoint
-from distributed import is_distributed, sum_over_processes
-from metrics import PanopticMetrics, SemanticMetrics, strict_json
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale ("m.s.") test, with flip
 
@@ -351,139 +345,6 @@ def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], ima
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation over a data loader (train.py's validation and `infer.py --eval`)
-# ---------------------------------------------------------------------------------------------
-
-
-def recipe_test_resize(name: str, crop_size: int | None = None) -> tuple[int, int]:
-    """(short edge, long-edge cap) of the test resize of dataset `name`'s recipe at training crop
-    `crop_size` (augment.recipe_for): ADE20K crop 512 -> (512, 2048), crop 640 -> (640, 2560).
-    shapes: (crop, 4 x crop), its scenes being generated crop x crop (128 by default); a photo given to
-    a shapes model is resized as ADE20K's recipe would at that crop."""
-    if name == "shapes":
-        return crop_size or 128, 4 * (crop_size or 128)
-    recipe = augment.recipe_for(name, crop_size)
-    return recipe.test_size, recipe.test_max_size
-
-
-def resolve_test_resize(data_name: str | None, config: maskformer.MaskFormerConfig, checkpoint: dict | None,
-                        size: int | None = None, max_size: int | None = None) -> tuple[int, int, str]:
-    """(short edge, long-edge cap, where they come from) of the test resize: the first found of
-    1. the checkpoint's recipe: "test_size" / "test_max_size" (train.py and convert.py write them);
-       an older train.py checkpoint: its dataset's recipe at its training crop;
-    2. the --data recipe (ADE20K with Swin-B/L: at 640, as train.py trains them);
-    3. the model's official test size (convert.official_test_resize: a published model's dataset
-       is told by its class count), else 512 / 2048.
-    --size / --max-size replace either number."""
-    recipe = (checkpoint or {}).get("recipe")
-    trained_on = ((checkpoint or {}).get("args") or {}).get("data")
-    if isinstance(recipe, dict) and "test_size" in recipe:
-        short, long, source = recipe["test_size"], recipe["test_max_size"], "the checkpoint's recipe"
-    elif isinstance(recipe, dict) and trained_on in data.DATASETS:
-        short, long = recipe_test_resize(trained_on, recipe.get("crop_size"))
-        source = f"the checkpoint's recipe ({trained_on}, crop {recipe.get('crop_size')})"
-    elif data_name is not None:
-        crop = 640 if data_name == "ade20k" and config.backbone in ("swin_base", "swin_large") else None
-        (short, long), source = recipe_test_resize(data_name, crop), f"the {data_name} recipe"
-    else:
-        official = convert.official_test_resize(asdict(config))
-        short, long = (official["test_size"], official["test_max_size"]) if official else (512, 2048)
-        source = "the model's official test size" if official else "the default"
-    if size is not None or max_size is not None:
-        source = "--size / --max-size"
-    return size or short, max_size or long, source
-
-
-def evaluation_dataset(name: str, root: str | Path | None, task: str, resize: tuple[int, int],
-                       num_images: int | None = None, ignore_index: int | None = None,
-                       shapes_options: dict | None = None):
-    """The validation split as train.py validates on it and `--eval` evaluates it: items at the test
-    resize `resize` = (short edge, long-edge cap) (shapes: generated at that size), the first
-    `num_images` only if given; ignore_index for --data folder; shapes_options: the shapes
-    dataset's colours / stuff (train.py --shapes-colours / --shapes-stuff)."""
-    kwargs: dict = {"task": task} if name in ("coco_panoptic", "ade20k_panoptic", "shapes") else {}
-    kwargs.update(shapes_options or {})
-    if name == "shapes":
-        kwargs["image_size"] = resize[0]
-    else:
-        kwargs.update(test_size=resize[0], test_max_size=resize[1])
-    if name == "folder" and ignore_index is not None:
-        kwargs["ignore_index"] = ignore_index
-    dataset = data.build_dataset(name, root, split="val", train=False, **kwargs)
-    return torch.utils.data.Subset(dataset, range(min(num_images, len(dataset)))) if num_images else dataset
-
-
-def tta_resize(dataset, orig_size: tuple[int, int]) -> tuple[int, int]:
-    """(test size, long-edge cap) the multi-scale test scales from: the dataset's recipe (ADE20K: 512,
-    3584 = 7 x 512); without one (shapes) the image's own short edge."""
-    recipe = getattr(dataset, "recipe", None)
-    test_size = recipe.test_size if recipe is not None else min(orig_size)
-    return test_size, (recipe.tta_max_scale if recipe is not None else 7) * test_size
-
-
-def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.device | str | None = None,
-             amp_dtype: torch.dtype | None = None, tta: bool = False, max_batches: int | None = None,
-             object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
-             is_thing: list[bool] | None = None, progress: bool = True) -> dict:
-    """mIoU (task "semantic") or PQ ("panoptic") of `model` over the batches of `loader`.
-
-    Batches are `data.collate` outputs of an evaluation dataset (train=False): predictions are
-    compared with each target's "orig_sem_seg" / "orig_pan_seg" at the original resolution, as
-    detectron2 does. Runs in eval mode without gradients and restores the model's mode after.
-    tta: the multi-scale + flip test (`tta_class_scores`) on each item's "orig_image".
-    is_thing defaults to loader.dataset.is_thing. Returns SemanticMetrics.compute() (mIoU …) or
-    PanopticMetrics.compute() (PQ …), plus "num_images". Under torch.distributed each process
-    evaluates what its own loader yields (train.py gives each its share of the split) and the counts
-    are summed over processes, so every process returns the whole split's figures.
-    """
-    if task not in ("semantic", "panoptic"):
-        raise ValueError(f"task must be 'semantic' or 'panoptic', got {task!r}")
-    if tta and task == "panoptic":
-        raise ValueError("test-time augmentation is for semantic segmentation only (as in the official code)")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    dataset = getattr(loader.dataset, "dataset", loader.dataset)  # a Subset's underlying dataset
-    if task == "semantic":
-        metric = SemanticMetrics(model.config.num_classes, getattr(dataset, "ignore_index", data.IGNORE_INDEX))
-    else:
-        is_thing = is_thing if is_thing is not None else getattr(dataset, "is_thing", None)
-        if is_thing is None:
-            raise ValueError("panoptic evaluation needs is_thing (none given and loader.dataset has none)")
-        metric = PanopticMetrics(is_thing)
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    was_training = model.training
-    model.eval()
-    num_images = 0
-    try:
-        for i, batch in enumerate(tqdm(loader, total=total, desc=f"eval {task}", disable=not progress)):
-            if max_batches is not None and i >= max_batches:
-                break
-            images, targets = batch["images"].to(device), batch["targets"]
-            if "orig_size" not in targets[0]:
-                raise ValueError("evaluate needs items of an evaluation dataset (train=False): no 'orig_size'")
-            orig_sizes = [t["orig_size"] for t in targets]
-            if task == "semantic":
-                if tta:  # multi-scale + flip, each scale resized from the original image
-                    preds = [tta_class_scores(model, t["orig_image"].numpy(), *tta_resize(dataset, t["orig_size"]),
-                                              amp_dtype).argmax(0) for t in targets]
-                else:
-                    preds = predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
-                for pred, target in zip(preds, targets):
-                    metric.update(pred, target["orig_sem_seg"].to(device))
-            else:
-                preds = predict_panoptic(model, images, is_thing, batch["image_sizes"], orig_sizes, amp_dtype,
-                                         object_mask_threshold, overlap_threshold)
-                for (pan_seg, segments_info), target in zip(preds, targets):
-                    metric.update(pan_seg, segments_info, target["orig_pan_seg"].to(device), target["segments_info"])
-            num_images += len(targets)
-    finally:
-        model.train(was_training)
-    if is_distributed():  # the confusion matrix / PQ sums and the image count of all processes
-        metric.sync()
-        num_images = int(sum_over_processes(torch.tensor(num_images)).item())
-    return {**metric.compute(), "num_images": num_images}
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
@@ -596,127 +457,6 @@ def list_inputs(path: str, parser: argparse.ArgumentParser) -> list[Path]:
     parser.error(f"--input {path}: no such file or folder")
 
 
-def output_names(stem: str, task: str) -> list[str]:
-    """The files `write_semantic` / `write_panoptic` write for one image."""
-    if task == "semantic":
-        return [f"{stem}.png", f"{stem}_overlay.png"]
-    return [f"{stem}_panoptic.png", f"{stem}_panoptic.json", f"{stem}_overlay.png"]
-
-
-def output_stems(inputs: list[Path], out: Path, task: str) -> dict[Path, str]:
-    """The name each input's outputs start with: its stem ("photo"), or with its extension
-    ("photo_jpg") where the stem alone would write over an input file (--output = the input
-    folder) or over another image's outputs (photo.jpg and photo.png). One line if still clashing."""
-    input_files = {path.resolve() for path in inputs}
-    stems = {path: path.stem for path in inputs}
-    for attempt in range(2):
-        writers: dict[Path, list[Path]] = {}
-        for path, stem in stems.items():
-            for name in output_names(stem, task):
-                writers.setdefault((out / name).resolve(), []).append(path)
-        clashes = {target: paths for target, paths in writers.items() if len(paths) > 1 or target in input_files}
-        if not clashes:
-            return stems
-        if attempt == 0:
-            for path in {p for paths in clashes.values() for p in paths}:
-                stems[path] = f"{path.stem}_{path.suffix.lstrip('.').lower()}"
-    target, paths = next(iter(clashes.items()))
-    raise SystemExit(f"error: --output {out}: {target.name} would be written for {', '.join(map(str, paths))}"
-                     f"{' and is an input' if target in input_files else ''}; give another --output")
-
-
-def write_semantic(out: Path, stem: str, image: np.ndarray, labels: Tensor, names: list[str],
-                   palette: np.ndarray) -> None:
-    """<stem>.png: the class id of every pixel (8-bit, or 16-bit for K > 256); <stem>_overlay.png."""
-    labels = labels.cpu().numpy()
-    raw = labels.astype(np.uint8) if len(names) <= 256 else labels.astype(np.uint16)
-    Image.fromarray(raw).save(out / f"{stem}.png")
-    drawing.draw_overlay(image, labels, names, palette).save(out / f"{stem}_overlay.png")
-
-
-def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, segments_info: list[dict],
-                   names: list[str], palette: np.ndarray) -> None:
-    """<stem>_panoptic.png (COCO: id = R + 256 G + 256² B), <stem>_panoptic.json, <stem>_overlay.png."""
-    rgb = prepare.encode_panoptic_png(pan_seg.cpu().numpy().astype(np.uint32))  # (H, W, 3)
-    Image.fromarray(rgb).save(out / f"{stem}_panoptic.png")
-    info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
-    (out / f"{stem}_panoptic.json").write_text(strict_json({"file_name": f"{stem}_panoptic.png",
-                                                           "segments_info": info}, indent=1))
-    drawing.draw_panoptic_overlay(image, pan_seg, segments_info, names, palette).save(out / f"{stem}_overlay.png")
-
-
-# Command-line value checks (used by train.py too): argparse calls them on a flag's text, and a failure
-# becomes one line "argument --flag: expected …, got …".
-def int_at_least(minimum: int):
-    """An argparse type: an integer >= minimum."""
-
-    def check(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return check
-
-
-def number_in(low: float, high: float = math.inf, low_open: bool = False):
-    """An argparse type: a finite number in [low, high] (or (low, high] with low_open)."""
-    expected = f"a number {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
-
-    def check(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and (value > low if low_open else value >= low) and value <= high):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return check
-
-
-def device_name(text: str) -> str:
-    """An argparse type: cpu, cuda, cuda:N or mps, available on this machine."""
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use --device cpu)")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine (use --device cpu)")
-    return text
-
-
-def existing_folder(text: str) -> str:
-    """An argparse type: a folder that exists (a dataset's root)."""
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {'not a folder' if Path(text).exists() else 'no such folder'}")
-    return text
-
-
-def writable_folder(text: str) -> str:
-    """An argparse type: a folder that exists or can be made, and that we may write in."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    parent = path
-    while not parent.exists():  # the nearest existing folder is where the write permission counts
-        parent = parent.parent
-    if not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=parent):  # the real test (permissions, read-only disks, root)
-            pass
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"{text}: cannot write in {parent} ({e.strerror})") from None
-    return text
-
-
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(description="MaskFormer inference (§3.4) and evaluation (mIoU / PQ).")
     p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / convert.py), "
@@ -727,35 +467,35 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--config", choices=list(maskformer.CONFIGS), help="architecture (default: the checkpoint's)")
     p.add_argument("--random-init", action="store_true", help="no weights: random model of --config (demos, tests)")
     p.add_argument("--input", help="an image file or a folder of images")
-    p.add_argument("--output", default="outputs/infer", type=writable_folder,
+    p.add_argument("--output", default="outputs/infer", type=cli.writable_folder,
                    help="folder for the PNGs / JSON / evaluation tables")
     p.add_argument("--task", choices=("semantic", "panoptic"), default="semantic")
     p.add_argument("--data", choices=data.DATASETS, help="dataset for class names, colours and (panoptic) which "
                    "classes are things; and the split for --eval. Without it: the checkpoint's names, all stuff")
-    p.add_argument("--data-root", type=existing_folder,
+    p.add_argument("--data-root", type=cli.existing_folder,
                    help="the dataset's folder (needed by --eval; without --eval only by --data cityscapes, "
                    "coco_panoptic and folder: the other class lists ship with this code)")
-    p.add_argument("--shapes-colours", type=int_at_least(0), default=0,
+    p.add_argument("--shapes-colours", type=cli.int_at_least(0), default=0,
                    help="--data shapes: outline x colour classes, as the checkpoint was trained (train.py flag)")
-    p.add_argument("--shapes-stuff", type=int_at_least(0), default=0,
+    p.add_argument("--shapes-stuff", type=cli.int_at_least(0), default=0,
                    help="--data shapes: textured stuff classes, as the checkpoint was trained (train.py flag)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
-    p.add_argument("--size", type=int_at_least(32),
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=cli.device_name)
+    p.add_argument("--size", type=cli.int_at_least(32),
                    help="test resize (--input and --eval): short edge. Default: the checkpoint's recipe (the size "
                    "it was trained and validated at; a published model's official test size, e.g. 640 for "
                    "Swin-B/L on ADE20K), else the --data recipe's (ADE20K 512), else 512")
-    p.add_argument("--max-size", type=int_at_least(32),
+    p.add_argument("--max-size", type=cli.int_at_least(32),
                    help="test resize: long edge at most (default: from the same place as --size's, else 2048)")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast the forward pass to this dtype")
-    p.add_argument("--object-mask-threshold", type=number_in(0, 1), help="panoptic: min p_i(c_i) to keep a query "
+    p.add_argument("--object-mask-threshold", type=cli.number_in(0, 1), help="panoptic: min p_i(c_i) to keep a query "
                    "(default: the --data recipe's, 0.7 for ade20k_panoptic, else 0.8)")
-    p.add_argument("--overlap-threshold", type=number_in(0, 1),
+    p.add_argument("--overlap-threshold", type=cli.number_in(0, 1),
                    help="panoptic: min visible part of a mask (default 0.8)")
     p.add_argument("--eval", action="store_true", help="evaluate on the --data validation split instead")
-    p.add_argument("--batch-size", type=int_at_least(1), default=1, help="--eval batch size")
-    p.add_argument("--workers", type=int_at_least(0), default=2, help="--eval data-loading processes")
-    p.add_argument("--max-batches", type=int_at_least(1), help="--eval: stop after this many batches")
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=1, help="--eval batch size")
+    p.add_argument("--workers", type=cli.int_at_least(0), default=2, help="--eval data-loading processes")
+    p.add_argument("--max-batches", type=cli.int_at_least(1), help="--eval: stop after this many batches")
     return p.parse_args(argv), p
 
 
@@ -776,20 +516,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
     try:
         if args.eval:
-            return run_evaluation(args, parser, device, amp_dtype)
+            return evaluate.run_evaluation(args, parser, device, amp_dtype)
         run_inference(args, parser, device, amp_dtype)
     except data.DatasetError as e:  # e.g. a bad label of the --eval split, found by a data-loading worker
-        raise SystemExit(f"error: {error_line(e)}") from None
+        raise SystemExit(f"error: {cli.error_line(e)}") from None
     return None
-
-
-def error_line(error: BaseException) -> str:
-    """The message of `error`, one line: for an error re-raised from a DataLoader worker process,
-    the worker's own message (the last line of the traceback it carries). Used by train.py too."""
-    text = str(error).strip()
-    if "DataLoader worker" in text and "Original Traceback" in text:
-        text = text.splitlines()[-1].partition(": ")[2]  # "data.DatasetError: <message>"
-    return " ".join(text.split()) or type(error).__name__
 
 
 def check_task(model: nn.Module, task: str) -> None:
@@ -817,12 +548,13 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
     if not args.data:  # names from the checkpoint if it has them, else "class k"
         names, palette, is_thing = class_metadata(None, None, K)
         names = saved_names or names
-    short_edge, long_edge, source = resolve_test_resize(args.data, model.config, checkpoint, args.size, args.max_size)
+    short_edge, long_edge, source = evaluate.resolve_test_resize(args.data, model.config, checkpoint, args.size,
+                                                                 args.max_size)
     print(f"test resize: short edge {short_edge}, long edge <= {long_edge} (from {source})")
     recipe = augment.RECIPES.get(args.data) if args.data else None
     tta_max_size = (recipe.tta_max_scale if recipe else 7) * short_edge  # official TEST.AUG.MAX_SIZE
     out = Path(args.output)
-    stems = output_stems(inputs, out, args.task)  # never an input's name, never another image's output
+    stems = drawing.output_stems(inputs, out, args.task)  # never an input's name, never another image's output
     out.mkdir(parents=True, exist_ok=True)
     unreadable = []
     for path in tqdm(inputs, desc="infer", unit="image"):
@@ -831,86 +563,27 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
         except data.DatasetError as e:
             unreadable.append(str(e))  # reported at the end; the other images are still processed
             continue
+        if args.tta:  # --task semantic (checked): every scale is resized from the photo itself
+            labels = tta_class_scores(model, image, short_edge, tta_max_size, amp_dtype).argmax(0)
+            drawing.write_semantic(out, stems[path], image, labels, names, palette)
+            continue
         size = augment.shortest_edge_size(*image.shape[:2], short_edge, long_edge)
         resized, _ = augment.resize(image, {}, size)
         x = data.normalize(resized)[None].to(device)  # (1, 3, h, w)
         orig = [image.shape[:2]]  # predictions at the photo's own size
         if args.task == "semantic":
-            labels = tta_class_scores(model, image, short_edge, tta_max_size, amp_dtype).argmax(0) if args.tta \
-                else predict_semantic(model, x, orig_sizes=orig, amp_dtype=amp_dtype)[0]
-            write_semantic(out, stems[path], image, labels, names, palette)
+            labels = predict_semantic(model, x, orig_sizes=orig, amp_dtype=amp_dtype)[0]
+            drawing.write_semantic(out, stems[path], image, labels, names, palette)
         else:
             pan_seg, segments_info = predict_panoptic(model, x, is_thing, orig_sizes=orig, amp_dtype=amp_dtype,
                                                       object_mask_threshold=args.object_mask_threshold,
                                                       overlap_threshold=args.overlap_threshold)[0]
-            write_panoptic(out, stems[path], image, pan_seg, segments_info, names, palette)
+            drawing.write_panoptic(out, stems[path], image, pan_seg, segments_info, names, palette)
     print(f"wrote {len(inputs) - len(unreadable)} prediction(s) to {out}")
     if unreadable:
         for message in unreadable:
             print(f"error: {message}", file=sys.stderr)
         raise SystemExit(f"error: {len(unreadable)} of {len(inputs)} images could not be read (listed above)")
-
-
-def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device,
-                   amp_dtype: torch.dtype | None) -> dict:
-    """`--eval`: mIoU or PQ over the validation split; a table on stdout, per-class JSON and CSV in --output."""
-    if args.data is None:
-        parser.error("--eval needs --data (and --data-root, except for shapes)")
-    try:
-        dataset = evaluation_dataset(args.data, args.data_root, args.task, recipe_test_resize(args.data),
-                                     shapes_options=shapes_options(args))
-    except data.DatasetError as e:
-        parser.error(f"--data {args.data}: {e}")
-    if args.task == "panoptic" and not getattr(dataset, "panoptic", False):
-        parser.error(f"--task panoptic: --data {args.data} has no panoptic labels")
-    model, _, checkpoint = build_model_for(args, parser, dataset.num_classes)
-    model = model.to(device)
-    check_task(model, args.task)
-    if model.config.num_classes != dataset.num_classes:
-        raise SystemExit(f"error: the model predicts {model.config.num_classes} classes but --data {args.data} "
-                         f"has {dataset.num_classes}")
-    # the checkpoint's test resize (the size train.py validated at), unless --size / --max-size
-    short_edge, long_edge, source = resolve_test_resize(args.data, model.config, checkpoint, args.size, args.max_size)
-    print(f"test resize: short edge {short_edge}, long edge <= {long_edge} (from {source})")
-    ignore_index = (checkpoint.get("args") or {}).get("ignore_index") if args.data == "folder" else None
-    if (short_edge, long_edge) != recipe_test_resize(args.data) or ignore_index not in (None, dataset.ignore_index):
-        dataset = evaluation_dataset(args.data, args.data_root, args.task, (short_edge, long_edge),
-                                     ignore_index=ignore_index, shapes_options=shapes_options(args))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=data.collate,
-                                         num_workers=args.workers)
-    results = evaluate(model, loader, args.task, device, amp_dtype, args.tta, args.max_batches,
-                       args.object_mask_threshold, args.overlap_threshold)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    names = dataset.class_names
-    if args.task == "semantic":
-        rows = [{"class": n, "IoU": iou, "Acc": acc}
-                for n, iou, acc in zip(names, results["per_class_iou"], results["per_class_acc"])]
-        summary = {k: results[k] for k in ("mIoU", "mACC", "pixel_acc")}
-    else:
-        rows = [{"class": n, "isthing": t, **c} for n, t, c in zip(names, dataset.is_thing, results["per_class"])]
-        summary = {k: results[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")}
-    print_table(rows, summary, results["num_images"])
-    report = {**summary, "num_images": results["num_images"], "test_size": short_edge, "test_max_size": long_edge,
-              "tta": args.tta, "per_class": rows}
-    (out / f"eval_{args.task}.json").write_text(strict_json(report, indent=1))
-    with open(out / f"eval_{args.task}_per_class.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"per-class results: {out / f'eval_{args.task}.json'} and {out / f'eval_{args.task}_per_class.csv'}")
-    return results
-
-
-def print_table(rows: list[dict], summary: dict[str, float], num_images: int) -> None:
-    """Per-class rows (classes seen in ground truth or prediction) and the summary, in percent."""
-    value_keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
-    print(f"{'class':28}" + "".join(f"{k:>8}" for k in value_keys))
-    for row in rows:
-        if all(math.isnan(row[k]) for k in value_keys):
-            continue  # absent from ground truth and prediction
-        print(f"{row['class'][:27]:28}" + "".join(f"{100 * row[k]:8.2f}" for k in value_keys))
-    print(f"over {num_images} images: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in summary.items()))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ cross-entropy of Eq. (3.1b) for the baselines), backward, and an AdamW step.
 
 Reading order (top to bottom): `TrainingRecipe` and `resolve_recipe` (the settings) -> `train`
 (set-up, then the loop) -> `train_step` (forward -> match + loss -> backward -> step) -> the
-builders (datasets, model and criterion, optimiser and schedule) -> the command line.
-Checkpoints live in checkpoint.py, the data order (`TrainBatchSampler`) in data.py, the
-end-of-run figures in drawing.py, the all-reduce in distributed.py.
+builders (datasets, model and criterion) -> the command line. Elsewhere: AdamW and its schedule
+(adamw.py), the run's folder and resume (runs.py), checkpoints (checkpoint.py), validation
+(evaluate.py), the data order (data.py), DDP (distributed.py), flag checks (cli.py).
 
 The paper's implementation details (§4 and the official configs, docs/recipe.md) are the
 defaults, resolved per dataset and backbone family by `resolve_recipe`:
@@ -34,14 +34,12 @@ multiplier 1.0, short warm-up); COCO panoptic uses the official step schedule.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
-import json
 import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +49,21 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+import adamw
 import checkpoint
+import cli
 import convert
 import data
+import distributed
 import drawing
+import evaluate
 import infer
 import losses
 import maskformer
 import matcher
+import runs
 import weights
-from checkpoint import load_checkpoint, load_pretrained, rename_old_keys, rng_states, save_checkpoint, set_rng_states
-from distributed import DEFAULT_TIMEOUT_S, lost_contact, lost_contact_message, setup_distributed, sum_over_processes
-from metrics import strict_json
+from checkpoint import load_pretrained, save_checkpoint
 
 
 # -----------------------------------------------------------------------------------------------
@@ -163,30 +164,30 @@ def resolve_recipe(args: argparse.Namespace) -> TrainingRecipe:
 # -----------------------------------------------------------------------------------------------
 def train(args: argparse.Namespace) -> dict:
     """Runs training; returns the final validation metrics (rank 0) and writes everything to --output."""
-    device, rank, world_size = setup_distributed(args.device, args.dist_timeout)
+    device, rank, world_size = distributed.setup_distributed(args.device, args.dist_timeout)
     is_main, recipe = rank == 0, resolve_recipe(args)
     log = print_on_main(is_main)
-    out, last = run_folder(args, is_main)  # a new run never lands in an existing run's folder; last.pt if --resume
-    if last is not None and is_finished(out, last, recipe, log):
-        return read_final_metrics(out)  # a finished run's files are left alone
+    out, last = runs.run_folder(args, is_main)  # a new run never lands in an existing run's folder; last.pt if --resume
+    if last is not None and runs.is_finished(out, last, recipe, log):
+        return runs.read_final_metrics(out)  # a finished run's files are left alone
     set_up_process(args, out, is_main)
     train_set, val_set = build_datasets(args, recipe)
     per_device, accum = split_batch(recipe.batch_size, world_size, device, args)
     model, criterion = build_model_and_criterion(args, recipe, train_set.num_classes, train_set.ignore_index)
     load_initial_weights(model, args, recipe, is_main, log)
     model.to(device)
-    optimizer, scheduler = build_optimizer(model, recipe)
+    optimizer, scheduler = adamw.build_optimizer(model, recipe)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     # A GradScaler only for fp16 (bf16 has fp32's exponent range and needs none).
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # Everything a checkpoint holds: these objects' states, the step, the RNGs and a description.
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    about = run_description(model, recipe, train_set.class_names, args)
-    start_step, best_metric = resume(out, last, stateful, about, log) if last else (0, -math.inf)
-    metrics_log = MetricsLog(out / "metrics.jsonl", start_step, is_main)
-    train_model = wrap_for_training(model, device, world_size, args.compile)
+    about = runs.run_description(model, recipe, train_set.class_names, args)
+    start_step, best_metric = runs.resume(out, last, stateful, about, log) if last else (0, -math.inf)
+    metrics_log = runs.MetricsLog(out / "metrics.jsonl", start_step, is_main)
+    train_model = distributed.wrap_for_training(model, device, world_size, args.compile)
     batches = iter(build_train_loader(train_set, per_device, accum, start_step, rank, world_size, device, args))
-    val_loader = build_val_loader(val_set, args, rank, world_size)
+    val_loader = evaluate.build_val_loader(val_set, args, rank, world_size)
     settings = StepSettings(accum, device, amp_dtype, recipe.clip_grad_norm, model.config.num_queries)
     log(f"training {recipe.config} ({args.head}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"params) on {args.data}: {recipe.max_iter} iterations, batch {recipe.batch_size} = {world_size} "
@@ -199,7 +200,7 @@ def train(args: argparse.Namespace) -> dict:
     for step in range(start_step, recipe.max_iter):
         # forward (Figure 2) -> match (Eq. 3.2c) + loss (Eq. 3.2d) -> backward -> AdamW step
         stats = train_step(train_model, batches, criterion, optimizer, scaler, settings)
-        stop_unless_finite(stats, step, out, fp16_scaler=scaler.is_enabled())  # then no step, no checkpoint
+        runs.stop_unless_finite(stats, step, out, fp16_scaler=scaler.is_enabled())  # then no step, no checkpoint
         scheduler.step()
         done = step + 1
         window_images += stats.pop("images") * world_size
@@ -207,7 +208,7 @@ def train(args: argparse.Namespace) -> dict:
         # -- logging (global averages across processes)
         if done % args.log_period == 0 or done == recipe.max_iter:
             elapsed = time.perf_counter() - window_start
-            record = {"step": done, **mean_over_processes(stats, world_size),
+            record = {"step": done, **distributed.mean_over_processes(stats, world_size),
                       "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(window_images / max(elapsed, 1e-9), 2)}
             if device.type == "cuda":
                 record["max_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
@@ -219,25 +220,26 @@ def train(args: argparse.Namespace) -> dict:
         # -- checkpoints, then periodic validation (mIoU of Eq. 3.4b, or PQ): a failing validation loses nothing
         validating = done % recipe.eval_period == 0 or done == recipe.max_iter
         if is_main and (validating or done % recipe.checkpoint_period == 0):
-            save_checkpoint(out / "last.pt", checkpoint_state(stateful, done, best_metric, about))
+            save_checkpoint(out / "last.pt", runs.checkpoint_state(stateful, done, best_metric, about))
         if validating:
-            last_metrics = validate_at(done, out, model, val_loader, recipe.task, device, amp_dtype, args.data, log)
+            last_metrics = evaluate.validate_at(done, out, model, val_loader, recipe.task, device, amp_dtype, args.data,
+                                                log)
             metrics_log.append({"step": done, "val_" + metric_name: last_metrics[metric_name]})
             if is_main and last_metrics[metric_name] > best_metric:
                 best_metric = last_metrics[metric_name]
-                save_checkpoint(out / "best.pt", checkpoint_state(stateful, done, best_metric, about))
+                save_checkpoint(out / "best.pt", runs.checkpoint_state(stateful, done, best_metric, about))
     progress.close()
 
     if not last_metrics:  # resumed at the last step, whose validation had not finished: done now
-        last_metrics = validate_at(recipe.max_iter, out, model, val_loader, recipe.task, device, amp_dtype,
-                                   args.data, log)
+        last_metrics = evaluate.validate_at(recipe.max_iter, out, model, val_loader, recipe.task, device, amp_dtype,
+                                            args.data, log)
         metrics_log.append({"step": recipe.max_iter, "val_" + metric_name: last_metrics[metric_name]})
         if is_main and last_metrics[metric_name] > best_metric:
-            save_checkpoint(out / "best.pt", checkpoint_state(stateful, recipe.max_iter, last_metrics[metric_name],
+            save_checkpoint(out / "best.pt", runs.checkpoint_state(stateful, recipe.max_iter, last_metrics[metric_name],
                                                               about))
     if is_main:
         save_figures(model, val_set, train_set, metrics_log.history, device, out)
-        (out / "final_metrics.json").write_text(strict_json(last_metrics, indent=1))
+        runs.write_final_metrics(out, last_metrics)
         log(f"done: {metric_name} {100 * last_metrics.get(metric_name, float('nan')):.2f}; outputs in {out}")
     if world_size > 1:
         dist.destroy_process_group()
@@ -272,10 +274,8 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     normalisers = {}
     if isinstance(criterion, losses.MaskFormerLoss):  # the per-pixel loss of Eq. (3.1b) needs neither
         step_targets = [t for b in micro_batches for t in b["targets"]]
-        normalisers["num_masks"] = losses.count_masks(step_targets, settings.device) / settings.accum
-        # the same for the cross-entropy
-        normalisers["class_weight_sum"] = losses.count_class_weights(
-            step_targets, settings.num_queries, criterion.no_object_weight, settings.device) / settings.accum
+        normalisers = step_normalisers(step_targets, settings.num_queries, criterion.no_object_weight,
+                                       settings.device, settings.accum)
     for micro, batch in enumerate(micro_batches):
         batch = {**move_batch(batch, settings.device), **normalisers}
         images += batch["images"].shape[0]
@@ -309,113 +309,26 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
     return stats
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss or the gradient norm became NaN/inf: that step was not applied and nothing was saved."""
-
-
-class ValidationFailed(RuntimeError):
-    """Validation raised (e.g. a bad label file); the checkpoint of the same step was written before it."""
-
-
-def stop_unless_finite(stats: dict[str, float], step: int, out: Path, fp16_scaler: bool) -> None:
-    """Raises NonFiniteLoss naming the step and the last checkpoint that really is good, unless the
-    loss and the gradient norm are finite. With fp16 an inf gradient norm is the GradScaler's job:
-    it skips that step and lowers its scale."""
-    loss, grad_norm = stats["loss"], stats["grad_norm"]
-    if math.isfinite(loss) and (math.isfinite(grad_norm) or fp16_scaler):
-        return
-    terms = ", ".join(f"{k} {v:.3g}" for k, v in stats.items() if k.startswith("loss_"))
-    what = f"the loss became {loss}" if not math.isfinite(loss) else \
-        f"the gradient norm became {grad_norm} (loss {loss:.3g})"
-    raise NonFiniteLoss(f"error: {what} at step {step} (computing step {step + 1}; terms: {terms}); stopped "
-                        f"without applying that step or saving. {last_good_checkpoint(out)}; try a lower --lr, "
-                        f"--amp bf16 instead of fp16, or --clip-grad.")
-
-
-def last_good_checkpoint(out: Path) -> str:
-    """'The last good checkpoint is …' for last.pt, else best.pt, if it loads and all its weights are finite."""
-    problems = []
-    for name in ("last.pt", "best.pt"):
-        if (out / name).exists():
-            try:
-                ckpt = checkpoint.read_usable_checkpoint(out / name)
-            except checkpoint.CheckpointError as e:
-                problems.append(str(e))
-                continue
-            return (f"The last good checkpoint is {out / name} (step {ckpt.get('step')}: it loads and its "
-                    f"weights are finite)" + (f"; {problems[0]}" if problems else ""))
-    return f"No good checkpoint in {out} yet" + (f" ({'; '.join(problems)})" if problems else "")
+def step_normalisers(step_targets: list[dict], num_queries: int, no_object_weight: float, device: torch.device,
+                     accum: int) -> dict[str, torch.Tensor]:
+    """{"num_masks", "class_weight_sum"} for each micro-batch of a step: the step's mask count
+    (losses.count_masks) and cross-entropy class-weight sum (losses.count_class_weights), each
+    averaged over processes, divided by the accumulation steps. The two counts of all processes are
+    summed by one all-reduce of a stacked pair (one collective per step instead of two)."""
+    num_masks = sum(len(t["labels"]) for t in step_targets)
+    matched = sum(min(len(t["labels"]), num_queries) for t in step_targets)  # the rest of the queries get ∅
+    class_weight_sum = matched + (len(step_targets) * num_queries - matched) * no_object_weight
+    counts = distributed.sum_over_processes(torch.tensor([float(num_masks), class_weight_sum], device=device))
+    counts = counts / distributed.world_size()
+    return {"num_masks": counts[0].clamp(min=1) / accum, "class_weight_sum": counts[1] / accum}
 
 
 # -----------------------------------------------------------------------------------------------
-# Set-up: processes, batch arithmetic, resume, the data loader, logging
+# Set-up: processes, batch arithmetic, the data loader, logging
 # -----------------------------------------------------------------------------------------------
 def print_on_main(is_main: bool):
     """`log(msg)`: print on rank 0 only."""
     return (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
-
-
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json")  # a folder with one holds a run
-
-
-def run_folder(args: argparse.Namespace, is_main: bool) -> tuple[Path, dict | None]:
-    """(the run's folder, its last.pt if --resume). The folder: --output, or a new runs/<date-time>
-    (runs/latest points at it; --resume without --output continues runs/latest). A fresh run refuses
-    a folder that holds a run unless --overwrite (which deletes that run's files)."""
-    if args.output is None:
-        out = latest_run() if args.resume else new_run_folder(is_main)
-    else:
-        out = Path(args.output)
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if not args.resume and held and not args.overwrite:
-        raise SystemExit(f"error: --output {out} already holds a run ({', '.join(held)}): continue it with "
-                         f"--resume, or give a new --output (--overwrite deletes that run)")
-    if is_main and not args.resume and held:
-        for path in [*(out / name for name in RUN_FILES), out / "loss_curve.png", *out.glob("prediction_*.png")]:
-            path.unlink(missing_ok=True)
-    return out, load_checkpoint(out / "last.pt") if args.resume else None
-
-
-def new_run_folder(is_main: bool, root: Path = Path("runs")) -> Path:
-    """runs/<YYYYmmdd-HHMMSS>[-n], made by the first process (the others receive its name), and
-    runs/latest pointing at it."""
-    name = [None]
-    if is_main:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        taken = {p.name for p in root.glob(stamp + "*")} if root.is_dir() else set()
-        name[0] = next(n for n in [stamp] + [f"{stamp}-{i}" for i in range(1, len(taken) + 2)] if n not in taken)
-        (root / name[0]).mkdir(parents=True)
-        point_latest(root, name[0])
-    if dist.is_initialized():
-        dist.broadcast_object_list(name, src=0)
-    return root / name[0]
-
-
-def point_latest(root: Path, name: str) -> None:
-    """runs/latest -> runs/<name>: a symbolic link, or where links are unavailable a text file
-    naming the run. A real folder called latest (an older run) is left alone."""
-    latest = root / "latest"
-    if latest.is_dir() and not latest.is_symlink():
-        return
-    tmp = root / ".latest.tmp"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(name, target_is_directory=True)
-        tmp.replace(latest)
-    except (OSError, NotImplementedError):
-        tmp.unlink(missing_ok=True)
-        latest.write_text(name + "\n")
-
-
-def latest_run(root: Path = Path("runs")) -> Path:
-    """The folder runs/latest points at (a link, a text file naming it, or an older run's folder)."""
-    latest = root / "latest"
-    if latest.is_file():
-        return root / latest.read_text().strip()
-    if not latest.exists():
-        raise SystemExit(f"error: --resume without --output: there is no {latest} to continue; "
-                         f"give --output RUN_FOLDER")
-    return root / latest.readlink() if latest.is_symlink() else latest
 
 
 def set_up_process(args: argparse.Namespace, out: Path, is_main: bool) -> None:
@@ -442,105 +355,6 @@ def split_batch(batch_size: int, world_size: int, device: torch.device, args: ar
     return per_device, accum
 
 
-def run_description(model: nn.Module, recipe: TrainingRecipe, class_names, args: argparse.Namespace) -> dict:
-    """What a checkpoint says about its run: the model config, the recipe (with the test resize it was
-    validated at, which `infer.py --eval` takes from it), the class names, the flags."""
-    test_resize = dict(zip(("test_size", "test_max_size"), infer.recipe_test_resize(args.data, recipe.crop_size)))
-    return {"config": asdict(model.config), "recipe": {**asdict(recipe), **test_resize},
-            "class_names": list(class_names),
-            "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
-
-
-def checkpoint_state(stateful: dict, step: int, best_metric: float, about: dict) -> dict:
-    """What last.pt/best.pt hold: every object's state_dict, the step, the RNGs, the description."""
-    return {**{name: obj.state_dict() for name, obj in stateful.items()}, "step": step, "rng": rng_states(),
-            "best_metric": best_metric, **about}
-
-
-def resume(out: Path, ckpt: dict, stateful: dict, about: dict, log) -> tuple[int, float]:
-    """`--resume`: everything needed to continue bit for bit; returns (step, best metric so far).
-    A checkpoint of another model (config, class count) stops with one line naming the differences."""
-    expected, found = about["config"], ckpt.get("config", {})
-    differences = checkpoint.config_differences(expected, found) if isinstance(found, dict) else ""
-    if differences:
-        raise SystemExit(f"error: --resume: {out / 'last.pt'} holds another model than this run builds: "
-                         f"this run has {differences}; resume with the run's own "
-                         f"--config/--set/--data, or start a new run in another --output")
-    for name, obj in stateful.items():
-        obj.load_state_dict(ckpt[name])
-    set_rng_states(ckpt["rng"])
-    log(f"resumed from {out / 'last.pt'} at step {ckpt['step']}")
-    best_metric = ckpt["best_metric"]
-    with contextlib.suppress(checkpoint.CheckpointError):  # a crash after best.pt, before the next last.pt
-        best_metric = max(best_metric, checkpoint.read_checkpoint(out / "best.pt").get("best_metric", -math.inf))
-    return ckpt["step"], best_metric
-
-
-def is_finished(out: Path, ckpt: dict, recipe: TrainingRecipe, log) -> bool:
-    """`--resume` of a run that reached --iters and wrote final_metrics.json: nothing to do (says so)."""
-    if ckpt["step"] > recipe.max_iter or ckpt["step"] == recipe.max_iter and (out / "final_metrics.json").exists():
-        log(f"{out} is a finished run (step {ckpt['step']} of --iters {recipe.max_iter}); its files are left "
-            f"as they are. To train further, resume with a larger --iters.")
-        return True
-    return False
-
-
-def read_final_metrics(out: Path) -> dict:
-    try:
-        return json.loads((out / "final_metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-class MetricsLog:
-    """metrics.jsonl, one JSON record per line, written by rank 0; on resume, records after the
-    checkpoint's step are dropped (and old key names, e.g. loss_mask, read as today's)."""
-
-    def __init__(self, path: Path, start_step: int, is_main: bool):
-        self.path, self.is_main = path, is_main
-        old = read_records(path) if start_step > 0 and path.exists() else []
-        self.history = [r for r in old if r["step"] <= start_step]
-        if is_main:
-            path.write_text("".join(strict_json(r) + "\n" for r in self.history))
-
-    def append(self, record: dict) -> None:
-        self.history.append(record)
-        if self.is_main:
-            with open(self.path, "a") as f:
-                f.write(strict_json(record) + "\n")
-
-
-def read_records(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl (old key names read as today's). A line that is not a JSON
-    record, such as the torn last line of a crash, is skipped; NaN written by older versions reads."""
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(rename_old_keys(record))
-    return records
-
-
-def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool) -> nn.Module:
-    """Channels-last weights, DistributedDataParallel over several processes, then torch.compile if asked.
-
-    The convolutions run channels-last (backbones.py), so their weight gradients come out channels-last.
-    DDP lays its gradient buckets out like the parameters: with contiguous weights every such gradient
-    was re-laid out into its bucket by a strided copy each step ("grad strides do not match bucket view
-    strides"). With the weights channels-last too, gradients and buckets share one layout, and with
-    gradient_as_bucket_view the gradients are views into the buckets, all-reduced in place (no second
-    copy of all gradients in memory). Same values; a checkpoint loads into a model of either layout.
-    """
-    model.to(memory_format=torch.channels_last)  # 4-d tensors (conv weights) only; the optimiser keeps them
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        gradient_as_bucket_view=True)
-    return torch.compile(model) if compile_model else model
-
-
 def build_train_loader(train_set, per_device: int, accum: int, start_step: int, rank: int, world_size: int,
                        device: torch.device, args: argparse.Namespace) -> DataLoader:
     """An endless loader whose order (and augmentation) depends only on the seed and the step."""
@@ -551,31 +365,8 @@ def build_train_loader(train_set, per_device: int, accum: int, start_step: int, 
                       persistent_workers=args.workers > 0)
 
 
-def build_val_loader(val_set, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """The validation images, every `world_size`-th from `rank` on: each process evaluates its share
-    and the metrics sum their counts over processes (infer.evaluate), so the figure is the whole split's."""
-    if world_size > 1:
-        if len(val_set) < world_size:
-            raise SystemExit(f"error: {len(val_set)} validation image(s) for {world_size} processes: each process "
-                             f"needs at least one (raise --val-images)")
-        val_set = torch.utils.data.Subset(val_set, range(rank, len(val_set), world_size))
-    return DataLoader(val_set, batch_size=1 if args.data != "shapes" else 8, collate_fn=data.collate,
-                      num_workers=args.workers)
-
-
-def mean_over_processes(values: dict[str, float], world_size: int) -> dict[str, float]:
-    """Averages logged scalars over processes so that rank 0 logs the global figure."""
-    if world_size == 1 or not values:
-        return values
-    keys = sorted(values)
-    total = sum_over_processes(torch.tensor([values[k] for k in keys], dtype=torch.float64))
-    return {k: v / world_size for k, v in zip(keys, total.tolist())}
-
-
-
-
 # -----------------------------------------------------------------------------------------------
-# Builders: datasets, model and criterion, optimiser and schedule (docs/recipe.md)
+# Builders: datasets, model and criterion (docs/recipe.md); the optimiser and schedule are adamw.py's
 # -----------------------------------------------------------------------------------------------
 def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     """The training set (with the recipe's augmentation) and the validation set (test resize)."""
@@ -587,9 +378,9 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
         kwargs["task"] = recipe.task
     train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs, **options)
     # the same validation set as `infer.py --eval` on this run's checkpoints (one function, same inputs)
-    val_set = infer.evaluation_dataset(args.data, args.data_root, recipe.task,
-                                       infer.recipe_test_resize(args.data, recipe.crop_size), args.val_images,
-                                       args.ignore_index, options)
+    val_set = evaluate.evaluation_dataset(args.data, args.data_root, recipe.task,
+                                          evaluate.recipe_test_resize(args.data, recipe.crop_size), args.val_images,
+                                          args.ignore_index, options)
     return train_set, val_set
 
 
@@ -660,60 +451,6 @@ def build_model_and_criterion(args: argparse.Namespace, recipe: TrainingRecipe, 
 MATCHERS = {"hungarian": matcher.HungarianMatcher, "fixed": matcher.FixedMatcher, "box": matcher.BoxMatcher}
 
 
-def build_optimizer(model: nn.Module, recipe: TrainingRecipe):
-    """AdamW over `param_groups` and the warm-up + poly (or step) schedule of `lr_factor`.
-
-    The fused implementation where PyTorch has one (CPU, CUDA): one kernel updates every parameter
-    instead of a loop of small ops per tensor; the same AdamW update up to float rounding (the tiny
-    model's step on a 2-core CPU: 23 -> 6 ms, docs/speed.md).
-    """
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
-                                  lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True if fused else None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
-    return optimizer, scheduler
-
-
-NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
-
-
-def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
-    """AdamW parameter groups as the official `build_optimizer`.
-
-    - parameters under `backbone.` get lr x backbone_lr_mult;
-    - norm-layer parameters, embeddings (`nn.Embedding`) and Swin's relative-position-bias tables
-      get weight decay 0 (official WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0).
-    """
-    no_decay: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, NORM_TYPES + (nn.Embedding,)):
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = 0.0 if (id(p) in no_decay or "relative_position_bias_table" in name) else weight_decay
-        group_lr = lr * backbone_lr_mult if name.startswith("backbone.") else lr
-        groups.setdefault((group_lr, decay), []).append(p)
-    return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
-
-
-def lr_factor(step: int, recipe: TrainingRecipe) -> float:
-    """Multiplier of the base lr at `step` (detectron2's WarmupPolyLR / WarmupMultiStepLR).
-
-    poly:  (1 - step / max_iter) ** 0.9;  step: 0.1 ** (number of lr_steps passed).
-    Linear warm-up over the first warmup_iters from warmup_factor to 1, multiplied in.
-    """
-    if recipe.schedule == "poly":
-        factor = (1.0 - step / recipe.max_iter) ** 0.9
-    else:
-        factor = 0.1 ** sum(step >= s for s in recipe.lr_steps)
-    if step < recipe.warmup_iters:
-        alpha = step / recipe.warmup_iters
-        factor *= recipe.warmup_factor * (1 - alpha) + alpha
-    return factor
-
-
 def move_batch(batch: dict, device: torch.device) -> dict:
     batch = dict(batch)
     batch["images"] = batch["images"].to(device, non_blocking=True)
@@ -721,36 +458,6 @@ def move_batch(batch: dict, device: torch.device) -> dict:
     batch["targets"] = [{**t, "labels": t["labels"].to(device), "masks": t["masks"].to(device)}
                         for t in batch["targets"]]
     return batch
-
-
-def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype,
-             data_name: str | None = None) -> dict:
-    """Validation on the whole split, the same figure as `infer.py --eval` (every process runs it:
-    simple, and small next to training). Leaves the model in training mode."""
-    object_mask_threshold, overlap_threshold = infer.panoptic_thresholds(data_name)
-    metrics = infer.evaluate(model, loader, task=task, device=device, amp_dtype=amp_dtype, progress=False,
-                             object_mask_threshold=object_mask_threshold, overlap_threshold=overlap_threshold)
-    model.train()
-    return metrics
-
-
-def validate_at(step: int, out: Path, model: nn.Module, loader: DataLoader, task: str, device: torch.device,
-                amp_dtype, data_name: str | None, log) -> dict:
-    """`validate` at `step`, logged; a failure raises ValidationFailed saying that the state is kept.
-    An undefined metric (no labelled pixel, no segment) gets a warning instead of a silent nan."""
-    try:
-        metrics = validate(model, loader, task, device, amp_dtype, data_name)
-    except (data.DatasetError, ValueError, RuntimeError, OSError) as e:
-        raise ValidationFailed(f"error: validation at step {step} failed: {infer.error_line(e)}. The training state of "
-                               f"step {step} is kept in {out / 'last.pt'}; fix the validation data, then continue "
-                               f"with --resume --output {out}") from None
-    name = "PQ" if task == "panoptic" else "mIoU"
-    if math.isfinite(metrics[name]):
-        log(f"step {step}: validation {name} = {100 * metrics[name]:.2f}")
-    else:
-        log(f"warning: step {step}: validation {name} is undefined ({metrics[name]}): the {len(loader.dataset)} "
-            f"validation images hold no labelled pixel/segment (all ignore?); best.pt is not updated")
-    return metrics
 
 
 def make_progress(start: int, total: int, disable: bool):
@@ -784,21 +491,17 @@ global batch = processes x --per-device-batch (2 on CUDA) x --accum-steps (whate
 """
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag's help, and SCALE_OUT_HELP's lines kept as written."""
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=SCALE_OUT_HELP,
-                                formatter_class=HelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     # every value is checked here (one line naming the flag and what it expects), before any work
     at_least, number_in, device_name, writable_folder = \
-        infer.int_at_least, infer.number_in, infer.device_name, infer.writable_folder
+        cli.int_at_least, cli.number_in, cli.device_name, cli.writable_folder
     g = p.add_argument_group("data")
     g.add_argument("--data", default="shapes", choices=sorted(DATA_RECIPES),
                    help="dataset; the official R50 result to expect with its recipe: "
                    + ", ".join(f"{name} {result}" for name, result in EXPECTED_R50.items()))
-    g.add_argument("--data-root", default=None, type=infer.existing_folder,
+    g.add_argument("--data-root", default=None, type=cli.existing_folder,
                    help="the dataset's own folder (not needed for shapes)")
     g.add_argument("--shapes-colours", type=at_least(0), default=0,
                    help="--data shapes: classes are outline x this many colours (0: outline only; up to 16, K = 97)")
@@ -850,7 +553,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--threads", type=at_least(1), default=None, help="CPU threads (torch.set_num_threads)")
-    g.add_argument("--dist-timeout", type=number_in(0, low_open=True), default=DEFAULT_TIMEOUT_S,
+    g.add_argument("--dist-timeout", type=number_in(0, low_open=True), default=distributed.DEFAULT_TIMEOUT_S,
                    help="under torchrun: seconds a process waits for the others in a collective before the run "
                         "stops with one line (a killed or hung process)")
 
@@ -875,52 +578,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resume and args.overwrite:
         p.error("--resume continues a run, --overwrite deletes it: give one of them")
     try:
-        args.model_overrides_cli = dict(parse_assignment(s) for s in args.model_set)
+        args.model_overrides_cli = dict(cli.parse_assignment(s) for s in args.model_set)
     except ValueError as e:
         p.error(str(e))
     return args
-
-
-def parse_assignment(text: str) -> tuple[str, object]:
-    """'dec_layers=2' -> ('dec_layers', 2); values are Python literals, else strings."""
-    if "=" not in text:
-        raise ValueError(f"--set expects FIELD=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass  # a plain string
-    names = [f.name for f in fields(maskformer.MaskFormerConfig)]
-    if key not in names:
-        raise ValueError(f"--set {text}: MaskFormerConfig has no field {key!r} (fields: {', '.join(names)})")
-    if key == "num_classes":
-        raise ValueError(f"--set {text}: the class count is the dataset's (--data), not a setting")
-    expected = type(getattr(maskformer.CONFIGS["r50"], key))  # the field's type, from a full config
-    fits = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else \
-        type(value) is expected
-    if not fits:
-        kind = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}.get(
-            expected, f"a {expected.__name__}")
-        raise ValueError(f"--set {text}: {key} expects {kind}, got {value!r}")
-    return key, value
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         train(args)
-    except (NonFiniteLoss, ValidationFailed) as e:
+    except (runs.NonFiniteLoss, evaluate.ValidationFailed) as e:
         raise SystemExit(str(e)) from None
     except (data.DatasetError, checkpoint.CheckpointSaveError) as e:
-        raise SystemExit(f"error: {infer.error_line(e)}") from None
+        raise SystemExit(f"error: {cli.error_line(e)}") from None
     except Exception as e:
-        if lost_contact(e):  # another process died or hangs: one line, not a traceback or a hang
-            raise SystemExit(lost_contact_message(e, args.dist_timeout)) from None
+        if distributed.lost_contact(e):  # another process died or hangs: one line, not a traceback or a hang
+            raise SystemExit(distributed.lost_contact_message(e, args.dist_timeout)) from None
         if not isinstance(e, OSError) and "DataLoader worker" not in str(e):
             raise
         # a bad training image named by the worker that read it, a full disk while writing logs or figures
-        raise SystemExit(f"error: {infer.error_line(e)}") from None
+        raise SystemExit(f"error: {cli.error_line(e)}") from None
 
 
 if __name__ == "__main__":

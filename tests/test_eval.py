@@ -12,6 +12,7 @@ import torch
 
 import benchmark
 import convert
+import evaluate
 import infer
 import maskformer
 import train
@@ -71,14 +72,14 @@ def test_size_flag_changes_the_evaluation_and_is_recorded(tiny_run, capsys, tmp_
     # 120 x 160 photos: at 96 the long edge is 128, at 200 it is capped by 384 -> 200 x 267: another input
     assert results["mIoU"] != logged["mIoU"]
     # and directly through the shared functions: the dataset items are at the size asked for
-    dataset = infer.evaluation_dataset("ade20k", root, "semantic", (200, 384))
+    dataset = evaluate.evaluation_dataset("ade20k", root, "semantic", (200, 384))
     assert tuple(dataset[0]["image"].shape[-2:]) == (200, 267)
 
 
 def test_resolution_order_by_hand():
     r50, swin_b = maskformer.CONFIGS["r50"], maskformer.CONFIGS["swin_b"]
     coco = maskformer.MaskFormerConfig(**{**asdict(r50), "num_classes": 133})
-    resolve = infer.resolve_test_resize
+    resolve = evaluate.resolve_test_resize
     assert resolve("ade20k", r50, None) == (512, 2048, "the ade20k recipe")
     assert resolve("ade20k", swin_b, None)[:2] == (640, 2560)  # Swin-B/L train and test at 640
     assert resolve("cityscapes", r50, None)[:2] == (1024, 2048)
@@ -109,7 +110,7 @@ def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
     """A tiny panoptic run on the COCO panoptic samples (its 2 validation images serve as training set
     too): `infer.py --eval --task panoptic` prints the PQ the run logged, at COCO's 800 / 1333. Then,
     with a class head made confident (so that segments are predicted and counted), `--eval` and the
-    run's own validation (train.py's builders, train.validate) count the same TP / FP / FN."""
+    run's own validation (train.py's builders, evaluate.validate) count the same TP / FP / FN."""
     coco = shared_data / "coco_panoptic"
     if not (coco / "annotations" / "panoptic_val2017.json").is_file():
         pytest.skip(f"the COCO panoptic samples are not in {coco}")
@@ -145,7 +146,7 @@ def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
     model, _ = train.build_model_and_criterion(args, recipe, 133)
     model.load_state_dict(checkpoint["model"])
     val_set = train.build_datasets(args, recipe)[1]
-    expected = train.validate(model, train.build_val_loader(val_set, args), "panoptic", torch.device("cpu"), None,
+    expected = evaluate.validate(model, evaluate.build_val_loader(val_set, args), "panoptic", torch.device("cpu"), None,
                               "coco_panoptic")
     assert sum(c["FP"] + c["TP"] for c in expected["per_class"]) > 0  # segments were predicted
     assert [(c["TP"], c["FP"], c["FN"]) for c in results["per_class"]] == \

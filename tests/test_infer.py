@@ -21,6 +21,7 @@ import augment
 import data
 import datasets
 import drawing
+import evaluate
 import infer
 import maskformer
 from infer import general_inference, instance_inference, panoptic_inference, semantic_inference
@@ -292,14 +293,14 @@ def test_evaluate_is_exact_on_a_model_with_a_known_answer(head):
     dataset = ItemList(column_items([(50, 72), (40, 56), (33, 40)]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=data.collate)
     model = ColumnModel(head).train()
-    result = infer.evaluate(model, loader, "semantic", progress=False)
+    result = evaluate.evaluate(model, loader, "semantic", progress=False)
     assert result["mIoU"] == 1.0 and result["pixel_acc"] == 1.0 and result["num_images"] == 3
     assert model.training  # the mode is restored
     if head == "mask_classification":
-        pq = infer.evaluate(model, loader, "panoptic", progress=False)
+        pq = evaluate.evaluate(model, loader, "panoptic", progress=False)
         assert (pq["PQ"], pq["SQ"], pq["RQ"], pq["n"]) == (1.0, 1.0, 1.0, 2)
     # multi-scale + flip: most versions are exact; a forgotten flip-back would average to noise
-    tta = infer.evaluate(model, loader, "semantic", tta=True, progress=False)
+    tta = evaluate.evaluate(model, loader, "semantic", tta=True, progress=False)
     assert tta["mIoU"] > 0.97
 
 
@@ -309,10 +310,10 @@ def test_evaluate_real_tiny_models_on_shapes():
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=data.collate)
     for head in ("mask_classification", "per_pixel", "per_pixel_plus"):
         model = maskformer.build_model("tiny", num_classes=dataset.num_classes, head=head)
-        result = infer.evaluate(model, loader, "semantic", max_batches=1, progress=False)
+        result = evaluate.evaluate(model, loader, "semantic", max_batches=1, progress=False)
         assert 0.0 <= result["mIoU"] <= 1.0 and len(result["per_class_iou"]) == dataset.num_classes
     with pytest.raises(ValueError, match="mask-classification"):
-        infer.evaluate(model, loader, "panoptic", is_thing=dataset.is_thing, progress=False)
+        evaluate.evaluate(model, loader, "panoptic", is_thing=dataset.is_thing, progress=False)
 
 
 # ---------------------------------------------------------------- drawing

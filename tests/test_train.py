@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import adamw
 import checkpoint
 import data
+import runs
 import train
 from tests.conftest import REPO
 
@@ -53,11 +55,11 @@ def test_lr_factor_poly_and_warmup_by_hand():
     r = train.resolve_recipe(train.parse_args(["--data", "ade20k", "--config", "swin_t", "--iters", "1000",
                                                "--warmup-iters", "100"]))
     # step 50: poly (1 - 50/1000)^0.9 times warm-up 1e-6 * (1 - 0.5) + 0.5
-    assert train.lr_factor(50, r) == pytest.approx(0.95 ** 0.9 * (0.5 + 0.5e-6))
-    assert train.lr_factor(500, r) == pytest.approx(0.5 ** 0.9)
-    assert train.lr_factor(0, r) == pytest.approx(1e-6)
+    assert adamw.lr_factor(50, r) == pytest.approx(0.95 ** 0.9 * (0.5 + 0.5e-6))
+    assert adamw.lr_factor(500, r) == pytest.approx(0.5 ** 0.9)
+    assert adamw.lr_factor(0, r) == pytest.approx(1e-6)
     r = train.resolve_recipe(train.parse_args(["--data", "coco_panoptic"]))
-    assert train.lr_factor(369_599, r) == 1.0 and train.lr_factor(369_600, r) == pytest.approx(0.1)
+    assert adamw.lr_factor(369_599, r) == 1.0 and adamw.lr_factor(369_600, r) == pytest.approx(0.1)
 
 
 def test_param_groups_no_decay_on_norms_embeddings_and_bias_tables():
@@ -67,7 +69,7 @@ def test_param_groups_no_decay_on_norms_embeddings_and_bias_tables():
     model.head = torch.nn.Linear(4, 2)
     model.norm = torch.nn.LayerNorm(4)
     model.query = torch.nn.Embedding(5, 4)
-    groups = train.param_groups(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
+    groups = adamw.param_groups(model, lr=1.0, weight_decay=0.5, backbone_lr_mult=0.1)
     setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert setting[id(model.backbone[0].weight)] == (0.1, 0.5)
     assert setting[id(model.backbone[1].weight)] == (0.1, 0.0)
@@ -260,7 +262,7 @@ def test_old_key_names_are_renamed_when_read(tmp_path):
     # a resumed run reads an old metrics.jsonl under today's names (records after the step dropped)
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss_mask": 0.5}) + "\n"
                                             + json.dumps({"step": 5, "loss_mask": 0.4}) + "\n")
-    metrics_log = train.MetricsLog(tmp_path / "metrics.jsonl", start_step=3, is_main=True)
+    metrics_log = runs.MetricsLog(tmp_path / "metrics.jsonl", start_step=3, is_main=True)
     assert metrics_log.history == [{"step": 2, "loss_focal": 0.5}]
     assert read_log(tmp_path) == [{"step": 2, "loss_focal": 0.5}]
 
@@ -281,9 +283,9 @@ def test_optimizer_is_fused_adamw_with_the_plain_update():
     torch.manual_seed(0)
     model, _ = train.build_model_and_criterion(args, recipe, num_classes=7)
     initial, reference = copy.deepcopy(model), copy.deepcopy(model)
-    optimizer, _ = train.build_optimizer(model, recipe)
+    optimizer, _ = adamw.build_optimizer(model, recipe)
     assert all(group["fused"] for group in optimizer.param_groups)
-    plain = torch.optim.AdamW(train.param_groups(reference, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
+    plain = torch.optim.AdamW(adamw.param_groups(reference, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),
                               lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=False)
     for fused_group, plain_group in zip(optimizer.param_groups, plain.param_groups):
         plain_group["lr"] = fused_group["lr"]  # the schedule's first factor (warm-up), set by build_optimizer
