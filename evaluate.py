@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 import augment
 import cli
-import convert
 import data
 import infer
 import maskformer
+import weight_files
 from distributed import is_distributed, sum_over_processes
 from metrics import PanopticMetrics, SemanticMetrics, strict_json
 
@@ -58,7 +58,7 @@ def resolve_test_resize(data_name: str | None, config: maskformer.MaskFormerConf
     1. the checkpoint's recipe: "test_size" / "test_max_size" (train.py and convert.py write them);
        an older train.py checkpoint: its dataset's recipe at its training crop;
     2. the --data recipe (ADE20K with Swin-B/L: at 640, as train.py trains them);
-    3. the model's official test size (convert.official_test_resize: a published model's dataset
+    3. the model's official test size (weight_files.official_test_resize: a published model's dataset
        is told by its class count), else 512 / 2048.
     --size / --max-size replace either number."""
     recipe = (checkpoint or {}).get("recipe")
@@ -72,7 +72,7 @@ def resolve_test_resize(data_name: str | None, config: maskformer.MaskFormerConf
         crop = 640 if data_name == "ade20k" and config.backbone in ("swin_base", "swin_large") else None
         (short, long), source = recipe_test_resize(data_name, crop), f"the {data_name} recipe"
     else:
-        official = convert.official_test_resize(asdict(config))
+        official = weight_files.official_test_resize(asdict(config))
         short, long = (official["test_size"], official["test_max_size"]) if official else (512, 2048)
         source = "the model's official test size" if official else "the default"
     if size is not None or max_size is not None:

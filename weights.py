@@ -39,7 +39,7 @@ names the official tools give, and rename them with convert.py's TORCHVISION / S
 R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (convert.py D2_IMAGENET);
 its name layout is that of detectron2's converters, not checked against the published file here.
 The converted checkpoint carries the official test resize of the model's dataset ("recipe",
-convert.official_test_resize), as `python convert.py` writes it.
+weight_files.official_test_resize), as `python convert.py` writes it.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 import convert
 import maskformer
+import weight_files
 from checkpoint import save_checkpoint
 
 MIRROR_ENV = "MASKFORMER_WEIGHTS_MIRROR"
@@ -358,7 +359,7 @@ def convert_model(entry: Published, folder: Path) -> dict:
     config = asdict(model.config)
     # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as convert.py writes
     return {"model": state, "config": config, "class_names": class_names,
-            "recipe": convert.official_test_resize(config), "source": entry.files[0].url}
+            "recipe": weight_files.official_test_resize(config), "source": entry.files[0].url}
 
 
 def convert_imagenet(entry: ImageNet, folder: Path) -> dict:

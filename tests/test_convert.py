@@ -28,6 +28,7 @@ import backbones
 import convert
 import infer
 import maskformer
+import weight_files
 
 K = 5  # classes of the small test models
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -97,8 +98,8 @@ def hf_resnet(transformers, **kwargs):
 
 
 def ours_for(hf, **extra_overrides) -> maskformer.MaskFormer:
-    """Our model for a HF model: config via convert.hf_config_to_ours, weights via convert.hf_to_ours."""
-    name, overrides, class_names = convert.hf_config_to_ours(hf.config.to_dict(), "test config")
+    """Our model for a HF model: config via weight_files.hf_config_to_ours, weights via convert.hf_to_ours."""
+    name, overrides, class_names = weight_files.hf_config_to_ours(hf.config.to_dict(), "test config")
     if "backbone_kwargs" in extra_overrides:
         extra = extra_overrides.pop("backbone_kwargs")
         overrides["backbone_kwargs"] = {**overrides.get("backbone_kwargs", {}), **extra}
@@ -376,7 +377,7 @@ def test_detectron2_per_pixel_baselines_round_trip(head):
     expected = model.state_dict()
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
-    values = convert.config_from_state_dict(converted)
+    values = weight_files.config_from_state_dict(converted)
     assert (values["head"], values["num_classes"]) == (head, K)
 
 
@@ -410,7 +411,7 @@ def test_restricted_unpickler_reads_numpy_arrays(tmp_path, protocol):
     with open(tmp_path / "x.pkl", "wb") as f:  # (+ a numpy scalar and bytes, as checkpoints' extras may hold)
         pickle.dump({"model": arrays, "__author__": "test", "iteration": np.int64(7), "raw": b"\x00\xff"}, f,
                     protocol=protocol)
-    loaded = convert.load_detectron2_pickle(tmp_path / "x.pkl")
+    loaded = weight_files.load_detectron2_pickle(tmp_path / "x.pkl")
     assert loaded.keys() == arrays.keys()
     for k, v in arrays.items():
         assert np.asarray(loaded[k]).dtype == np.asarray(v).dtype and np.array_equal(loaded[k], v)
@@ -431,8 +432,9 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path):
     marker = tmp_path / "pwned"
     blob = pickle.dumps({"model": {"w": np.zeros(2, np.float32)}, "__author__": Payload(marker)})
     (tmp_path / "model_final_evil.pkl").write_bytes(blob)
-    with pytest.raises(convert.UnsafePickleError, match=rf"model_final_evil\.pkl.*'{os.system.__module__}\.system'"):
-        convert.load_detectron2_pickle(tmp_path / "model_final_evil.pkl")
+    refused = rf"model_final_evil\.pkl.*'{os.system.__module__}\.system'"
+    with pytest.raises(weight_files.UnsafePickleError, match=refused):
+        weight_files.load_detectron2_pickle(tmp_path / "model_final_evil.pkl")
     assert not marker.exists()  # refused before anything ran
     pickle.loads(blob)  # the payload is real: a plain unpickler runs it
     assert marker.exists()

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import benchmark
-import convert
 import evaluate
 import infer
 import maskformer
 import train
+import weight_files
 from checkpoint import read_checkpoint, save_checkpoint
 
 
@@ -87,8 +87,8 @@ def test_resolution_order_by_hand():
     assert resolve(None, r50, {"recipe": {"test_size": 300, "test_max_size": 900}}, max_size=700) == \
         (300, 700, "--size / --max-size")
     assert resolve("ade20k", r50, {"recipe": {"crop_size": 640}, "args": {"data": "cityscapes"}})[:2] == (1280, 2560)
-    assert convert.official_test_resize(asdict(coco)) == {"test_size": 800, "test_max_size": 1333}
-    assert convert.official_test_resize({**asdict(swin_b), "num_classes": 150}) == \
+    assert weight_files.official_test_resize(asdict(coco)) == {"test_size": 800, "test_max_size": 1333}
+    assert weight_files.official_test_resize({**asdict(swin_b), "num_classes": 150}) == \
         {"test_size": 640, "test_max_size": 2560}
 
 
@@ -99,7 +99,7 @@ def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, cap
     model = maskformer.build_model("swin_b", num_classes=150)
     config = asdict(model.config)
     save_checkpoint(tmp_path / "swin_b.pt", {"model": model.state_dict(), "config": config,
-                                             "recipe": convert.official_test_resize(config)})
+                                             "recipe": weight_files.official_test_resize(config)})
     del model
     results, printed, report = run_eval(capsys, root, tmp_path / "swin_b.pt", tmp_path / "out", "--max-batches", "1")
     assert printed.splitlines()[0] == "test resize: short edge 640, long edge <= 2560 (from the checkpoint's recipe)"

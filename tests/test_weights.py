@@ -23,6 +23,7 @@ import backbones
 import convert
 import infer
 import maskformer
+import weight_files
 import weights
 from tests import hf_reference
 from tests.test_convert import MINI_SWIN, microsoft_swin_layout, randomise, torchvision_resnet_layout
@@ -77,7 +78,7 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
     model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**extras["config"])).eval()
     model.load_state_dict(state, strict=True)
     assert extras["class_names"] == [hf_tiny.config.id2label[i] for i in range(K)]
-    assert extras["recipe"] == convert.official_test_resize(extras["config"])  # as convert.py writes it
+    assert extras["recipe"] == weight_files.official_test_resize(extras["config"])  # as convert.py writes it
     images = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, theirs = model(images), hf_tiny(pixel_values=images)
@@ -279,7 +280,7 @@ def test_safetensors_reader_equals_the_reference(tmp_path):
                "u8": torch.arange(250, 256, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
                "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
     st.save_file(tensors, tmp_path / "t.safetensors", metadata={"format": "pt"})
-    ours, theirs = convert.read_safetensors(tmp_path / "t.safetensors"), st.load_file(tmp_path / "t.safetensors")
+    ours, theirs = weight_files.read_safetensors(tmp_path / "t.safetensors"), st.load_file(tmp_path / "t.safetensors")
     assert ours.keys() == theirs.keys() == tensors.keys()
     for k in tensors:
         assert ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape
@@ -292,10 +293,10 @@ def test_safetensors_reader_rejects_a_torn_file(tmp_path):
     header = b'{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}'
     blob = len(header).to_bytes(8, "little") + header + values.tobytes()
     (tmp_path / "ok.safetensors").write_bytes(blob)
-    assert convert.read_safetensors(tmp_path / "ok.safetensors")["x"].tolist() == [1.0, -2.0, 3.5]
+    assert weight_files.read_safetensors(tmp_path / "ok.safetensors")["x"].tolist() == [1.0, -2.0, 3.5]
     (tmp_path / "torn.safetensors").write_bytes(blob[:-4])
     with pytest.raises(convert.ConversionError) as e:
-        convert.read_safetensors(tmp_path / "torn.safetensors")
+        weight_files.read_safetensors(tmp_path / "torn.safetensors")
     assert "\n" not in str(e.value) and "[0, 12)" in str(e.value)
 
 
