@@ -59,8 +59,8 @@ import cli
 import data
 import evaluate
 import infer
-import maskformer
 import shapes
+import weights
 from checkpoint import read_checkpoint
 from metrics import PanopticMetrics, SemanticMetrics, strict_json
 
@@ -279,11 +279,8 @@ def machine() -> str:
 # Studies on trained checkpoints: Figure 4 and semantic vs general inference
 # -----------------------------------------------------------------------------------------------
 def load_model(path: Path) -> nn.Module:
-    """The model of a train.py checkpoint (last.pt / best.pt), in eval mode."""
-    ckpt = read_checkpoint(path)
-    model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    """The model of a train.py checkpoint (last.pt / best.pt), in eval mode (weights.load_model)."""
+    return weights.load_model(str(path))[0]
 
 
 def validation_set(arm: Arm, budget: Budget):

@@ -59,7 +59,7 @@ from tqdm import tqdm
 import convert
 import maskformer
 import weight_files
-from checkpoint import save_checkpoint
+from checkpoint import read_checkpoint, save_checkpoint
 
 MIRROR_ENV = "MASKFORMER_WEIGHTS_MIRROR"
 HF = "https://huggingface.co"
@@ -230,7 +230,7 @@ def load_model(spec: str, mirror: str | None = None, log=print) -> tuple[maskfor
         state, name, overrides, class_names = convert.load_hf_folder(path)
         model = maskformer.build_model(name, num_classes=len(class_names), **overrides)
     else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path)  # weights only: tensors and plain containers, never code
         model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**checkpoint["config"]))
         state, class_names = checkpoint["model"], checkpoint["class_names"]
     model.load_state_dict(state)
@@ -257,7 +257,7 @@ def load_imagenet(model: torch.nn.Module, mirror: str | None = None, log=print) 
     """Load the ImageNet weights of `model.config.backbone` into `model.backbone` (§4: every paper
     model starts so); everything else keeps its initialisation. One log line says what was loaded."""
     path = imagenet_checkpoint(model.config.backbone, mirror, log)
-    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    state = read_checkpoint(path)["model"]
     missing, unexpected = convert.load_into(model, state)
     if unexpected or any(k.startswith("backbone.") and not convert.is_stage_norm(k) for k in missing):
         raise WeightsError(f"{path} does not fit {model.config.backbone}: unexpected {unexpected[:3]}, "
