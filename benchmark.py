@@ -25,16 +25,15 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    torch.compile on and off (--compile). On CPU, how much of each step is spent in convolution
    and matmul kernels ("dense %", dense_kernel_share), and the floor under the ratio ours / HF
    that those kernels set: ours' time in them / HF's whole time.
-5. The data pipeline's samples/s (`data_pipeline_speed`) next to what a training step consumes (images/s).
+5. The data pipeline's samples/s (`training_speed.data_pipeline_speed`) next to what a training step
+   consumes (images/s).
 6. Only with --ddp N (instead of 1-5): the training step of N processes under DistributedDataParallel
    (distributed.wrap_for_training; gloo on CPU, NCCL on CUDA) against 1 process, each with the same batch
    per process and the same threads, and the all-reduce of the gradients alone (`ddp_speed`): the
    distributed path's overhead per step (on CPU communication only; the cores are shared).
-7. Only with --time-to-accuracy (instead of 1-5): --runs fresh `python train.py` processes (the default
-   classroom run, or --train-args), one after the other: the wall time of each (imports included), when
-   its validation first reached 0.70 and 0.80 mIoU, images/s, the medians; then `phase_profile`, the
-   share of that run's time per phase (data, forward, loss and matching, AdamW, backward; validation,
-   checkpoints, figures), timed by hooks on the real `train.train_step`.
+7. Only with --time-to-accuracy (instead of 1-5): `training_speed.time_to_accuracy`, --runs fresh
+   `python train.py` runs, the wall time each takes to 0.70 and 0.80 validation mIoU, images/s, the
+   medians, then the share of the run's time per phase (`phase_profile`).
 
 Fairness: every variant gets the same images, targets, threads, dtype and optimizer (AdamW, lr 1e-4,
 weight decay 1e-4, PyTorch defaults otherwise). Our backbones run in channels-last memory (see
@@ -52,20 +51,17 @@ Peak memory: on CPU the RSS high-water mark of a fresh process that builds one v
 (Python, torch and, for HF, transformers); on CUDA torch.cuda.max_memory_allocated.
 
 Reading order: main → measure_config → build_variant (our model; the port from tests/hf_reference.py) →
-step functions → time_interleaved → peak_memory → print_speed_table; random_ade_targets; data_pipeline →
-data_pipeline_speed (with write_ade_like_fixture, the ADE-sized images it and tests/test_data.py use).
+step functions → timing.py (time_interleaved, peak memory, dense_kernel_share) → peak_memory_cpu →
+print_speed_table; random_ade_targets; ddp_speed. Sections 5 and 7 (data_pipeline_speed,
+time_to_accuracy) are training_speed.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import os
 import platform
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,35 +71,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-import adamw
-import augment
-import checkpoint
-import data
 import distributed
-import evaluate
 import maskformer
-import runs
-import train
+import timing
+import training_speed
 from losses import MaskFormerLoss
 from tests import hf_reference  # the HF port, a test-only reference (transformers is optional)
+from timing import fmt
 
 DEFAULT_CONFIGS = ("r50", "swin_t", "tiny")
 SEGMENTS_PER_IMAGE = 10  # ADE20K-150 images hold ~8-10 classes
-
-# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets (V100 and T4
-# have no bf16: their fp16 peak). Matched in order against torch.cuda.get_device_name(); a GPU not
-# listed gets a matmul measured on the spot as its MFU reference instead.
-GPU_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0),
-                   ("T4", 65.0)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,73 +210,8 @@ def random_ade_targets(batch: int, size: int, num_classes: int, generator: torch
 
 
 # ---------------------------------------------------------------------------------------------
-# Measuring: interleaved timing, peak memory, FLOPs
+# Measuring (timing.py has the rest): peak memory in a fresh process, FLOPs
 # ---------------------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                     device: torch.device, notes: list[str]) -> dict[str, list[float]]:
-    """Seconds per call of every step: `warmup` untimed rounds, then `repeats` timed rounds, each
-    round calling every step once in turn (so load drift on a shared machine hits all alike).
-    A step that fails in the first warm-up round (e.g. torch.compile on the HF port) is dropped
-    with a note."""
-    steps = dict(steps)
-    for round_ in range(warmup):
-        for label, step in list(steps.items()):
-            try:
-                step()
-            except Exception as error:
-                if round_ > 0:
-                    raise
-                notes.append(f"{label} dropped: its first run failed ({type(error).__name__}: {error})"[:400])
-                del steps[label]
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(repeats):
-        for label, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            times[label].append(time.perf_counter() - start)
-    return times
-
-
-def rss_now_mb() -> float:
-    """This process's resident memory now, in MB (0 where /proc is absent)."""
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**10
-    return 0.0
-
-
-def rss_high_water_mb() -> float:
-    """This process's peak resident memory so far, in MB.
-
-    resource.getrusage's ru_maxrss (KiB on Linux, bytes on macOS), except on Linux, where a process
-    started by fork + exec inherits its parent's ru_maxrss: there VmHWM of /proc/self/status, the
-    same high-water mark for this process's own address space only.
-    """
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # "VmHWM:  123456 kB"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def peak_memory_cuda(step: Callable[[], None], device: torch.device) -> float:
-    """torch.cuda.max_memory_allocated (MB) over one call of `step`."""
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def peak_memory_cpu(args: argparse.Namespace, name: str, variant: Variant, mode: str) -> float | None:
@@ -320,11 +237,11 @@ def probe(args: argparse.Namespace) -> None:
     variant = next(v for v in variant_specs(True, [False, True]) if v.label == label)
     if variant.impl == "hf":
         hf_reference.version()  # imports transformers: its import alone takes memory, not the model's
-    before = rss_now_mb()
+    before = timing.rss_now_mb()
     step = make_steps(args, name, [build_variant(variant, name, torch.device(args.device))], mode)[label]
     step()
     step()  # the second training step also holds the optimizer state
-    print(f"PEAK_RSS_MB {rss_high_water_mb():.1f} {before:.1f}")
+    print(f"PEAK_RSS_MB {timing.rss_high_water_mb():.1f} {before:.1f}")
 
 
 def forward_gflops(name: str, size: int) -> float:
@@ -332,83 +249,6 @@ def forward_gflops(name: str, size: int) -> float:
     with torch.device("meta"):
         model = maskformer.build_model(name)
     return maskformer.count_flops(model, size)
-
-
-def measured_peak_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 10) -> float:
-    """TFLOP/s of the faster of two dense kernels in `dtype`, each the best of `repeats` calls: a
-    2048^3 matmul and the model's largest convolution (3x3, 256 -> 256 channels on a 128 x 128 map,
-    channels-last: the pixel decoder at stride 4 for a 512 image). The practical peak of this
-    machine (the MFU reference on CPU, where no datasheet figure applies); the convolution is in
-    because oneDNN's convolutions run faster than its 2048^3 matmul on some CPUs."""
-    a, b = (torch.randn(2048, 2048, device=device).to(dtype) for _ in range(2))
-    x = torch.randn(1, 256, 128, 128, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    kernels = [(lambda: a @ b, 2 * 2048**3), (lambda: F.conv2d(x, w, padding=1), 2 * 256 * 256 * 9 * 128 * 128)]
-    best_tflops = 0.0
-    for kernel, flops in kernels:
-        kernel()  # warm-up
-        for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            kernel()
-            synchronize(device)
-            best_tflops = max(best_tflops, flops / (time.perf_counter() - start) / 1e12)
-    return best_tflops
-
-
-# Convolution and matrix-multiply ops (forward and backward) as the dispatcher sees them below autograd:
-# the model's dense arithmetic. Fused attention (SDPA) is left out, as it also holds a softmax:
-# leaving an op out can only lower the floor it sets (dense_kernel_share), never raise it.
-DENSE_KERNELS = {torch.ops.aten.convolution, torch.ops.aten.convolution_backward, torch.ops.aten.mm,
-                 torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm}
-
-
-class DenseKernelTimer(TorchDispatchMode):
-    """Adds up the wall time of every DENSE_KERNELS call made while it is active (the autograd
-    engine's backward calls included). On CPU an op returns when its kernel is done, so this is
-    the kernels' time; on CUDA it would be launch time only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds = 0.0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket not in DENSE_KERNELS:
-            return func(*args, **(kwargs or {}))
-        start = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        self.seconds += time.perf_counter() - start
-        return out
-
-
-def dense_kernel_share(step: Callable[[], None]) -> float:
-    """The fraction of one call of `step` spent inside convolution and matmul kernels (CPU).
-
-    Numerator and denominator come from the same call, so a load spike on a shared machine moves
-    both. The per-op dispatch adds a little time outside the kernels, which can only lower the share.
-    share x the step's time is a floor under that time that no change outside those kernels can go
-    below: ours_share x ours_time / HF_time is the best ratio ours could reach with the same kernels,
-    had every other op (norms, activations, losses, optimizer, copies) taken no time."""
-    start = time.perf_counter()
-    with DenseKernelTimer() as timer:
-        step()
-    return timer.seconds / (time.perf_counter() - start)
-
-
-def dense_kernel_share_interleaved(steps: dict[str, Callable[[], None]], labels: list[str],
-                                   repeats: int) -> dict[str, float]:
-    """{label: median dense_kernel_share over `repeats` rounds}, one call of each step per round as
-    in time_interleaved."""
-    shares: dict[str, list[float]] = {label: [] for label in labels}
-    for _ in range(repeats):
-        for label in labels:
-            shares[label].append(dense_kernel_share(steps[label]))
-    return {label: statistics.median(values) for label, values in shares.items()}
-
-
-def peak_tflops(gpu_name: str) -> float | None:
-    """Dense bf16 peak TFLOP/s of a GPU by its name (first GPU_PEAK_TFLOPS key in it), None if unknown."""
-    return next((peak for key, peak in GPU_PEAK_TFLOPS if key in gpu_name), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,9 +285,10 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
                       "compile": v.compile} for v in variants}
     for mode, batch in (("infer", 1), ("train", args.batch)):
         steps = make_steps(args, name, variants, mode)
-        times = time_interleaved(steps, args.repeats, args.warmup, device, notes)
+        times = timing.time_interleaved(steps, args.repeats, args.warmup, device, notes)
         # on CUDA an op returns at launch, so its time there is not the kernel's: CPU only
-        dense = dense_kernel_share_interleaved(steps, list(times), args.repeats) if device.type == "cpu" else {}
+        dense = timing.dense_kernel_share_interleaved(steps, list(times), args.repeats) if device.type == "cpu" \
+            else {}
         flops = 2 * gflops * 1e9 * batch * (3 if mode == "train" else 1)
         for label, seconds in times.items():
             median = statistics.median(seconds)
@@ -465,7 +306,7 @@ def measure_config(args: argparse.Namespace, name: str, use_hf: bool, notes: lis
                 row[f"{mode}_dense_share"] = dense[variant.label]
                 row[f"{mode}_dense_s"] = dense[variant.label] * row[f"{mode}_s"]
             if device.type == "cuda":
-                row[f"{mode}_peak_mb"] = peak_memory_cuda(steps[variant.label], device)
+                row[f"{mode}_peak_mb"] = timing.peak_memory_cuda(steps[variant.label], device)
             elif args.memory:
                 row[f"{mode}_peak_mb"] = peak_memory_cpu(args, name, variant, mode)
     return list(rows.values())
@@ -510,14 +351,14 @@ def ddp_worker(rank: int, world_size: int, init_file: str, name: str, args: argp
     variant.model = distributed.wrap_for_training(variant.model, device, world_size, compile_model=False)
     notes: list[str] = []
     steps = make_steps(args, name, [variant], "train")  # every process: the same random batch
-    times = time_interleaved(steps, args.repeats, args.warmup, device, notes)["ours"]
+    times = timing.time_interleaved(steps, args.repeats, args.warmup, device, notes)["ours"]
     gradients = torch.zeros(sum(p.numel() for p in variant.model.parameters()), device=device)
     reduce_times = []
     for _ in range(args.repeats if world_size > 1 else 0):
-        synchronize(device)
+        timing.synchronize(device)
         start = time.perf_counter()
         dist.all_reduce(gradients)
-        synchronize(device)
+        timing.synchronize(device)
         reduce_times.append(time.perf_counter() - start)
     if rank == 0:
         Path(result_file).write_text(json.dumps({"step_s": times, "allreduce_s": reduce_times,
@@ -553,93 +394,8 @@ def ddp_speed(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data pipeline and printing
+# Printing
 # ---------------------------------------------------------------------------------------------
-
-
-def data_pipeline(size: int, workers: tuple[int, ...]) -> dict:
-    """Samples/s of `data_pipeline_speed` (ADE20K-like JPEG/PNG pairs, training augmentation, crop `size`)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints its own report
-        return data_pipeline_speed(workers=workers, crop_size=size, num_batches=4, batch_size=4)
-
-
-def write_ade_like_fixture(root: Path, num_images: int = 16, size: tuple[int, int] = (512, 683),
-                           seed: int = 0) -> Path:
-    """Write an ADE20K-layout folder of `num_images` training (and 2 validation) JPEG/PNG pairs of
-    ADE's typical size (H, W): smooth photo-like images, blocky label maps of 15 classes (0..150)
-    each. Returns the root."""
-    rng = np.random.default_rng(seed)
-    H, W = size
-    for split, folder in (("train", "training"), ("val", "validation")):
-        (root / "images" / folder).mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / folder).mkdir(parents=True, exist_ok=True)
-        for i in range(num_images if split == "train" else 2):
-            low = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
-            image = np.asarray(Image.fromarray(low).resize((W, H), Image.BICUBIC), np.float32)
-            image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
-            label = rng.choice(rng.choice(151, 15, replace=False), (8, 10)).astype(np.uint8)
-            name = f"ADE_{split}_{i:08d}"
-            Image.fromarray(image).save(root / "images" / folder / f"{name}.jpg", quality=90)
-            Image.fromarray(label).resize((W, H), Image.NEAREST).save(root / "annotations" / folder / f"{name}.png")
-    return root
-
-
-def data_pipeline_speed(root: str | Path | None = None, workers: tuple[int, ...] = (0, 2), num_batches: int = 8,
-                        batch_size: int = 8, crop_size: int = 512) -> dict[str, float]:
-    """Speed of the ADE20K training pipeline (decode + augment + targets, crop `crop_size`).
-
-    Measures, in this process, the milliseconds per image of each stage, then the samples per
-    second through a DataLoader with `collate` for each worker count (start-up and the first batch
-    not timed), and the speed of the shapes generator. root: an ADE20K root; None writes
-    ADE-sized (683x512) JPEG/PNG fixtures to a temporary folder. Prints and returns the figures.
-    """
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if root is None:
-            root = write_ade_like_fixture(Path(tmp), num_images=16)
-        dataset = data.build_dataset("ade20k", root, split="train", train=True, crop_size=crop_size)
-        rng, n = np.random.default_rng(0), 2 * batch_size
-        clock = {"decode_ms": 0.0, "augment_ms": 0.0, "item_ms": 0.0}
-        for i in range(n):
-            t0 = time.perf_counter()
-            sample = dataset.load(i % len(dataset))
-            t1 = time.perf_counter()
-            augment.apply_augmentations(dataset.augmentations, sample.image, {"sem_seg": sample.sem_seg}, rng)
-            t2 = time.perf_counter()
-            dataset.get(i % len(dataset), rng)
-            t3 = time.perf_counter()
-            clock["decode_ms"] += (t1 - t0) * 1000 / n
-            clock["augment_ms"] += (t2 - t1) * 1000 / n
-            clock["item_ms"] += (t3 - t2) * 1000 / n
-        results.update(clock)
-        for workers_n in workers:
-            sampler = torch.utils.data.RandomSampler(dataset, replacement=True,
-                                                     num_samples=(num_batches + 1) * batch_size)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                                 num_workers=workers_n, collate_fn=data.collate)
-            batches = iter(loader)
-            next(batches)  # worker start-up and the first batch are not timed
-            start = time.perf_counter()
-            seen = sum(len(batch["targets"]) for batch in batches)
-            results[f"ade20k_workers={workers_n}"] = seen / (time.perf_counter() - start)
-    shapes = data.ShapesDataset("train")
-    start = time.perf_counter()
-    for i in range(200):
-        shapes.scene(i)
-    results["shapes_generate"] = 200 / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for i in range(200):
-        shapes[i]
-    results["shapes_items"] = 200 / (time.perf_counter() - start)
-
-    threads = torch.get_num_threads()
-    print(f"data benchmark: ADE20K-sized images, {crop_size}x{crop_size} crops, torch threads {threads}")
-    units = {"_ms": "ms per image (this process)", "ade20k": "samples/s (DataLoader + collate)",
-             "shapes": "images/s (128x128)"}
-    for key, value in results.items():
-        unit = next(text for end, text in units.items() if key.endswith(end) or key.startswith(end))
-        print(f"  {key:18s} {value:8.1f}  {unit}")
-    return results
 
 
 def machine_info(args: argparse.Namespace) -> dict:
@@ -650,7 +406,7 @@ def machine_info(args: argparse.Namespace) -> dict:
         info["transformers"] = transformers_version
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-        info["gpu_peak_bf16_tflops"] = peak_tflops(info["gpu"])
+        info["gpu_peak_bf16_tflops"] = timing.peak_tflops(info["gpu"])
     return info
 
 
@@ -672,11 +428,6 @@ MFU_COLUMNS = [("MFU inf %", "infer_mfu", "9.1f", 100), ("MFU train %", "train_m
                ("dense inf %", "infer_dense_share", "11.1f", 100), ("dense train %", "train_dense_share", "13.1f", 100)]
 
 
-def fmt(value: float | None, spec: str) -> str:
-    """format(value, spec), or a dash as wide as the field when there is no value."""
-    return format(value, spec) if value is not None else "–".rjust(int(spec.split(".")[0]))
-
-
 def print_speed_table(rows: list[dict], ratios: list[dict]) -> None:
     columns = COLUMNS + MFU_COLUMNS
     print(f"{'config':7} {'variant':27} " + " ".join(head.rjust(int(spec.split(".")[0]))
@@ -696,183 +447,6 @@ def print_speed_table(rows: list[dict], ratios: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-
-
-# -----------------------------------------------------------------------------------------------
-# Time to accuracy of the default run (`python train.py`), and where its time goes
-# -----------------------------------------------------------------------------------------------
-VALIDATION_LINE = re.compile(r"step (\d+): validation (mIoU|PQ) = ([\d.]+)")
-
-
-def time_to_accuracy_run(out: Path, train_argv: list[str], thresholds: tuple[float, ...]) -> dict:
-    """One `python train.py --output OUT --no-progress [train_argv]` in a fresh process: its wall time
-    (process start to exit, imports included), the wall time at which each validation line was printed,
-    the first time each threshold was reached, the final metric and the logged images/s."""
-    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--output", str(out), "--no-progress",
-               *train_argv]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=Path(__file__).parent)
-    validations, lines = [], []
-    for line in process.stdout:
-        lines.append(line)
-        match = VALIDATION_LINE.search(line)
-        if match:
-            validations.append({"step": int(match[1]), "value": float(match[3]) / 100,
-                                "wall_s": round(time.perf_counter() - start, 2)})
-    if process.wait():
-        raise SystemExit(f"error: {' '.join(command)} failed:\n{''.join(lines[-10:])}")
-    wall = time.perf_counter() - start
-    logged = [r["img_per_s"] for r in runs.read_records(out / "metrics.jsonl") if "img_per_s" in r]
-    reached = {f"{t:.2f}": next((v["wall_s"] for v in validations if v["value"] >= t), None) for t in thresholds}
-    return {"wall_s": round(wall, 2), "final": validations[-1]["value"] if validations else None,
-            "reached_s": reached, "validations": validations,
-            "img_per_s": round(statistics.median(logged), 2) if logged else None}
-
-
-class PhaseTimer:
-    """Wall time per named phase, accumulated by hooks around modules, methods and optimiser steps."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.started: dict[str, float] = {}
-
-    def start(self, name: str) -> None:
-        self.started[name] = time.perf_counter()
-
-    def stop(self, name: str) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self.started.pop(name)
-
-    def around_module(self, module: nn.Module, name: str) -> None:
-        module.register_forward_pre_hook(lambda *_: self.start(name))
-        module.register_forward_hook(lambda *_: self.stop(name))
-
-    def around_call(self, function: Callable, name: str) -> Callable:
-        def timed(*args, **kwargs):
-            self.start(name)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.stop(name)
-        return timed
-
-    def around_iterator(self, iterator, name: str):
-        while True:
-            self.start(name)
-            item = next(iterator)
-            self.stop(name)
-            yield item
-
-
-def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> dict:
-    """Where the default run's time goes: `steps` real `train.train_step` calls of the run that
-    `python train.py [train_argv]` makes (same builders, data loader and settings), timed per phase by
-    hooks, plus one validation, one checkpoint save and the end-of-run figures; then scaled to the
-    whole run (iterations, validations and saves of its recipe). Phases of a step: waiting for the
-    data loader, the forward pass (Figure 2), the loss (Eq. (3.2d)) with the matching (Eq. (3.2c))
-    inside it, the AdamW step, and the rest (backward, gradient clipping, the one host read-back).
-    A CPU profile (wall time between hooks): on CUDA the phases would need a synchronisation each."""
-    args = train.parse_args(train_argv)
-    recipe, device = train.resolve_recipe(args), torch.device(args.device or "cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    train_set, val_set = train.build_datasets(args, recipe)
-    per_device, accum = train.split_batch(recipe.batch_size, 1, device, args)
-    model, criterion = train.build_model_and_criterion(args, recipe, train_set.num_classes, train_set.ignore_index)
-    model.to(device)
-    optimizer, scheduler = adamw.build_optimizer(model, recipe)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    train_model = distributed.wrap_for_training(model, device, 1, compile_model=False)
-    settings = train.StepSettings(accum, device, None, recipe.clip_grad_norm, model.config.num_queries)
-    timer = PhaseTimer()
-    timer.around_module(model, "forward")
-    timer.around_module(criterion, "loss (with matching)")
-    if hasattr(criterion, "matcher"):
-        criterion.matcher.match = timer.around_call(criterion.matcher.match, "  of which matching")
-    optimizer.register_step_pre_hook(lambda *_: timer.start("optimizer (AdamW)"))
-    optimizer.register_step_post_hook(lambda *_: timer.stop("optimizer (AdamW)"))
-    loader = train.build_train_loader(train_set, per_device, accum, 0, 0, 1, device, args)
-    batches = timer.around_iterator(iter(loader), "data (waiting for the loader)")
-    for step in range(warmup + steps):
-        if step == warmup:
-            timer.seconds.clear()
-            begin = time.perf_counter()
-        train.train_step(train_model, batches, criterion, optimizer, scaler, settings)
-        scheduler.step()
-    per_step = {name: s / steps for name, s in timer.seconds.items()}
-    step_s = (time.perf_counter() - begin) / steps
-    per_step["backward, clipping, rest"] = step_s - sum(s for n, s in per_step.items() if not n.startswith(" "))
-    once = {}
-    start = time.perf_counter()
-    evaluate.validate(model, evaluate.build_val_loader(val_set, args), recipe.task, device, None, args.data)
-    once["validation"] = time.perf_counter() - start
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    about = runs.run_description(model, recipe, train_set.class_names, args)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        checkpoint.save_checkpoint(Path(tmp) / "last.pt", runs.checkpoint_state(stateful, 1, 0.0, about))
-        once["checkpoint save"] = time.perf_counter() - start
-        start = time.perf_counter()
-        history = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
-        train.save_figures(model, val_set, train_set, history, device, Path(tmp))
-        once["figures"] = time.perf_counter() - start
-    return whole_run_shares(recipe, per_step, once, step_s)
-
-
-def whole_run_shares(recipe, per_step: dict[str, float], once: dict[str, float], step_s: float) -> dict:
-    """Per-step and per-event seconds scaled to the whole run: recipe.max_iter steps, a validation every
-    eval_period and at the end, last.pt at those steps and every checkpoint_period, best.pt at each
-    validation (at most: only when the metric improves), the figures once."""
-    n, ends = recipe.max_iter, range(1, recipe.max_iter + 1)
-    validations = sum(1 for s in ends if s % recipe.eval_period == 0 or s == n)
-    saves = sum(1 for s in ends if s % recipe.eval_period == 0 or s == n or s % recipe.checkpoint_period == 0)
-    run = {name: s * n for name, s in per_step.items()}
-    run.update({"validation": once["validation"] * validations,
-                "checkpoint save": once["checkpoint save"] * (saves + validations), "figures": once["figures"]})
-    total = sum(s for name, s in run.items() if not name.startswith(" "))
-    return {"step_s": round(step_s, 4), "img_per_s": round(recipe.batch_size / step_s, 2),
-            "per_step_ms": {k: round(1000 * v, 2) for k, v in per_step.items()},
-            "once_s": {k: round(v, 3) for k, v in once.items()}, "validations": validations,
-            "saves": saves + validations, "modelled_run_s": round(total, 1),
-            "share": {k: round(v / total, 4) for k, v in run.items()}}
-
-
-def time_to_accuracy(args: argparse.Namespace) -> dict:
-    """--time-to-accuracy: --runs fresh `python train.py` runs (their wall times, the time each reached
-    the thresholds, the medians), then the phase profile of the same run."""
-    extra = args.train_args.split() if args.train_args else []
-    thresholds = (0.70, 0.80)
-    print(f"time to accuracy: {args.runs} x `python train.py {' '.join(extra)}` (fresh processes, one at a time); "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.runs):
-            run = time_to_accuracy_run(Path(tmp) / f"run{i}", extra, thresholds)
-            runs.append(run)
-            reached = "  ".join(f"to {t}: {fmt(s, '5.1f')} s" for t, s in run["reached_s"].items())
-            print(f"  run {i + 1}: wall {run['wall_s']:.1f} s, final {run['final']:.3f}, {reached}, "
-                  f"{run['img_per_s']} img/s; validations: "
-                  + ", ".join(f"{v['step']}: {v['value']:.3f} at {v['wall_s']:.0f} s" for v in run["validations"]),
-                  flush=True)
-    median = {"wall_s": statistics.median(r["wall_s"] for r in runs),
-              "final": statistics.median(r["final"] for r in runs),
-              "img_per_s": statistics.median(r["img_per_s"] for r in runs)}
-    for t in runs[0]["reached_s"]:
-        times = [r["reached_s"][t] for r in runs]
-        median[f"to_{t}_s"] = statistics.median(times) if None not in times else None
-    print(f"median of {args.runs}: wall {median['wall_s']:.1f} s, final {median['final']:.3f}, "
-          + ", ".join(f"to {t}: {fmt(median[f'to_{t}_s'], '5.1f')} s" for t in runs[0]["reached_s"])
-          + f", {median['img_per_s']} img/s; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    profile = phase_profile(extra, steps=args.profile_steps)
-    print(f"\nwhere the time goes ({args.profile_steps} timed steps in this process, {profile['step_s'] * 1000:.0f} ms "
-          f"per step, {profile['img_per_s']} img/s; scaled to the run's {profile['validations']} validations and "
-          f"{profile['saves']} checkpoint saves; modelled run {profile['modelled_run_s']:.0f} s without start-up):")
-    for name, share in profile["share"].items():
-        cost = profile["per_step_ms"].get(name)
-        cost = f"{cost:8.1f} ms per step" if cost is not None else f"{profile['once_s'][name]:8.2f} s each"
-        print(f"  {name:32} {100 * share:5.1f} %   {cost}")
-    return {"runs": runs, "median": median, "phases": profile}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -942,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
         probe(args)
         return {}
     if args.time_to_accuracy:
-        results = {"machine": machine_info(args), "time_to_accuracy": time_to_accuracy(args)}
+        results = {"machine": machine_info(args), "time_to_accuracy": training_speed.time_to_accuracy(args)}
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
         return results
@@ -957,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
     # GPU missing from GPU_PEAK_TFLOPS) the faster of a matmul and a convolution measured here in the run's dtype
     args.peak_tflops, info["mfu_reference"] = info.get("gpu_peak_bf16_tflops"), "datasheet dense bf16 peak"
     if args.peak_tflops is None:
-        args.peak_tflops = measured_peak_tflops(torch.device(args.device), getattr(torch, args.dtype))
+        args.peak_tflops = timing.measured_peak_tflops(torch.device(args.device), getattr(torch, args.dtype))
         info["mfu_reference"] = (f"measured: the faster of a 2048^3 matmul and a 3x3 256-channel convolution, "
                                  f"{args.dtype}, {args.threads} threads")
     info["mfu_reference_tflops"] = args.peak_tflops
@@ -992,7 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_speed_table(rows, results["ratios"])
 
     if args.data_workers:
-        pipeline = data_pipeline(max(sizes), tuple(args.data_workers))
+        pipeline = training_speed.data_pipeline(max(sizes), tuple(args.data_workers))
         results["data_pipeline"] = pipeline
         print("\nData pipeline (data_pipeline_speed, ADE20K-like images, training augmentation):")
         if isinstance(pipeline, str):

@@ -16,6 +16,8 @@ import torch
 
 import benchmark
 import maskformer
+import timing
+import training_speed
 from tests import hf_reference
 
 SIZE = 64  # small images: the whole file runs in a few seconds
@@ -79,11 +81,11 @@ def test_dense_kernel_share_counts_convolution_and_matmul_only():
     b = torch.randn(768, 768)
     x = torch.randn(1, 16, 64, 64, requires_grad=True)
     w = torch.randn(16, 16, 3, 3, requires_grad=True)
-    assert benchmark.dense_kernel_share(lambda: (a.exp() * 2 + a.sin()).sum()) == 0.0
-    assert 0.5 < benchmark.dense_kernel_share(lambda: b @ b) <= 1
-    assert benchmark.dense_kernel_share(lambda: torch.nn.functional.conv2d(x, w)) > 0
+    assert timing.dense_kernel_share(lambda: (a.exp() * 2 + a.sin()).sum()) == 0.0
+    assert 0.5 < timing.dense_kernel_share(lambda: b @ b) <= 1
+    assert timing.dense_kernel_share(lambda: torch.nn.functional.conv2d(x, w)) > 0
     y = torch.nn.functional.conv2d(x, w).sum()
-    assert benchmark.dense_kernel_share(lambda: y.backward()) > 0  # aten.convolution_backward alone
+    assert timing.dense_kernel_share(lambda: y.backward()) > 0  # aten.convolution_backward alone
 
 
 def test_hf_port_is_built_with_our_sizes():
@@ -125,10 +127,10 @@ def test_memory_probe_sees_a_known_allocation():
 
 def test_gpu_peak_lookup_by_name():
     """Names as torch.cuda.get_device_name gives them; "H100 PCIe" must not fall to the SXM figure."""
-    assert benchmark.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert benchmark.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert benchmark.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert benchmark.peak_tflops("Some Future GPU") is None
+    assert timing.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert timing.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert timing.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert timing.peak_tflops("Some Future GPU") is None
 
 
 def test_time_to_accuracy_runs_train_py_and_reads_its_validations(tmp_path, capsys):
@@ -163,7 +165,7 @@ def test_whole_run_shares_count_validations_and_saves_by_hand():
     """10 iterations, validation every 4 (steps 4, 8 and the last, 10), last.pt every 3 and at each
     validation (3, 4, 6, 8, 9, 10), best.pt at each validation: 3 validations, 9 saves."""
     recipe = type("Recipe", (), dict(max_iter=10, eval_period=4, checkpoint_period=3, batch_size=2))
-    shares = benchmark.whole_run_shares(recipe, {"forward": 0.5, "backward, clipping, rest": 1.0},
+    shares = training_speed.whole_run_shares(recipe, {"forward": 0.5, "backward, clipping, rest": 1.0},
                                         {"validation": 2.0, "checkpoint save": 1.0, "figures": 3.0}, step_s=1.5)
     assert (shares["validations"], shares["saves"]) == (3, 9)
     total = 10 * 1.5 + 3 * 2.0 + 9 * 1.0 + 3.0  # 33 s

@@ -16,8 +16,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 import augment
-import benchmark
 import data
+import training_speed
 from data import DatasetError
 
 # ----------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_label_out_of_range(tmp_path):
     root = make_folder(tmp_path / "f", images={"a": np.zeros((8, 8, 3), np.uint8)}, labels={"a": label})
     with pytest.raises(DatasetError, match=r"a\.png: label value 7 is out of range \(expected 0\.\.2 .*=255"):
         data.build_dataset("folder", root)[0]
-    ade = benchmark.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(8, 8))
+    ade = training_speed.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(8, 8))
     save(np.full((8, 8), 151, np.uint8), ade / "annotations/training/ADE_train_00000000.png")
     with pytest.raises(DatasetError, match=r"ADE_train_00000000\.png: label value 151 is out of range"):
         data.build_dataset("ade20k", ade)[0]
@@ -410,7 +410,7 @@ def test_padding_to_crop_is_ignore(tmp_path):
 
 
 def test_augmentation_determinism(tmp_path):
-    root = benchmark.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
+    root = training_speed.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
     ds = data.build_dataset("ade20k", root, split="train", train=True, crop_size=48)
     torch.manual_seed(3)
     first = [ds[0] for _ in range(4)]
@@ -602,7 +602,7 @@ def test_collate_pads_to_multiple_of_32():
 
 def test_dataloader_two_workers_and_distributed_sampler(tmp_path):
     # two identical images: with two workers, each worker draws its own crops
-    root = benchmark.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
+    root = training_speed.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
     for split in ("training",):
         for kind, ext in (("images", "jpg"), ("annotations", "png")):
             src = root / kind / split / f"ADE_train_00000000.{ext}"
