@@ -93,7 +93,7 @@ def dice_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: float | Tens
 
 def count_masks(targets: list[dict], device: torch.device) -> Tensor:
     """num_masks: GT masks in the batch, averaged over processes when distributed, clamped ≥ 1."""
-    num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    num_masks = torch.tensor(local_mask_count(targets), device=device)
     # the mean over processes: their sum / their number
     return (sum_over_processes(num_masks) / world_size()).clamp(min=1)
 
@@ -102,11 +102,21 @@ def count_class_weights(targets: list[dict], num_queries: int, no_object_weight:
                         device: torch.device) -> Tensor:
     """The cross-entropy's normaliser: Σ over the batch's B·N queries of their class weight (1 for a
     query matched to a segment, no_object_weight for ∅), averaged over processes when distributed."""
-    # every image's min(segments, N) segments are matched (Eq. (3.2c) is a full assignment); the rest are ∅
-    matched = sum(min(len(t["labels"]), num_queries) for t in targets)
-    total = torch.tensor(matched + (len(targets) * num_queries - matched) * no_object_weight, device=device)
+    total = torch.tensor(local_class_weight_sum(targets, num_queries, no_object_weight), device=device)
     # the mean over processes, as num_masks: each process's loss is then its share of the global weighted mean
     return sum_over_processes(total) / world_size()
+
+
+def local_mask_count(targets: list[dict]) -> float:
+    """This process's GT masks (`count_masks` before the mean over processes)."""
+    return float(sum(len(t["labels"]) for t in targets))
+
+
+def local_class_weight_sum(targets: list[dict], num_queries: int, no_object_weight: float) -> float:
+    """This process's Σ of class weights over its B·N queries (`count_class_weights` before the mean)."""
+    # every image's min(segments, N) segments are matched (Eq. (3.2c) is a full assignment); the rest are ∅
+    matched = sum(min(len(t["labels"]), num_queries) for t in targets)
+    return matched + (len(targets) * num_queries - matched) * no_object_weight
 
 
 class MaskFormerLoss(nn.Module):
