@@ -7,9 +7,9 @@ files `python infer.py --input` writes for each image (label PNG or COCO panopti
 the overlay).
 
 Reading order: `draw_overlay` (a semantic map over an image, with a legend) ->
-`draw_panoptic_overlay` -> `draw_loss_curve` -> `save_overlays` -> `preview` -> infer.py's output
-files: `output_names` / `output_stems` (never over an input or another image's output) ->
-`write_semantic` / `write_panoptic`.
+`draw_panoptic_overlay` -> `draw_loss_curve` -> `save_overlays` -> `save_figures` (train.py's) ->
+`preview` -> infer.py's output files: `output_names` / `output_stems` (never over an input or
+another image's output) -> `write_semantic` / `write_panoptic`.
 All drawing is PIL + numpy (matplotlib is not a runtime dependency).
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import Tensor
+from torch import Tensor, nn
 
 import prepare
 from data import colorize, denormalize, make_palette
@@ -117,6 +117,18 @@ def save_overlays(images: list[Tensor], label_maps: list[Tensor], class_names: l
     """`prediction_{i}.png` in `out` for each normalised image (3, H, W) and its predicted map (H, W)."""
     for i, (image, label_map) in enumerate(zip(images, label_maps)):
         draw_overlay(denormalize(image), label_map.numpy(), class_names, palette).save(out / f"prediction_{i}.png")
+
+
+def save_figures(model: nn.Module, val_set, train_set, history: list[dict], device: torch.device, out: Path,
+                 count: int = 4) -> None:
+    """train.py's end-of-run figures: loss_curve.png and prediction_{i}.png (a few validation images with
+    the semantic map of Eq. (3.4b) that `model` predicts)."""
+    import infer  # infer.py imports this module: imported here, when the figures are drawn
+    draw_loss_curve(history, out / "loss_curve.png")
+    model.eval()
+    images = [val_set[i]["image"] for i in range(min(count, len(val_set)))]
+    predictions = [infer.predict_semantic(model, image[None].to(device))[0].cpu() for image in images]
+    save_overlays(images, predictions, list(train_set.class_names), train_set.palette, out)
 
 
 def preview(dataset, path: str | Path, num_items: int = 6, columns: int = 2,

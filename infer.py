@@ -61,7 +61,6 @@ import convert
 import data
 import datasets
 import drawing
-import evaluate
 import maskformer
 import prepare
 import weights
@@ -501,6 +500,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 
 def main(argv: list[str] | None = None) -> dict | None:
     """The CLI: predictions for --input images, or with --eval the metrics of the --data validation split."""
+    import evaluate  # evaluate.py imports this module: imported here, when the CLI runs
     args, parser = parse_args(argv)
     if args.list:
         weights.print_table()
@@ -532,6 +532,7 @@ def check_task(model: nn.Module, task: str) -> None:
 def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device,
                   amp_dtype: torch.dtype | None) -> None:
     """Label PNG (or COCO panoptic PNG + JSON) and a colour overlay for every --input image."""
+    import evaluate  # evaluate.py imports this module: imported here, when the CLI runs
     if args.input is None:
         parser.error("--input is required (or --eval)")
     inputs = list_inputs(args.input, parser)

@@ -12,7 +12,7 @@ Reading order (top to bottom): `TrainingRecipe` and `resolve_recipe` (the settin
 (set-up, then the loop) -> `train_step` (forward -> match + loss -> backward -> step) -> the
 builders (datasets, model and criterion) -> the command line. Elsewhere: AdamW and its schedule
 (adamw.py), the run's folder and resume (runs.py), checkpoints (checkpoint.py), validation
-(evaluate.py), the data order (data.py), DDP (distributed.py), flag checks (cli.py).
+(evaluate.py), the data order (data.py), DDP (distributed.py), figures (drawing.py), flag checks (cli.py).
 
 The paper's implementation details (§4 and the official configs, docs/recipe.md) are the
 defaults, resolved per dataset and backbone family by `resolve_recipe`:
@@ -238,7 +238,7 @@ def train(args: argparse.Namespace) -> dict:
             save_checkpoint(out / "best.pt", runs.checkpoint_state(stateful, recipe.max_iter, last_metrics[metric_name],
                                                               about))
     if is_main:
-        save_figures(model, val_set, train_set, metrics_log.history, device, out)
+        drawing.save_figures(model, val_set, train_set, metrics_log.history, device, out)
         runs.write_final_metrics(out, last_metrics)
         log(f"done: {metric_name} {100 * last_metrics.get(metric_name, float('nan')):.2f}; outputs in {out}")
     if world_size > 1:
@@ -464,16 +464,6 @@ def make_progress(start: int, total: int, disable: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, disable=disable, dynamic_ncols=True, desc="train")
-
-
-def save_figures(model: nn.Module, val_set, train_set, history: list[dict], device: torch.device, out: Path,
-                 count: int = 4) -> None:
-    """loss_curve.png and prediction_{i}.png (a few validation images with the predicted semantic map)."""
-    drawing.draw_loss_curve(history, out / "loss_curve.png")
-    model.eval()
-    images = [val_set[i]["image"] for i in range(min(count, len(val_set)))]
-    predictions = [infer.predict_semantic(model, image[None].to(device))[0].cpu() for image in images]
-    drawing.save_overlays(images, predictions, list(train_set.class_names), train_set.palette, out)
 
 
 # -----------------------------------------------------------------------------------------------

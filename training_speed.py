@@ -39,9 +39,10 @@ import augment
 import checkpoint
 import data
 import distributed
+import drawing
 import evaluate
-import runs
 import train
+from runs import checkpoint_state, read_records, run_description  # by name: `runs` below is a list of runs
 from timing import fmt
 
 
@@ -104,7 +105,7 @@ def time_to_accuracy_run(out: Path, train_argv: list[str], thresholds: tuple[flo
     if process.wait():
         raise SystemExit(f"error: {' '.join(command)} failed:\n{''.join(lines[-10:])}")
     wall = time.perf_counter() - start
-    logged = [r["img_per_s"] for r in runs.read_records(out / "metrics.jsonl") if "img_per_s" in r]
+    logged = [r["img_per_s"] for r in read_records(out / "metrics.jsonl") if "img_per_s" in r]
     reached = {f"{t:.2f}": next((v["wall_s"] for v in validations if v["value"] >= t), None) for t in thresholds}
     return {"wall_s": round(wall, 2), "final": validations[-1]["value"] if validations else None,
             "reached_s": reached, "validations": validations,
@@ -189,14 +190,14 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     evaluate.validate(model, evaluate.build_val_loader(val_set, args), recipe.task, device, None, args.data)
     once["validation"] = time.perf_counter() - start
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    about = runs.run_description(model, recipe, train_set.class_names, args)
+    about = run_description(model, recipe, train_set.class_names, args)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        checkpoint.save_checkpoint(Path(tmp) / "last.pt", runs.checkpoint_state(stateful, 1, 0.0, about))
+        checkpoint.save_checkpoint(Path(tmp) / "last.pt", checkpoint_state(stateful, 1, 0.0, about))
         once["checkpoint save"] = time.perf_counter() - start
         start = time.perf_counter()
         history = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
-        train.save_figures(model, val_set, train_set, history, device, Path(tmp))
+        drawing.save_figures(model, val_set, train_set, history, device, Path(tmp))
         once["figures"] = time.perf_counter() - start
     return whole_run_shares(recipe, per_step, once, step_s)
 

@@ -10,11 +10,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import benchmark
 import evaluate
 import infer
 import maskformer
 import train
+import training_speed
 import weight_files
 from checkpoint import read_checkpoint, save_checkpoint
 
@@ -23,7 +23,7 @@ from checkpoint import read_checkpoint, save_checkpoint
 def tiny_run(tmp_path_factory):
     """A tiny model trained 3 iterations on an ADE20K-layout folder with a 96 crop (recipe default 512)."""
     tmp = tmp_path_factory.mktemp("eval")
-    root = benchmark.write_ade_like_fixture(tmp / "ade", num_images=4, size=(120, 160))
+    root = training_speed.write_ade_like_fixture(tmp / "ade", num_images=4, size=(120, 160))
     out = tmp / "run"
     metrics = train.train(train.parse_args([
         "--data", "ade20k", "--data-root", str(root), "--config", "tiny", "--crop-size", "96", "--batch-size", "2",
@@ -94,7 +94,7 @@ def test_resolution_order_by_hand():
 
 def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, capsys):
     """A random Swin-B model saved as convert.py saves a converted ADE20K model (recipe included)."""
-    root = benchmark.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(40, 40))
+    root = training_speed.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(40, 40))
     torch.manual_seed(0)
     model = maskformer.build_model("swin_b", num_classes=150)
     config = asdict(model.config)

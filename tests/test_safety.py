@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+import drawing
 import infer
 import maskformer
 import metrics
@@ -432,7 +433,7 @@ def disk_full_writing_figures(tmp_path, capsys, finished, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "loss_curve.png"))
 
-    monkeypatch.setattr(train, "save_figures", full_disk)
+    monkeypatch.setattr(drawing, "save_figures", full_disk)
     result = run_main(train.main, T + ["--iters", "1", "--eval-period", "1", "--output", str(out)], capsys)
     assert finite_checkpoint(out / "last.pt")["step"] == 1
     return result, out, {}, ["No space left on device", str(out / "loss_curve.png")]
