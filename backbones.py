@@ -23,6 +23,12 @@ paper's F. Two families are written by hand (no torchvision / timm):
   and the outputs taken *before* each patch-merging step. Parameter names follow Microsoft's
   checkpoints (patch_embed, layers.{i}.blocks.{j}.attn.qkv, ...).
 
+Reading order: ``build_backbone`` (bottom) -> ``ResNet.forward`` -> ``Bottleneck`` ->
+``FrozenBatchNorm2d``; then ``SwinTransformer.forward`` -> ``PatchEmbed`` -> ``SwinStage`` ->
+``SwinBlock`` -> ``window_partition`` / ``shifted_window_mask`` -> ``WindowAttention`` ->
+``PatchMerging``. (Over 600 lines because both of the paper's backbone families, ResNet and
+Swin, are written out here: Table 1 and every experiment of §4 use one of them.)
+
 Differences from the official code (all deliberate, none changes the computation):
 
 * Window attention calls ``F.scaled_dot_product_attention`` with the relative-position bias
@@ -41,11 +47,6 @@ Differences from the official code (all deliberate, none changes the computation
   only in the fixed-resolution *classification* Swin). It pads the map up to one window and
   keeps the shift; so do we, as does the Hugging Face MaskFormer-Swin port that published
   checkpoints load into.
-
-Reading order: ``build_backbone`` (bottom) -> ``ResNet.forward`` -> ``Bottleneck`` ->
-``FrozenBatchNorm2d``; then ``SwinTransformer.forward`` -> ``PatchEmbed`` -> ``SwinStage`` ->
-``SwinBlock`` -> ``window_partition`` / ``shifted_window_mask`` -> ``WindowAttention`` ->
-``PatchMerging``.
 """
 
 from __future__ import annotations
