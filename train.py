@@ -315,10 +315,9 @@ def step_normalisers(step_targets: list[dict], num_queries: int, no_object_weigh
     (losses.count_masks) and cross-entropy class-weight sum (losses.count_class_weights), each
     averaged over processes, divided by the accumulation steps. The two counts of all processes are
     summed by one all-reduce of a stacked pair (one collective per step instead of two)."""
-    num_masks = sum(len(t["labels"]) for t in step_targets)
-    matched = sum(min(len(t["labels"]), num_queries) for t in step_targets)  # the rest of the queries get ∅
-    class_weight_sum = matched + (len(step_targets) * num_queries - matched) * no_object_weight
-    counts = distributed.sum_over_processes(torch.tensor([float(num_masks), class_weight_sum], device=device))
+    local = [losses.local_mask_count(step_targets),
+             losses.local_class_weight_sum(step_targets, num_queries, no_object_weight)]
+    counts = distributed.sum_over_processes(torch.tensor(local, device=device))
     counts = counts / distributed.world_size()
     return {"num_masks": counts[0].clamp(min=1) / accum, "class_weight_sum": counts[1] / accum}
 
