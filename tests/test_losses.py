@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from losses import MaskFormerLoss, PerPixelLoss, dice_loss, per_pixel_loss, sigmoid_focal_loss
+from losses import MaskFormerLoss, PerPixelLoss, dice_loss, per_pixel_loss, sigmoid_focal_loss, upsample_bilinear
 from matcher import FixedMatcher, HungarianMatcher
 
 ALPHA, GAMMA = 0.25, 2.0
@@ -350,3 +350,19 @@ def test_equals_hugging_face_loss():
     hf_names = {"loss_ce": "loss_cross_entropy", "loss_focal": "loss_mask", "loss_dice": "loss_dice"}
     hf_total = sum(hf_weights[hf_names[k]] * v for k, v in hf.items())
     torch.testing.assert_close(total, hf_total, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, size", [((5, 8, 8), (32, 32)), ((2, 3, 7, 5), (29, 17)), ((3, 16, 12), (16, 12)),
+                                         ((1, 4, 4), (3, 2)), ((2, 1, 9), (40, 4))])
+def test_upsample_bilinear_is_f_interpolate(shape, size):
+    # the loss's two-matmul upsampling against PyTorch's bilinear kernel (align_corners=False): values and
+    # gradients, for whole factors, odd sizes, an unchanged size and downsampling
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    weights = torch.randn(*shape[:-2], *size, dtype=torch.float64)
+    ours = upsample_bilinear(x, size)
+    as_4d = x if x.dim() == 4 else x[:, None]
+    ref = F.interpolate(as_4d, size=size, mode="bilinear", align_corners=False).reshape(ours.shape)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (grad_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=0, atol=1e-12)
