@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +164,7 @@ def resolve_recipe(args: argparse.Namespace) -> TrainingRecipe:
 def train(args: argparse.Namespace) -> dict:
     """Runs training; returns the final validation metrics (rank 0) and writes everything to --output."""
     device, rank, world_size = distributed.setup_distributed(args.device, args.dist_timeout)
+    args.workers = data_workers(args.workers, device)
     is_main, recipe = rank == 0, resolve_recipe(args)
     log = print_on_main(is_main)
     out, last = runs.run_folder(args, is_main)  # a new run never lands in an existing run's folder; last.pt if --resume
@@ -354,6 +354,15 @@ def split_batch(batch_size: int, world_size: int, device: torch.device, args: ar
     return per_device, accum
 
 
+def data_workers(requested: int | None, device: torch.device) -> int:
+    """--workers, else 2 loader processes per GPU and none on a CPU: there the loader's processes would
+    share the cores with the model's threads, which then wait for each other (the classroom run on 2
+    cores: 55 images/s with 2 workers, 64 with the data made between steps; docs/speed.md)."""
+    if requested is not None:
+        return requested
+    return 2 if device.type == "cuda" else 0
+
+
 def build_train_loader(train_set, per_device: int, accum: int, start_step: int, rank: int, world_size: int,
                        device: torch.device, args: argparse.Namespace) -> DataLoader:
     """An endless loader whose order (and augmentation) depends only on the seed and the step."""
@@ -500,8 +509,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="targets and validation metric (mIoU / PQ); default: the dataset's recipe")
     g.add_argument("--ignore-index", type=at_least(0), default=255, help="label value to ignore (--data folder)")
     g.add_argument("--crop-size", dest="crop_size", type=at_least(32), help="training crop (recipe default)")
-    g.add_argument("--workers", type=at_least(0), default=0 if sys.platform == "darwin" else 2,
-                   help="data-loading worker processes per GPU/process")
+    g.add_argument("--workers", type=at_least(0), default=None,
+                   help="data-loading worker processes per process (default: 2 with a GPU; 0 on a CPU, where "
+                        "they would take cores from the model)")
 
     g = p.add_argument_group("model (paper §3.3 and the §4 ablations)")
     g.add_argument("--config", default=None, choices=sorted(maskformer.CONFIGS),

@@ -51,6 +51,14 @@ def test_recipe_defaults_follow_reference():
     assert (r.lr, r.max_iter) == (3e-4, 10)
 
 
+def test_data_workers_default_by_device():
+    # loader processes only beside a GPU; on a CPU the data is made between steps; --workers wins
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert (train.data_workers(None, cpu), train.data_workers(None, cuda)) == (0, 2)
+    assert (train.data_workers(3, cpu), train.data_workers(0, cuda)) == (3, 0)
+    assert train.parse_args([]).workers is None
+
+
 def test_lr_factor_poly_and_warmup_by_hand():
     r = train.resolve_recipe(train.parse_args(["--data", "ade20k", "--config", "swin_t", "--iters", "1000",
                                                "--warmup-iters", "100"]))
