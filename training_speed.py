@@ -156,6 +156,7 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     A CPU profile (wall time between hooks): on CUDA the phases would need a synchronisation each."""
     args = train.parse_args(train_argv)
     recipe, device = train.resolve_recipe(args), torch.device(args.device or "cpu")
+    args.workers = train.data_workers(args.workers, device)  # as train.train resolves it
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -136,8 +136,9 @@ def test_gpu_peak_lookup_by_name():
 def test_time_to_accuracy_runs_train_py_and_reads_its_validations(tmp_path, capsys):
     """--time-to-accuracy on a few iterations: the validations it read are train.py's own (the
     final one equals final_metrics' mIoU), each threshold's time is that of the first validation
-    reaching it, the medians are of the runs, and the phase shares add up to the whole run."""
-    train_args = ("--crop-size 64 --batch-size 4 --iters 4 --eval-period 2 --val-images 4 --workers 0 "
+    reaching it, the medians are of the runs, and the phase shares add up to the whole run (the
+    default --workers: resolved by device, as train.py does)."""
+    train_args = ("--crop-size 64 --batch-size 4 --iters 4 --eval-period 2 --val-images 4 "
                   "--threads 1 --log-period 1")
     results = benchmark.main(["--time-to-accuracy", "--runs", "2", "--train-args", train_args,
                               "--profile-steps", "2", "--json", str(tmp_path / "tta.json")])
