@@ -74,13 +74,14 @@ def world_size() -> int:
 def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` summed over all processes when torch.distributed is running, else itself.
 
-    NCCL reduces CUDA tensors only, so a CPU tensor makes a round trip through the GPU there.
+    The caller's tensor is left as it is: the sum goes into a copy, on the GPU for NCCL (which reduces
+    CUDA tensors only, so a CPU tensor makes a round trip through the GPU there).
     """
     if not is_distributed():
         return tensor
-    on_device = tensor.cuda() if dist.get_backend() == "nccl" else tensor.clone()
-    dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
-    return on_device.to(tensor.device)
+    reduced = tensor.to("cuda" if dist.get_backend() == "nccl" else tensor.device, copy=True)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.to(tensor.device)
 
 
 # what gloo/NCCL say when a peer process is gone or does not answer

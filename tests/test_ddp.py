@@ -233,6 +233,20 @@ def test_two_fake_processes_give_the_one_process_loss(monkeypatch):
     assert not torch.isclose(local_counts[0][1], local_counts[1][1])
 
 
+def test_sum_over_processes_leaves_the_callers_tensor_alone(monkeypatch):
+    # a faked 2-process all-reduce (the other process holds 10): the sum comes back, the input is unchanged
+    import torch.distributed as dist
+
+    import distributed
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: tensor.add_(10.0))
+    counts = torch.tensor([3.0, 4.5])
+    assert distributed.sum_over_processes(counts).tolist() == [13.0, 14.5]
+    assert counts.tolist() == [3.0, 4.5]
+
+
 def test_two_nodes_meet_at_a_c10d_rendezvous_and_train_together(runs, tmp_path):
     # two torchrun "machines" of one process each, as the multi-node command in docs/training.md
     port, out = free_port(), tmp_path / "nodes"
