@@ -8,7 +8,8 @@ metrics themselves are metrics.py's. One function, `evaluate`, gives train.py's 
 
 Reading order: `recipe_test_resize` (the test resize of a dataset's recipe) -> `resolve_test_resize`
 (the test resize of a checkpoint) -> `evaluation_dataset` (the validation split at that resize) ->
-`evaluate` (the loop over a loader; `tta_resize` for the multi-scale test) -> train.py's
+`evaluate` (the loop over a loader; for the multi-scale test `tta_resize`, then `tta_semantic_map` ->
+`tta_version` -> `band_scores`) -> train.py's
 `build_val_loader`, `validate`, `validate_at` (`ValidationFailed`: the run stops, its state kept)
 -> `run_evaluation` and `print_table` (the `infer.py --eval` command).
 
@@ -26,8 +27,10 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -35,6 +38,7 @@ import augment
 import cli
 import data
 import infer
+import losses
 import maskformer
 import weight_files
 from distributed import is_distributed, sum_over_processes
@@ -107,6 +111,71 @@ def tta_resize(dataset, orig_size: tuple[int, int]) -> tuple[int, int]:
     return test_size, (recipe.tta_max_scale if recipe is not None else 7) * test_size
 
 
+def tta_semantic_map(model: nn.Module, image, test_size: int, max_size: int, amp_dtype: torch.dtype | None = None,
+                     scales: tuple[float, ...] = infer.TTA_SCALES, max_values: int = 2**26) -> Tensor:
+    """`infer.tta_class_scores(...).argmax(0)`, the multi-scale + flip semantic map (H0, W0), a band of
+    the photo's rows at a time, holding at most ~max_values class scores at its size at once.
+
+    Each version (scale x flip) reaches the original size through two bilinear resizes of its stride-4
+    outputs, one before and one after Eq. (3.4b). A band of original rows reads only a few rows of
+    each resize's input, so per band and version only those rows are computed (`band_scores`); the
+    band's scores are summed over the versions and its argmax taken. tta_class_scores holds the sum
+    and one version at the original size (150 classes, 5000 x 4000: 2 x 12 GB). Measured, the `tiny`
+    model with 150 classes on a 2000 x 3000 photo (test size 128, CPU): peak RSS 11.0 GB and 53 s for
+    tta_class_scores(...).argmax(0), 1.4 GB and 34 s here. Same labels, up to the float rounding of the
+    row resizes (done as small matmuls).
+    """
+    image = np.asarray(image)
+    orig_size = image.shape[:2]
+    device = next(model.parameters()).device
+    versions = []
+    for scale in scales:  # as infer.tta_class_scores
+        size = augment.shortest_edge_size(*orig_size, int(scale * test_size), max_size)
+        scaled = data.normalize(augment.resize(image, {}, size)[0])[None].to(device)  # (1, 3, hs, ws)
+        pair = infer.pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp)
+        outputs = infer.run_model(model, pair, amp_dtype)
+        versions += [tta_version(outputs, b, tuple(pair.shape[-2:]), size, orig_size) for b in range(2)]
+    num_classes = len(band_scores(versions[0], 0, 1))
+    rows_per_band = max(1, max_values // (num_classes * orig_size[1]))
+    labels = torch.empty(orig_size, dtype=torch.long, device=device)  # (H0, W0)
+    for top in range(0, orig_size[0], rows_per_band):
+        bottom = min(top + rows_per_band, orig_size[0])
+        labels[top:bottom] = sum(band_scores(v, top, bottom) for v in versions).argmax(0)
+    return labels
+
+
+def tta_version(outputs: dict[str, Tensor], b: int, padded_size: tuple[int, int], image_size: tuple[int, int],
+                orig_size: tuple[int, int]) -> dict:
+    """What `band_scores` needs of image b of a pair (b = 1: the flipped one): its stride-4 maps, the
+    class probabilities of Eq. (3.3a) (MaskFormer) or None (per-pixel logits), and the sizes."""
+    if "sem_seg_logits" in outputs:
+        maps, class_probs = outputs["sem_seg_logits"][b], None  # (K, h, w)
+    else:
+        maps, class_probs = outputs["pred_masks"][b], outputs["pred_logits"][b].softmax(-1)[:, :-1]  # (N, h, w), (N, K)
+    return {"maps": maps, "class_probs": class_probs, "padded_size": padded_size, "image_size": image_size,
+            "orig_size": orig_size, "flipped": b == 1}
+
+
+def band_scores(version: dict, top: int, bottom: int) -> Tensor:
+    """Class scores (K, bottom - top, W0) of rows top..bottom-1 of the original size, for one version:
+    infer.resize_to_original's two resizes with the rows done by slices of 1-D interpolation matrices."""
+    maps, (Hp, Wp), (hs, ws) = version["maps"], version["padded_size"], version["image_size"]
+    to_original = losses.interpolation_matrix(hs, version["orig_size"][0], maps)[:, top:bottom]  # (hs, rows)
+    used = to_original.abs().sum(1).nonzero()[:, 0]  # the test-size rows this band reads
+    first, last = int(used[0]), int(used[-1]) + 1
+    # 1. up to the padded input (rows: the used ones only; columns: all), cropped to the image
+    x = losses.interpolation_matrix(maps.shape[-2], Hp, maps)[:, first:last].T @ maps  # (C, used rows, w)
+    x = F.interpolate(x[None], size=(last - first, Wp), mode="bilinear", align_corners=False)[0, :, :, :ws]
+    if version["class_probs"] is not None:
+        # Eq. (3.4b): Σ_i p_i(c) · sigmoid(mask logits)_i
+        x = torch.einsum("nk,nhw->khw", version["class_probs"], x.sigmoid())  # (K, used rows, ws)
+    # 2. the resize to the original size: columns by F.interpolate, the band's rows by the matrix slice
+    x = F.interpolate(x[None], size=(last - first, version["orig_size"][1]), mode="bilinear",
+                      align_corners=False)[0]  # (K, used rows, W0)
+    x = torch.einsum("hr,khw->krw", to_original[first:last], x)  # (K, rows, W0)
+    return x.flip(-1) if version["flipped"] else x
+
+
 def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.device | str | None = None,
              amp_dtype: torch.dtype | None = None, tta: bool = False, max_batches: int | None = None,
              object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
@@ -116,7 +185,7 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
     Batches are `data.collate` outputs of an evaluation dataset (train=False): predictions are
     compared with each target's "orig_sem_seg" / "orig_pan_seg" at the original resolution, as
     detectron2 does. Runs in eval mode without gradients and restores the model's mode after.
-    tta: the multi-scale + flip test (`tta_class_scores`) on each item's "orig_image".
+    tta: the multi-scale + flip test (`tta_semantic_map`) on each item's "orig_image".
     is_thing defaults to loader.dataset.is_thing. Returns SemanticMetrics.compute() (mIoU …) or
     PanopticMetrics.compute() (PQ …), plus "num_images". Under torch.distributed each process
     evaluates what its own loader yields (train.py gives each its share of the split) and the counts
@@ -149,9 +218,8 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
             orig_sizes = [t["orig_size"] for t in targets]
             if task == "semantic":
                 if tta:  # multi-scale + flip, each scale resized from the original image
-                    preds = [infer.tta_class_scores(model, t["orig_image"].numpy(),
-                                                    *tta_resize(dataset, t["orig_size"]), amp_dtype).argmax(0)
-                             for t in targets]
+                    preds = [tta_semantic_map(model, t["orig_image"].numpy(), *tta_resize(dataset, t["orig_size"]),
+                                              amp_dtype) for t in targets]
                 else:
                     preds = infer.predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
                 for pred, target in zip(preds, targets):

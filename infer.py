@@ -300,9 +300,8 @@ def tta_class_scores(model: nn.Module, image: np.ndarray | Tensor, test_size: in
     256 … 896, max 3584; the official TEST.AUG.MIN_SIZES / MAX_SIZE), normalised, and predicted
     as is and flipped; every version is brought to the original size (flipped ones flipped back)
     and the scores are averaged: Eq. (3.4b) scores for MaskFormer, logits for the per-pixel
-    baselines (the official TTA averages whatever the model returns). Memory: the running sum and one
-    version's scores, (K, H0, W0) each, are held at the original size (unlike `semantic_map`, which
-    resizes a few classes at a time).
+    baselines (the official TTA averages whatever the model returns). The sum and one version are held
+    at the original size: evaluate.tta_semantic_map gives the argmax a band of rows at a time.
     """
     image = np.asarray(image)
     orig_size = image.shape[:2]
@@ -488,8 +487,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     p.add_argument("--max-size", type=cli.int_at_least(32),
                    help="test resize: long edge at most (default: from the same place as --size's, else 2048)")
     p.add_argument("--tta", action="store_true",
-                   help="multi-scale (0.5-1.75) + flip test-time augmentation; holds two K x H x W float maps at "
-                        "the photo's size (150 classes, 5000 x 4000: about 24 GB, against a 1.7 GB peak without --tta)")
+                   help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast the forward pass to this dtype")
     p.add_argument("--object-mask-threshold", type=cli.number_in(0, 1), help="panoptic: min p_i(c_i) to keep a query "
                    "(default: the --data recipe's, 0.7 for ade20k_panoptic, else 0.8)")
@@ -569,7 +567,7 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
             unreadable.append(str(e))  # reported at the end; the other images are still processed
             continue
         if args.tta:  # --task semantic (checked): every scale is resized from the photo itself
-            labels = tta_class_scores(model, image, short_edge, tta_max_size, amp_dtype).argmax(0)
+            labels = evaluate.tta_semantic_map(model, image, short_edge, tta_max_size, amp_dtype)
             drawing.write_semantic(out, stems[path], image, labels, names, palette)
             continue
         size = augment.shortest_edge_size(*image.shape[:2], short_edge, long_edge)

@@ -101,11 +101,15 @@ def upsample_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     32 x 32 -> 128 x 128: 8 ms -> 1.5 ms), and the loss upsamples every decoder layer's masks.
     """
     h, w = x.shape[-2:]
-    rows = F.interpolate(torch.eye(h, dtype=x.dtype, device=x.device)[None], size=size[0], mode="linear",
-                         align_corners=False)[0]                           # (h, H)
-    cols = F.interpolate(torch.eye(w, dtype=x.dtype, device=x.device)[None], size=size[1], mode="linear",
-                         align_corners=False)[0]                           # (w, W)
+    rows, cols = interpolation_matrix(h, size[0], x), interpolation_matrix(w, size[1], x)  # (h, H), (w, W)
     return rows.T @ x @ cols                                               # (..., H, W)
+
+
+def interpolation_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    """(size_in, size_out): column j holds the weights of output j in 1-D linear interpolation
+    (align_corners=False), i.e. the identity interpolated; dtype and device of `like`."""
+    identity = torch.eye(size_in, dtype=like.dtype, device=like.device)[None]  # (1, size_in, size_in)
+    return F.interpolate(identity, size=size_out, mode="linear", align_corners=False)[0]
 
 
 def count_masks(targets: list[dict], device: torch.device) -> Tensor:

@@ -152,3 +152,41 @@ def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
     assert [(c["TP"], c["FP"], c["FN"]) for c in results["per_class"]] == \
         [(c["TP"], c["FP"], c["FN"]) for c in expected["per_class"]]
     assert results["PQ"] == expected["PQ"]
+
+
+class StrideFourModel(torch.nn.Module):
+    """A stand-in for MaskFormer's outputs that follow the image: stride-4 maps from a 1x1 conv of the
+    4 x 4-pooled pixels (N mask logits and fixed class logits, or K per-pixel logits)."""
+
+    def __init__(self, head: str, num_queries: int = 6, num_classes: int = 5):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.head = head
+        self.maps = torch.nn.Conv2d(3, num_classes if head == "per_pixel" else num_queries, 1)
+        with torch.no_grad():
+            self.maps.weight.copy_(3 * torch.randn(self.maps.weight.shape, generator=generator))
+        self.class_logits = torch.nn.Parameter(3 * torch.randn(num_queries, num_classes + 1, generator=generator))
+
+    def forward(self, images):
+        maps = self.maps(torch.nn.functional.avg_pool2d(images, 4))  # (B, C, H/4, W/4)
+        if self.head == "per_pixel":
+            return {"sem_seg_logits": maps}
+        return {"pred_masks": maps, "pred_logits": self.class_logits.expand(len(images), -1, -1)}
+
+
+@pytest.mark.parametrize("head", ["mask_classification", "per_pixel"])
+def test_tta_semantic_map_in_bands_equals_the_whole_argmax(head):
+    """The multi-scale map a band of rows at a time (one row, five rows, the whole image at once) against
+    infer.tta_class_scores(...).argmax(0), which holds every score at the original size; on an image of
+    smooth colour blobs, so that the labels vary over it."""
+
+    model = StrideFourModel(head)
+    noise = torch.randn(1, 3, 9, 12, generator=torch.Generator().manual_seed(1))
+    smooth = torch.nn.functional.interpolate(noise, size=(70, 93), mode="bicubic", align_corners=False)[0]
+    image = (smooth.permute(1, 2, 0) * 60 + 128).clamp(0, 255).to(torch.uint8).numpy()  # (70, 93, 3)
+    scales = (0.5, 1.0, 1.5)
+    expected = infer.tta_class_scores(model, image, 64, 448, scales=scales).argmax(0)  # (70, 93)
+    assert len(expected.unique()) >= 3
+    for max_values in (1, 5 * 93 * 5, 2**26):  # rows per band: 1, 5, all 70
+        labels = evaluate.tta_semantic_map(model, image, 64, 448, scales=scales, max_values=max_values)
+        assert torch.equal(labels, expected), max_values
