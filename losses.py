@@ -140,6 +140,16 @@ def local_class_weight_sum(targets: list[dict], num_queries: int, no_object_weig
     return matched + (len(targets) * num_queries - matched) * no_object_weight
 
 
+def loss_normalisers(targets: list[dict], num_queries: int, no_object_weight: float,
+                     device: torch.device) -> tuple[Tensor, Tensor]:
+    """(`count_masks`, `count_class_weights`) of `targets` with one all-reduce of the stacked pair
+    instead of one each (train.py computes them once per step for all its micro-batches)."""
+    local = [local_mask_count(targets), local_class_weight_sum(targets, num_queries, no_object_weight)]
+    # the means over processes: their sums / their number
+    num_masks, class_weight_sum = sum_over_processes(torch.tensor(local, device=device)) / world_size()
+    return num_masks.clamp(min=1), class_weight_sum
+
+
 class MaskFormerLoss(nn.Module):
     """L_mask-cls of Eq. (3.2d) (the paper's Eq. (1)) for the final and every auxiliary output.
 
@@ -194,10 +204,12 @@ class MaskFormerLoss(nn.Module):
 
         # one normaliser for all layers: the number of GT masks, Eq. (3.2d) divided by it (train.py passes
         # batch["num_masks"] under gradient accumulation: that of the whole accumulated batch, per micro-batch)
-        num_masks = batch["num_masks"] if "num_masks" in batch else count_masks(targets, outputs["pred_logits"].device)
-        # the cross-entropy's normaliser, likewise global (batch["class_weight_sum"] under accumulation)
-        class_weight_sum = batch["class_weight_sum"] if "class_weight_sum" in batch else count_class_weights(
-            targets, N, self.no_object_weight, outputs["pred_logits"].device)
+        # and the cross-entropy's normaliser, likewise global (batch["class_weight_sum"] under accumulation)
+        if "num_masks" in batch:
+            num_masks, class_weight_sum = batch["num_masks"], batch["class_weight_sum"]
+        else:
+            num_masks, class_weight_sum = loss_normalisers(targets, N, self.no_object_weight,
+                                                           outputs["pred_logits"].device)
         losses = self.layer_losses(outputs, targets, num_masks, class_weight_sum)
         # deep supervision: every decoder layer is matched anew and gets the same terms
         for i, layer_outputs in enumerate(aux_outputs):

@@ -311,15 +311,10 @@ def train_step(train_model: nn.Module, batches, criterion: nn.Module, optimizer:
 
 def step_normalisers(step_targets: list[dict], num_queries: int, no_object_weight: float, device: torch.device,
                      accum: int) -> dict[str, torch.Tensor]:
-    """{"num_masks", "class_weight_sum"} for each micro-batch of a step: the step's mask count
-    (losses.count_masks) and cross-entropy class-weight sum (losses.count_class_weights), each
-    averaged over processes, divided by the accumulation steps. The two counts of all processes are
-    summed by one all-reduce of a stacked pair (one collective per step instead of two)."""
-    local = [losses.local_mask_count(step_targets),
-             losses.local_class_weight_sum(step_targets, num_queries, no_object_weight)]
-    counts = distributed.sum_over_processes(torch.tensor(local, device=device))
-    counts = counts / distributed.world_size()
-    return {"num_masks": counts[0].clamp(min=1) / accum, "class_weight_sum": counts[1] / accum}
+    """{"num_masks", "class_weight_sum"} for each micro-batch of a step: the whole step's normalisers
+    (losses.loss_normalisers, averaged over processes) divided by the accumulation steps."""
+    num_masks, class_weight_sum = losses.loss_normalisers(step_targets, num_queries, no_object_weight, device)
+    return {"num_masks": num_masks / accum, "class_weight_sum": class_weight_sum / accum}
 
 
 # -----------------------------------------------------------------------------------------------

@@ -229,8 +229,10 @@ def test_two_fake_processes_give_the_one_process_loss(monkeypatch):
     for key in whole:
         mean = (per_process[0][key] + per_process[1][key]) / 2
         assert mean.item() == pytest.approx(whole[key].item(), rel=1e-5), key
-    # and without the global class-weight sum the cross-entropy would differ (the halves' weights differ)
-    assert not torch.isclose(local_counts[0][1], local_counts[1][1])
+    # one all-reduce per call, of the pair (mask count, class-weight sum); without the global class-weight
+    # sum the cross-entropy would differ (the halves' weights differ)
+    assert [len(calls) for calls in local_counts] == [1, 1]
+    assert not torch.isclose(local_counts[0][0][1], local_counts[1][0][1])
 
 
 def test_sum_over_processes_leaves_the_callers_tensor_alone(monkeypatch):
