@@ -122,7 +122,7 @@ def tta_semantic_map(model: nn.Module, image, test_size: int, max_size: int, amp
     band's scores are summed over the versions and its argmax taken. tta_class_scores holds the sum
     and one version at the original size (150 classes, 5000 x 4000: 2 x 12 GB). Measured, the `tiny`
     model with 150 classes on a 2000 x 3000 photo (test size 128, CPU): peak RSS 11.0 GB and 53 s for
-    tta_class_scores(...).argmax(0), 1.4 GB and 34 s here. Same labels, up to the float rounding of the
+    tta_class_scores(...).argmax(0), 1.3 GB and 38 s here. Same labels, up to the float rounding of the
     row resizes (done as small matmuls).
     """
     image = np.asarray(image)
@@ -135,7 +135,7 @@ def tta_semantic_map(model: nn.Module, image, test_size: int, max_size: int, amp
         pair = infer.pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp)
         outputs = infer.run_model(model, pair, amp_dtype)
         versions += [tta_version(outputs, b, tuple(pair.shape[-2:]), size, orig_size) for b in range(2)]
-    num_classes = len(band_scores(versions[0], 0, 1))
+    num_classes = versions[0]["num_classes"]
     rows_per_band = max(1, max_values // (num_classes * orig_size[1]))
     labels = torch.empty(orig_size, dtype=torch.long, device=device)  # (H0, W0)
     for top in range(0, orig_size[0], rows_per_band):
@@ -147,31 +147,36 @@ def tta_semantic_map(model: nn.Module, image, test_size: int, max_size: int, amp
 def tta_version(outputs: dict[str, Tensor], b: int, padded_size: tuple[int, int], image_size: tuple[int, int],
                 orig_size: tuple[int, int]) -> dict:
     """What `band_scores` needs of image b of a pair (b = 1: the flipped one): its stride-4 maps, the
-    class probabilities of Eq. (3.3a) (MaskFormer) or None (per-pixel logits), and the sizes."""
+    class probabilities of Eq. (3.3a) (MaskFormer) or None (per-pixel logits), the widths, and the two
+    row resizes of infer.resize_to_original as 1-D interpolation matrices (built once, sliced per band)."""
     if "sem_seg_logits" in outputs:
         maps, class_probs = outputs["sem_seg_logits"][b], None  # (K, h, w)
     else:
         maps, class_probs = outputs["pred_masks"][b], outputs["pred_logits"][b].softmax(-1)[:, :-1]  # (N, h, w), (N, K)
-    return {"maps": maps, "class_probs": class_probs, "padded_size": padded_size, "image_size": image_size,
-            "orig_size": orig_size, "flipped": b == 1}
+    return {"maps": maps, "class_probs": class_probs,
+            "num_classes": len(maps) if class_probs is None else class_probs.shape[1],
+            "widths": (padded_size[1], image_size[1], orig_size[1]), "flipped": b == 1,
+            # stride 4 -> the padded input, cropped to the image: (h, hs); the image -> the original: (hs, H0)
+            "to_padded": losses.interpolation_matrix(maps.shape[-2], padded_size[0], maps)[:, : image_size[0]],
+            "to_original": losses.interpolation_matrix(image_size[0], orig_size[0], maps)}
 
 
 def band_scores(version: dict, top: int, bottom: int) -> Tensor:
     """Class scores (K, bottom - top, W0) of rows top..bottom-1 of the original size, for one version:
-    infer.resize_to_original's two resizes with the rows done by slices of 1-D interpolation matrices."""
-    maps, (Hp, Wp), (hs, ws) = version["maps"], version["padded_size"], version["image_size"]
-    to_original = losses.interpolation_matrix(hs, version["orig_size"][0], maps)[:, top:bottom]  # (hs, rows)
+    infer.resize_to_original's two resizes, the columns by F.interpolate, the rows by matrix slices."""
+    padded_width, image_width, orig_width = version["widths"]
+    to_original = version["to_original"][:, top:bottom]  # (hs, rows)
     used = to_original.abs().sum(1).nonzero()[:, 0]  # the test-size rows this band reads
     first, last = int(used[0]), int(used[-1]) + 1
     # 1. up to the padded input (rows: the used ones only; columns: all), cropped to the image
-    x = losses.interpolation_matrix(maps.shape[-2], Hp, maps)[:, first:last].T @ maps  # (C, used rows, w)
-    x = F.interpolate(x[None], size=(last - first, Wp), mode="bilinear", align_corners=False)[0, :, :, :ws]
+    x = version["to_padded"][:, first:last].T @ version["maps"]  # (C, used rows, w)
+    x = F.interpolate(x[None], size=(last - first, padded_width), mode="bilinear",
+                      align_corners=False)[0, :, :, :image_width]  # (C, used rows, ws)
     if version["class_probs"] is not None:
         # Eq. (3.4b): Σ_i p_i(c) · sigmoid(mask logits)_i
         x = torch.einsum("nk,nhw->khw", version["class_probs"], x.sigmoid())  # (K, used rows, ws)
-    # 2. the resize to the original size: columns by F.interpolate, the band's rows by the matrix slice
-    x = F.interpolate(x[None], size=(last - first, version["orig_size"][1]), mode="bilinear",
-                      align_corners=False)[0]  # (K, used rows, W0)
+    # 2. the resize to the original size
+    x = F.interpolate(x[None], size=(last - first, orig_width), mode="bilinear", align_corners=False)[0]
     x = torch.einsum("hr,khw->krw", to_original[first:last], x)  # (K, rows, W0)
     return x.flip(-1) if version["flipped"] else x
 
