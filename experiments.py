@@ -477,10 +477,10 @@ def write_figure4_files(results: Path, result: dict) -> None:
               "paper: Figure 4 (ADE20K val, 100 queries): queries differ widely in how many categories they predict.",
               *footer({**result, "paper_note": ""})[1:]]
     (results / "figure4.md").write_text("\n".join(lines) + "\n")
-    bars = {f"{label.split(',')[0]} #{i}": (float(v), 0.0) for label, c in result["counts"].items()
-            if label.endswith("seed 0") or "seed" not in label for i, v in enumerate(c)}
-    models = " | ".join(label.split(",")[0] for label in result["counts"]
-                        if "seed" not in label or label.endswith("seed 0"))
+    shown = [label for label in result["counts"] if "seed" not in label or label.endswith("seed 0")]
+    bars = {f"{label.split(',')[0]} #{i}": (float(v), 0.0) for label in shown
+            for i, v in enumerate(result["counts"][label])}
+    models = " | ".join(label.split(",")[0] for label in shown)
     draw_bars(bars, f"Figure 4: unique categories predicted per query, sorted (seed 0; left to right: {models})",
               results / "figure4.png", scale=1.0)
 

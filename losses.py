@@ -142,8 +142,9 @@ def local_class_weight_sum(targets: list[dict], num_queries: int, no_object_weig
 
 def loss_normalisers(targets: list[dict], num_queries: int, no_object_weight: float,
                      device: torch.device) -> tuple[Tensor, Tensor]:
-    """(`count_masks`, `count_class_weights`) of `targets` with one all-reduce of the stacked pair
-    instead of one each (train.py computes them once per step for all its micro-batches)."""
+    """The two normalisers of Eq. (3.2d), (`count_masks`, `count_class_weights`) of `targets`, with one
+    all-reduce of the stacked pair instead of one each (train.py computes them once per step for all
+    its micro-batches)."""
     local = [local_mask_count(targets), local_class_weight_sum(targets, num_queries, no_object_weight)]
     # the means over processes: their sums / their number
     num_masks, class_weight_sum = sum_over_processes(torch.tensor(local, device=device)) / world_size()
