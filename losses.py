@@ -198,10 +198,6 @@ class MaskFormerLoss(nn.Module):
                              f"covers {self.num_aux_layers}; pass num_aux_layers=dec_layers - 1")
         # checked once here; the matcher's `match` (once per decoder layer) does not check again
         check_targets(targets, B, self.num_classes, "MaskFormerLoss")
-        sizes = {tuple(t["masks"].shape[1:]) for t in targets}
-        if len(sizes) > 1:
-            raise ValueError(f"MaskFormerLoss: all targets' masks must share the padded batch size "
-                             f"(collate pads them), got sizes {sorted(sizes)}")
 
         # one normaliser for all layers: the number of GT masks, Eq. (3.2d) divided by it (train.py passes
         # batch["num_masks"] under gradient accumulation: that of the whole accumulated batch, per micro-batch)

@@ -190,6 +190,10 @@ def test_bad_targets_raise_clear_errors():
         HungarianMatcher()(outputs, [{"labels": targets[0]["labels"], "masks": targets[0]["masks"][:1]}])
     with pytest.raises(ValueError, match="2 target dicts for a batch of 1"):
         HungarianMatcher()(outputs, targets * 2)
+    outputs, targets = random_case(15, [2, 1])  # the batch is matched as one: its masks share one size
+    targets[1] = {"labels": targets[1]["labels"], "masks": targets[1]["masks"][:, :-1]}
+    with pytest.raises(ValueError, match="share the padded batch size"):
+        HungarianMatcher()(outputs, targets)
     with pytest.raises(ValueError, match="cannot all be 0"):
         HungarianMatcher(0, 0, 0)
 
