@@ -159,6 +159,7 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     args.workers = train.data_workers(args.workers, device)  # as train.train resolves it
     if args.threads:
         torch.set_num_threads(args.threads)
+    train.keep_freed_memory()
     torch.manual_seed(args.seed)
     train_set, val_set = train.build_datasets(args, recipe)
     per_device, accum = train.split_batch(recipe.batch_size, 1, device, args)
