@@ -344,7 +344,7 @@ def keep_freed_memory() -> None:
     """Linux (glibc): keep the memory of freed tensors in the process for the next step's tensors. By
     default glibc hands blocks over its mmap and trim thresholds back to the system, and each step's
     activations then arrive as fresh pages the kernel must zero: ~10,000 page faults per step of the
-    classroom run, ~7 % of its time (docs/speed.md). Elsewhere (macOS, Windows, musl) nothing changes."""
+    classroom run, ~8 % of its time (docs/speed.md). Elsewhere (macOS, Windows, musl) nothing changes."""
     import ctypes  # only here: the C library's allocator switches
 
     try:
