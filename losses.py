@@ -112,42 +112,20 @@ def interpolation_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
     return F.interpolate(identity, size=size_out, mode="linear", align_corners=False)[0]
 
 
-def count_masks(targets: list[dict], device: torch.device) -> Tensor:
-    """num_masks: GT masks in the batch, averaged over processes when distributed, clamped ≥ 1."""
-    num_masks = torch.tensor(local_mask_count(targets), device=device)
-    # the mean over processes: their sum / their number
-    return (sum_over_processes(num_masks) / world_size()).clamp(min=1)
-
-
-def count_class_weights(targets: list[dict], num_queries: int, no_object_weight: float,
-                        device: torch.device) -> Tensor:
-    """The cross-entropy's normaliser: Σ over the batch's B·N queries of their class weight (1 for a
-    query matched to a segment, no_object_weight for ∅), averaged over processes when distributed."""
-    total = torch.tensor(local_class_weight_sum(targets, num_queries, no_object_weight), device=device)
-    # the mean over processes, as num_masks: each process's loss is then its share of the global weighted mean
-    return sum_over_processes(total) / world_size()
-
-
-def local_mask_count(targets: list[dict]) -> float:
-    """This process's GT masks (`count_masks` before the mean over processes)."""
-    return float(sum(len(t["labels"]) for t in targets))
-
-
-def local_class_weight_sum(targets: list[dict], num_queries: int, no_object_weight: float) -> float:
-    """This process's Σ of class weights over its B·N queries (`count_class_weights` before the mean)."""
-    # every image's min(segments, N) segments are matched (Eq. (3.2c) is a full assignment); the rest are ∅
-    matched = sum(min(len(t["labels"]), num_queries) for t in targets)
-    return matched + (len(targets) * num_queries - matched) * no_object_weight
-
-
 def loss_normalisers(targets: list[dict], num_queries: int, no_object_weight: float,
                      device: torch.device) -> tuple[Tensor, Tensor]:
-    """The two normalisers of Eq. (3.2d), (`count_masks`, `count_class_weights`) of `targets`, with one
-    all-reduce of the stacked pair instead of one each (train.py computes them once per step for all
-    its micro-batches)."""
-    local = [local_mask_count(targets), local_class_weight_sum(targets, num_queries, no_object_weight)]
+    """The two normalisers of Eq. (3.2d) for `targets`, averaged over processes with one all-reduce:
+    num_masks (the GT masks, at least 1) and class_weight_sum (the cross-entropy's Σ over the B·N
+    queries of their class weight: 1 for a query matched to a segment, no_object_weight for ∅). The
+    mean over processes makes each process's loss its share of the global weighted mean (train.py
+    computes them once per step for all its micro-batches)."""
+    num_masks = sum(len(t["labels"]) for t in targets)
+    # every image's min(segments, N) segments are matched (Eq. (3.2c) is a full assignment); the rest are ∅
+    matched = sum(min(len(t["labels"]), num_queries) for t in targets)
+    class_weight_sum = matched + (len(targets) * num_queries - matched) * no_object_weight
     # the means over processes: their sums / their number
-    num_masks, class_weight_sum = sum_over_processes(torch.tensor(local, device=device)) / world_size()
+    local = torch.tensor([float(num_masks), float(class_weight_sum)], device=device)
+    num_masks, class_weight_sum = sum_over_processes(local) / world_size()
     return num_masks.clamp(min=1), class_weight_sum
 
 
@@ -222,9 +200,9 @@ class MaskFormerLoss(nn.Module):
                 **self.loss_masks(outputs, targets, indices, num_masks)}
 
     def loss_labels(self, outputs: dict, targets: list[dict], indices: Indices,
-                    class_weight_sum: Tensor | None = None) -> dict[str, Tensor]:
+                    class_weight_sum: Tensor) -> dict[str, Tensor]:
         """First term of Eq. (3.2d): −log p_σ(j)(c_j) for matched queries, −log p(∅) for the rest.
-        class_weight_sum: the normaliser (`count_class_weights` of `targets` when None)."""
+        class_weight_sum: the normaliser (`loss_normalisers`)."""
         pred_logits = outputs["pred_logits"].float()
         B, N, _ = pred_logits.shape
         device = pred_logits.device
@@ -233,8 +211,6 @@ class MaskFormerLoss(nn.Module):
         target_classes = torch.full((B, N), self.num_classes, dtype=torch.long, device=device)  # (B, N)
         target_classes[batch_idx, query_idx] = torch.cat(
             [t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(device)
-        if class_weight_sum is None:
-            class_weight_sum = count_class_weights(targets, N, self.no_object_weight, device)
         # weighted mean over the B·N queries of −log p(target), ∅ weighted by no_object_weight
         loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=self.empty_weight,
                                   reduction="sum") / class_weight_sum

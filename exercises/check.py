@@ -899,9 +899,9 @@ def _loss_reference(class_logits: Tensor, mask_logits: Tensor, targets: list[dic
                                       num_aux_layers=0)  # the matcher is not used: the matching is given
     outputs = {"pred_logits": class_logits, "pred_masks": mask_logits[:, :, None, :]}  # (B, N, 1, P)
     image_targets = [{"labels": t["labels"], "masks": t["masks"][:, None, :]} for t in targets]  # (n, 1, P)
-    num_masks = losses.count_masks(image_targets, class_logits.device)
+    num_masks, class_weight_sum = losses.loss_normalisers(image_targets, N, no_object_weight, class_logits.device)
     mask_terms = criterion.loss_masks(outputs, image_targets, indices, num_masks)
-    return {"loss_ce": criterion.loss_labels(outputs, image_targets, indices)["loss_ce"],
+    return {"loss_ce": criterion.loss_labels(outputs, image_targets, indices, class_weight_sum)["loss_ce"],
             "loss_focal": mask_terms["loss_focal"], "loss_dice": mask_terms["loss_dice"]}
 
 

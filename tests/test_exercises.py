@@ -324,8 +324,9 @@ def loss_by_the_project(c, m, t, i, no_object_weight=0.1):
                                       num_aux_layers=0)
     outputs = {"pred_logits": c, "pred_masks": m[:, :, None]}
     targets = [{"labels": x["labels"], "masks": x["masks"][:, None]} for x in t]
-    num_masks = losses.count_masks(targets, c.device)
-    return {**criterion.loss_labels(outputs, targets, i), **criterion.loss_masks(outputs, targets, i, num_masks)}
+    num_masks, class_weight_sum = losses.loss_normalisers(targets, c.shape[1], no_object_weight, c.device)
+    return {**criterion.loss_labels(outputs, targets, i, class_weight_sum),
+            **criterion.loss_masks(outputs, targets, i, num_masks)}
 
 
 def student_panoptic(c, m, is_thing, object_mask_threshold=0.8, overlap_threshold=0.8, rank_by_score=True,
