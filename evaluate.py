@@ -129,12 +129,8 @@ def tta_semantic_map(model: nn.Module, image, test_size: int, max_size: int, amp
     orig_size = image.shape[:2]
     device = next(model.parameters()).device
     versions = []
-    for scale in scales:  # as infer.tta_class_scores
-        size = augment.shortest_edge_size(*orig_size, int(scale * test_size), max_size)
-        scaled = data.normalize(augment.resize(image, {}, size)[0])[None].to(device)  # (1, 3, hs, ws)
-        pair = infer.pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp)
-        outputs = infer.run_model(model, pair, amp_dtype)
-        versions += [tta_version(outputs, b, tuple(pair.shape[-2:]), size, orig_size) for b in range(2)]
+    for outputs, padded_size, size in infer.tta_outputs(model, image, test_size, max_size, amp_dtype, scales):
+        versions += [tta_version(outputs, b, padded_size, size, orig_size) for b in range(2)]
     num_classes = versions[0]["num_classes"]
     rows_per_band = max(1, max_values // (num_classes * orig_size[1]))
     labels = torch.empty(orig_size, dtype=torch.long, device=device)  # (H0, W0)

@@ -305,19 +305,25 @@ def tta_class_scores(model: nn.Module, image: np.ndarray | Tensor, test_size: in
     """
     image = np.asarray(image)
     orig_size = image.shape[:2]
-    device = next(model.parameters()).device
     total = None
-    for scale in scales:
-        size = augment.shortest_edge_size(*orig_size, int(scale * test_size), max_size)
-        scaled = data.normalize(augment.resize(image, {}, size)[0])[None].to(device)  # (1, 3, hs, ws)
-        pair = pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp): flip before padding
-        outputs = run_model(model, pair, amp_dtype)
-        padded_size = tuple(pair.shape[-2:])
+    for outputs, padded_size, size in tta_outputs(model, image, test_size, max_size, amp_dtype, scales):
         for b in range(2):
             scores = class_scores(outputs, b, padded_size, size, orig_size)  # (K, H0, W0)
             scores = scores.flip(-1) if b == 1 else scores
             total = scores if total is None else total + scores
     return total / (2 * len(scales))
+
+
+def tta_outputs(model: nn.Module, image: np.ndarray, test_size: int, max_size: int, amp_dtype: torch.dtype | None,
+                scales: tuple[float, ...]):
+    """Per scale s: the model's outputs on the pair (image resized to short edge int(s · test_size), long
+    edge <= max_size; the same flipped), the pair's padded size and the resized size (hs, ws)."""
+    device = next(model.parameters()).device
+    for scale in scales:
+        size = augment.shortest_edge_size(*image.shape[:2], int(scale * test_size), max_size)
+        scaled = data.normalize(augment.resize(image, {}, size)[0])[None].to(device)  # (1, 3, hs, ws)
+        pair = pad_to_multiple(torch.cat([scaled, scaled.flip(-1)]))  # (2, 3, Hp, Wp): flip before padding
+        yield run_model(model, pair, amp_dtype), tuple(pair.shape[-2:]), size
 
 
 def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], image_sizes: list | None = None,
