@@ -120,6 +120,7 @@ class PhaseTimer:
         self.started: dict[str, float] = {}
 
     def start(self, name: str) -> None:
+        self.seconds.setdefault(name, 0.0)  # phases listed in the order they start (a loss before its matching)
         self.started[name] = time.perf_counter()
 
     def stop(self, name: str) -> None:
@@ -185,10 +186,6 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
         train.train_step(train_model, batches, criterion, optimizer, scaler, settings)
         scheduler.step()
     per_step = {name: s / steps for name, s in timer.seconds.items()}
-    if "  of which matching" in per_step:  # listed under the loss it is part of (it ends first)
-        names = [n for n in per_step if n != "  of which matching"]
-        names.insert(names.index("loss (with matching)") + 1, "  of which matching")
-        per_step = {name: per_step[name] for name in names}
     step_s = (time.perf_counter() - begin) / steps
     per_step["backward, clipping, rest"] = step_s - sum(s for n, s in per_step.items() if not n.startswith(" "))
     once = {}
