@@ -15,7 +15,7 @@ Reading order:
   7. `TrainBatchSampler` and `SeededItems`: train.py's resumable, sharded data order.
 Related files: augment.py (augmentation and recipes), datasets.py (ADE20K, Cityscapes, COCO
 panoptic, COCO-Stuff-10K, ADE20K-Full, Mapillary Vistas, ADE20K-Panoptic, folder), prepare.py (the
-one-time conversion of four of them, `python data.py prepare NAME ROOT`), shapes.py (the synthetic
+one-time conversion of four of them, `python -m tooling.prepare NAME ROOT`), shapes.py (the synthetic
 generator), drawing.py (`python data.py --preview`).
 
 Differences from the official code (facebookresearch/MaskFormer + detectron2), each also noted
@@ -33,10 +33,8 @@ where it happens:
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +43,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from augment import AugmentationRecipe, apply_augmentations, build_augmentations, recipe_for
-from shapes import ShapesScene, check_options, generate_shapes, shapes_class_names, shapes_palette
+from machinery.augment import AugmentationRecipe, apply_augmentations, build_augmentations
+from machinery.shapes import ShapesScene, check_options, generate_shapes, shapes_class_names, shapes_palette
 
 MEAN = (123.675, 116.28, 103.53)  # ImageNet mean, 0-255 RGB
 STD = (58.395, 57.12, 57.375)  # ImageNet std, 0-255 RGB
@@ -397,58 +395,6 @@ class ShapesDataset(SegmentationDataset):
 # Building datasets and batches
 # ----------------------------------------------------------------------------------------------
 
-DATASETS = ("ade20k", "coco_panoptic", "cityscapes", "coco_stuff_10k", "ade20k_full", "mapillary",
-            "ade20k_panoptic", "folder", "shapes")
-
-
-def build_dataset(name: str, root: str | Path | None = None, split: str = "train", train: bool = False,
-                  **kwargs) -> SegmentationDataset:
-    """Build a dataset by name: one of DATASETS. coco_stuff_10k, ade20k_full and ade20k_panoptic
-    read the folders that prepare.py writes (`python data.py prepare NAME ROOT`).
-
-    train=True applies the training augmentation of the dataset's recipe (`recipe_for`); train=False
-    the test resize (and items carry orig_size / orig_sem_seg / orig_pan_seg).
-    kwargs: crop_size (int, rescales the recipe, e.g. 640 for Swin-B/L on ADE20K; for shapes: the
-    generated image size), single_category_max_area, ignore_index (folder), task
-    ("semantic"/"panoptic"; coco_panoptic, shapes), image_size / num_images / seed (shapes),
-    test_size / test_max_size (the test resize's short edge / long-edge cap, replacing the recipe's).
-    """
-    if name not in DATASETS:
-        raise DatasetError(f"dataset {name!r} unknown; expected one of {', '.join(DATASETS)}")
-    allowed = {"crop_size", "task"} | (
-        {"image_size", "num_images", "seed", "colours", "stuff"} if name == "shapes" else
-        {"single_category_max_area", "test_size", "test_max_size"} | ({"ignore_index"} if name == "folder" else set()))
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise DatasetError(f"{name}: unknown argument {unknown[0]!r}; expected some of {', '.join(sorted(allowed))}")
-    if name == "shapes":
-        if root is not None:
-            raise DatasetError("root: the shapes dataset is generated on the fly; pass root=None")
-        crop_size = kwargs.pop("crop_size", None)  # shapes are generated at the crop size
-        if crop_size is not None and kwargs.setdefault("image_size", crop_size) != crop_size:
-            raise DatasetError(f"crop_size={crop_size} and image_size={kwargs['image_size']}: give one of them")
-        return ShapesDataset(split=split, train=train, **kwargs)
-    if root is None:
-        raise DatasetError(f"root: dataset {name!r} needs root=<folder holding its files> (only 'shapes' needs none)")
-    crop_size = kwargs.pop("crop_size", None)
-    try:
-        recipe = recipe_for(name, None if crop_size is None else int(crop_size))
-    except ValueError as e:
-        raise DatasetError(str(e)) from None
-    if "single_category_max_area" in kwargs:
-        recipe = replace(recipe, single_category_max_area=float(kwargs.pop("single_category_max_area")))
-    for key in ("test_size", "test_max_size"):  # an evaluation at another size than the recipe's
-        if kwargs.get(key) is not None:
-            recipe = replace(recipe, **{key: int(kwargs.pop(key))})
-        kwargs.pop(key, None)
-    import datasets  # the on-disk datasets build on SegmentationDataset (above), so they are imported here
-
-    cls = {"ade20k": datasets.ADE20KDataset, "coco_panoptic": datasets.CocoPanopticDataset,
-           "cityscapes": datasets.CityscapesDataset, "folder": datasets.FolderDataset,
-           "coco_stuff_10k": datasets.CocoStuff10KDataset, "ade20k_full": datasets.ADE20KFullDataset,
-           "mapillary": datasets.MapillaryVistasDataset, "ade20k_panoptic": datasets.ADE20KPanopticDataset}[name]
-    return cls(Path(root), split=split, train=train, recipe=recipe, **kwargs)
-
 
 def collate(items: list[dict]) -> dict:
     """Batch items: images zero-padded (after normalisation) to a common size divisible by 32,
@@ -533,30 +479,3 @@ class SeededItems(torch.utils.data.Dataset):
         index, seed = index_and_seed
         return self.dataset.get(index, rng=np.random.default_rng(seed))
 
-
-def main() -> None:
-    if sys.argv[1:2] == ["prepare"]:  # python data.py prepare NAME ROOT (see prepare.py)
-        import prepare
-
-        prepare.main(sys.argv[2:])
-        return
-    parser = argparse.ArgumentParser(description="Save a grid of a dataset's validation items "
-                                                 "(image | sem_seg | pan_seg) as a PNG. "
-                                                 "`python data.py prepare NAME ROOT`: prepare a dataset (prepare.py).")
-    parser.add_argument("--preview", nargs=2, metavar=("DATASET", "OUT_PNG"), required=True,
-                        help="e.g. --preview shapes shapes.png")
-    parser.add_argument("--preview-root", default=None, help="dataset root for --preview (not for shapes)")
-    parser.add_argument("--zoom", type=int, default=1, help="enlarge --preview images by this factor")
-    args = parser.parse_args()
-    name, out = args.preview
-    import drawing  # drawing imports this module: imported here, when the CLI runs
-
-    try:
-        drawing.preview(build_dataset(name, args.preview_root, split="val"), out, zoom=args.zoom)
-    except DatasetError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"saved {out}")
-
-
-if __name__ == "__main__":
-    main()

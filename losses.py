@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distributed import sum_over_processes, world_size
+from machinery.distributed import sum_over_processes, world_size
 from matcher import HungarianMatcher, Indices, check_targets
 
 

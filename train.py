@@ -12,7 +12,7 @@ Reading order (top to bottom): `TrainingRecipe` and `resolve_recipe` (the settin
 (set-up, then the loop) -> `train_step` (forward -> match + loss -> backward -> step) -> the
 builders (datasets, model and criterion) -> the command line. Elsewhere: AdamW and its schedule
 (adamw.py), the run's folder and resume (runs.py), checkpoints (checkpoint.py), validation
-(evaluate.py), the data order (data.py), DDP (distributed.py), figures (drawing.py), flag checks (cli.py).
+(evaluation.py), the data order (data.py), DDP (distributed.py), figures (drawing.py), flag checks (cli.py).
 
 The paper's implementation details (§4 and the official configs, docs/recipe.md) are the
 defaults, resolved per dataset and backbone family by `resolve_recipe`:
@@ -48,21 +48,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-import adamw
-import checkpoint
-import cli
-import convert
 import data
-import distributed
-import drawing
-import evaluate
-import infer
+import evaluation
 import losses
 import maskformer
 import matcher
-import runs
-import weights
-from checkpoint import load_pretrained, save_checkpoint
+from machinery import adamw, checkpoint, cli, conversion, datasets, distributed, drawing, runs, weights
+from machinery.checkpoint import save_checkpoint
 
 
 # -----------------------------------------------------------------------------------------------
@@ -112,7 +104,7 @@ DATA_RECIPES: dict[str, dict] = {
     "mapillary": dict(config="r50", crop_size=1280, batch_size=16, max_iter=300_000, eval_period=5000,
                       checkpoint_period=5000, task="semantic"),
     # ADE20K-Panoptic (configs/ade20k-150-panoptic): the ADE20K recipe with 720k iterations, crop 640
-    # and 6 transformer encoder layers; inference thresholds 0.7 / 0.8 (infer.panoptic_thresholds).
+    # and 6 transformer encoder layers; inference thresholds 0.7 / 0.8 (inference.panoptic_thresholds).
     "ade20k_panoptic": dict(config="r50", crop_size=640, batch_size=16, max_iter=720_000, eval_period=5000,
                             checkpoint_period=5000, task="panoptic", model_overrides={"enc_layers": 6}),
     # A user's own folder: the ADE20K recipe, with fewer iterations by default.
@@ -187,7 +179,7 @@ def train(args: argparse.Namespace) -> dict:
     metrics_log = runs.MetricsLog(out / "metrics.jsonl", start_step, is_main)
     train_model = distributed.wrap_for_training(model, device, world_size, args.compile)
     batches = iter(build_train_loader(train_set, per_device, accum, start_step, rank, world_size, device, args))
-    val_loader = evaluate.build_val_loader(val_set, args, rank, world_size)
+    val_loader = evaluation.build_val_loader(val_set, args, rank, world_size)
     settings = StepSettings(accum, device, amp_dtype, recipe.clip_grad_norm, model.config.num_queries)
     log(f"training {recipe.config} ({args.head}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
         f"params) on {args.data}: {recipe.max_iter} iterations, batch {recipe.batch_size} = {world_size} "
@@ -222,7 +214,7 @@ def train(args: argparse.Namespace) -> dict:
         if is_main and (validating or done % recipe.checkpoint_period == 0):
             save_checkpoint(out / "last.pt", runs.checkpoint_state(stateful, done, best_metric, about))
         if validating:
-            last_metrics = evaluate.validate_at(done, out, model, val_loader, recipe.task, device, amp_dtype, args.data,
+            last_metrics = evaluation.validate_at(done, out, model, val_loader, recipe.task, device, amp_dtype, args.data,
                                                 log)
             metrics_log.append({"step": done, "val_" + metric_name: last_metrics[metric_name]})
             if is_main and last_metrics[metric_name] > best_metric:
@@ -231,7 +223,7 @@ def train(args: argparse.Namespace) -> dict:
     progress.close()
 
     if not last_metrics:  # resumed at the last step, whose validation had not finished: done now
-        last_metrics = evaluate.validate_at(recipe.max_iter, out, model, val_loader, recipe.task, device, amp_dtype,
+        last_metrics = evaluation.validate_at(recipe.max_iter, out, model, val_loader, recipe.task, device, amp_dtype,
                                             args.data, log)
         metrics_log.append({"step": recipe.max_iter, "val_" + metric_name: last_metrics[metric_name]})
         if is_main and last_metrics[metric_name] > best_metric:
@@ -393,13 +385,13 @@ def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     kwargs: dict = {} if recipe.crop_size is None else {"crop_size": recipe.crop_size}
     if args.data == "folder":
         kwargs["ignore_index"] = args.ignore_index
-    options = infer.shapes_options(args)  # --shapes-colours / --shapes-stuff
+    options = datasets.shapes_options(args)  # --shapes-colours / --shapes-stuff
     if args.data == "shapes":
         kwargs["task"] = recipe.task
-    train_set = data.build_dataset(args.data, args.data_root, "train", train=True, **kwargs, **options)
+    train_set = datasets.build_dataset(args.data, args.data_root, "train", train=True, **kwargs, **options)
     # the same validation set as `infer.py --eval` on this run's checkpoints (one function, same inputs)
-    val_set = evaluate.evaluation_dataset(args.data, args.data_root, recipe.task,
-                                          evaluate.recipe_test_resize(args.data, recipe.crop_size), args.val_images,
+    val_set = evaluation.evaluation_dataset(args.data, args.data_root, recipe.task,
+                                          datasets.test_resize(args.data, recipe.crop_size)[:2], args.val_images,
                                           args.ignore_index, options)
     return train_set, val_set
 
@@ -435,8 +427,8 @@ def load_initial_weights(model: nn.Module, args: argparse.Namespace, recipe: Tra
                 if choice == "imagenet":
                     weights.load_imagenet(model, args.weights_mirror, log)
                 else:
-                    load_pretrained(model, weights.resolve(choice, args.weights_mirror, log), log)
-            except (weights.WeightsError, convert.ConversionError) as e:
+                    weights.load_pretrained(model, weights.resolve(choice, args.weights_mirror, log), log)
+            except (weights.WeightsError, conversion.ConversionError) as e:
                 raise SystemExit(f"error: {e}") from None
         if dist.is_initialized():
             dist.barrier()
@@ -599,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         train(args)
-    except (runs.NonFiniteLoss, evaluate.ValidationFailed) as e:
+    except (runs.NonFiniteLoss, evaluation.ValidationFailed) as e:
         raise SystemExit(str(e)) from None
     except (data.DatasetError, checkpoint.CheckpointSaveError) as e:
         raise SystemExit(f"error: {cli.error_line(e)}") from None

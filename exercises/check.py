@@ -5,7 +5,7 @@ checker cell, e.g. `ok, message = check.check_dice(dice_loss)`. Equation labels 
 are those of `docs/paper.md`. A checker
 
 1. looks at the submitted function before running it (`project_code_used`): a function that is,
-   calls or imports the project's implementation (`semantic_inference = infer.semantic_inference`,
+   calls or imports the project's implementation (`semantic_inference = inference.semantic_inference`,
    `losses.dice_loss(...)` inside it, `import losses` inside it) is rejected: the exercise is to
    write it;
 2. calls the student's function on random inputs (fixed seeds, several shapes) and on edge cases
@@ -51,10 +51,10 @@ from torch import Tensor, nn
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTOR = REPO / "instructor"  # reference solutions and guide; not part of a student bundle
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # the project's flat modules: losses.py, matcher.py, ...
+    sys.path.insert(0, str(REPO))  # the project's modules: losses.py, matcher.py, ...
 
 import backbones  # noqa: E402
-import infer  # noqa: E402
+import inference  # noqa: E402
 import losses  # noqa: E402
 import maskformer  # noqa: E402
 import matcher  # noqa: E402
@@ -87,8 +87,8 @@ def hint_line(name: str, text: str) -> str:
 
 
 def _in_project(path: str | None) -> bool:
-    """True for a file of the project's own code: a flat module in the repository root."""
-    return path is not None and Path(path).resolve().parent == REPO
+    """True for a file of the project's own code: a module at the top of the repository or in machinery/ or tooling/."""
+    return path is not None and Path(path).resolve().parent in (REPO, REPO / "machinery", REPO / "tooling")
 
 
 def _in_repository(path: str | None) -> bool:
@@ -97,7 +97,7 @@ def _in_repository(path: str | None) -> bool:
 
 
 def _project_name(value) -> str | None:
-    """'infer' or 'infer.semantic_inference' when value is a module, function, class or object of
+    """'infer' or 'inference.semantic_inference' when value is a module, function, class or object of
     the project's code, else None."""
     if isinstance(value, types.ModuleType):
         return value.__name__ if _in_project(getattr(value, "__file__", None)) else None
@@ -620,7 +620,7 @@ def check_mask_embedding(fn: Callable, verbose: bool = True) -> tuple[bool, str]
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Semantic inference, Eq. (3.4b)   reference: infer.semantic_inference
+# 5. Semantic inference, Eq. (3.4b)   reference: inference.semantic_inference
 # ---------------------------------------------------------------------------------------------
 
 
@@ -656,7 +656,7 @@ def check_semantic_inference(fn: Callable, verbose: bool = True) -> tuple[bool, 
         Mistake("divided_by_queries", lambda x, m: scores(x, m) / x.shape[1],
                 "Eq. (3.4b) sums over the queries; no division by N."),
     ]
-    return run_checks("semantic inference, Eq. (3.4b)", fn, cases, infer.semantic_inference, mistakes,
+    return run_checks("semantic inference, Eq. (3.4b)", fn, cases, inference.semantic_inference, mistakes,
                       verbose=verbose)
 
 
@@ -1024,7 +1024,7 @@ def check_mask_classification_loss(fn: Callable, verbose: bool = True) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. General inference and panoptic fusion, Eq. (3.4a)   reference: infer.panoptic_inference
+# 10. General inference and panoptic fusion, Eq. (3.4a)   reference: inference.panoptic_inference
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1148,7 +1148,7 @@ def check_panoptic_inference(fn: Callable, verbose: bool = True) -> tuple[bool, 
         Mistake("thresholds_ignored", lambda c, m, t, **kw: _panoptic_variant(c, m, t),
                 "you ignored the object_mask_threshold / overlap_threshold arguments (hard-coded 0.8?)."),
     ]
-    return run_checks("panoptic inference, Eq. (3.4a)", fn, cases, infer.panoptic_inference, mistakes,
+    return run_checks("panoptic inference, Eq. (3.4a)", fn, cases, inference.panoptic_inference, mistakes,
                       problem=panoptic_problem, verbose=verbose)
 
 

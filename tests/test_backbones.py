@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import backbones
+import maskformer
 from backbones import (
     FrozenBatchNorm2d,
     SwinTransformer,
@@ -27,6 +28,7 @@ from backbones import (
     window_partition,
     window_reverse,
 )
+from tooling import flops
 
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
@@ -566,8 +568,6 @@ def test_resnet_variant_arguments_are_checked():
 def test_r101c_maskformer_params_and_flops_beside_the_paper():
     """Table 1's R101c row: 60M parameters, 80G FLOPs (fvcore) at 512 x 512; our counter counts a few
     % less, as for every other row (no norms / upsampling), within the ±10% used for them."""
-    import maskformer
-
     with torch.device("meta"):
         model = maskformer.build_model("r101c")
         r101 = maskformer.build_model("r101")
@@ -577,4 +577,4 @@ def test_r101c_maskformer_params_and_flops_beside_the_paper():
     # (the model's backbone norms are frozen): DeepLab stem convs - the 7x7 stem + res2's wider input
     stems = 9 * (3 * 64 + 64 * 64 + 64 * 128) - 3 * 64 * 7 * 7
     assert params - sum(p.numel() for p in r101.parameters()) == stems + 64 * 64 + 64 * 256
-    assert maskformer.count_flops(model, 512) == pytest.approx(80, rel=0.10)
+    assert flops.count_flops(model, 512) == pytest.approx(80, rel=0.10)

@@ -14,11 +14,8 @@ import math
 import pytest
 import torch
 
-import benchmark
 import maskformer
-import timing
-import training_speed
-from tests import hf_reference
+from tooling import benchmark, flops, hf_reference, timing, training_speed
 
 SIZE = 64  # small images: the whole file runs in a few seconds
 
@@ -44,7 +41,7 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
 
     labels = [row["variant"] for row in results["speed"]]
     assert labels == ["ours", "ours (no aux loss)"] + (["HF", "HF channels_last"] if use_hf else [])
-    gflops = maskformer.count_flops(maskformer.build_model("tiny").eval(), SIZE)
+    gflops = flops.count_flops(maskformer.build_model("tiny").eval(), SIZE)
     for row in results["speed"]:
         assert row["config"] == "tiny"
         modes = ["train"] if row["variant"] == "ours (no aux loss)" else ["infer", "train"]

@@ -25,10 +25,10 @@ import pytest
 import torch
 
 import backbones
-import convert
-import infer
+import inference
 import maskformer
-import weight_files
+from machinery import conversion, weight_files
+from tooling import convert
 
 K = 5  # classes of the small test models
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -98,13 +98,13 @@ def hf_resnet(transformers, **kwargs):
 
 
 def ours_for(hf, **extra_overrides) -> maskformer.MaskFormer:
-    """Our model for a HF model: config via weight_files.hf_config_to_ours, weights via convert.hf_to_ours."""
+    """Our model for a HF model: config via weight_files.hf_config_to_ours, weights via conversion.hf_to_ours."""
     name, overrides, class_names = weight_files.hf_config_to_ours(hf.config.to_dict(), "test config")
     if "backbone_kwargs" in extra_overrides:
         extra = extra_overrides.pop("backbone_kwargs")
         overrides["backbone_kwargs"] = {**overrides.get("backbone_kwargs", {}), **extra}
     model = maskformer.build_model(name, num_classes=len(class_names), **overrides, **extra_overrides).eval()
-    model.load_state_dict(convert.hf_to_ours(hf.state_dict()), strict=True)
+    model.load_state_dict(conversion.hf_to_ours(hf.state_dict()), strict=True)
     return model
 
 
@@ -134,7 +134,7 @@ def test_hf_swin_folder_and_cli_equal_reference(hf_mini, swin_mini, tmp_path):
     → load_hf_folder → our model: the same class and mask logits; the CLI's checkpoint too."""
     hf = hf_mini
     hf.save_pretrained(tmp_path / "hf")
-    state, name, overrides, class_names = convert.load_hf_folder(tmp_path / "hf")
+    state, name, overrides, class_names = conversion.load_hf_folder(tmp_path / "hf")
     assert class_names == [f"class_{i}" for i in range(K)]
     assert overrides["backbone"] == swin_mini
     model = maskformer.build_model(name, num_classes=len(class_names), **overrides).eval()
@@ -159,9 +159,9 @@ def test_hf_pytorch_model_bin_with_current_names(hf_mini, swin_mini, tmp_path):
     torch.save(hf.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
     hf.config.to_json_file(tmp_path / "hf" / "config.json")
     assert any(".o_proj." in k for k in hf.state_dict())
-    state = convert.load_hf_folder(tmp_path / "hf")[0]
+    state = conversion.load_hf_folder(tmp_path / "hf")[0]
     hf.save_pretrained(tmp_path / "hub")  # the 4.x names: out_proj, layers.N.fc1
-    hub_state = convert.load_hf_folder(tmp_path / "hub")[0]
+    hub_state = conversion.load_hf_folder(tmp_path / "hub")[0]
     assert state.keys() == hub_state.keys()
     assert all(torch.equal(state[k], hub_state[k]) for k in state)
 
@@ -199,15 +199,15 @@ def test_hf_resnet50_150_classes_equals_reference(transformers):
 
 
 def test_semantic_inference_equals_hf_post_processing(transformers, hf_mini, swin_mini):
-    """Eq. (3.4b) at the masks' stride-4 resolution: infer.semantic_inference == HF's
+    """Eq. (3.4b) at the masks' stride-4 resolution: inference.semantic_inference == HF's
     post_process_semantic_segmentation (no target size). With a target size the two differ by
     design: HF resizes the stride-4 *scores* straight to the target, while the official code (and
-    infer.class_scores) upsamples the mask *logits* to the padded input, crops the padding, then
+    inference.class_scores) upsamples the mask *logits* to the padded input, crops the padding, then
     resizes; only the unresized scores are the same quantity."""
     hf = hf_mini
     model = ours_for(hf)
     _, _, ours, theirs = max_differences(hf, model, image(2))
-    scores = infer.semantic_inference(ours["pred_logits"], ours["pred_masks"])[0]  # (K, h, w)
+    scores = inference.semantic_inference(ours["pred_logits"], ours["pred_masks"])[0]  # (K, h, w)
     processor = transformers.MaskFormerImageProcessor()
     result = processor.post_process_semantic_segmentation(theirs, return_segmentation_scores=True)[0]
     torch.testing.assert_close(scores, result["segmentation_scores"], atol=1e-5, rtol=1e-5)
@@ -218,13 +218,13 @@ def test_semantic_inference_equals_hf_post_processing(transformers, hf_mini, swi
 def test_hf_unknown_and_missing_tensors_are_reported(hf_mini, swin_mini, tmp_path):
     hf = hf_mini
     state = {**hf.state_dict(), "model.extra_head.weight": torch.zeros(3)}
-    with pytest.raises(convert.ConversionError, match="model.extra_head.weight"):
-        convert.hf_to_ours(state)
-    with pytest.raises(convert.ConversionError, match="no config.json"):
-        convert.load_hf_folder(tmp_path)
+    with pytest.raises(conversion.ConversionError, match="model.extra_head.weight"):
+        conversion.hf_to_ours(state)
+    with pytest.raises(conversion.ConversionError, match="no config.json"):
+        conversion.load_hf_folder(tmp_path)
     hf.config.to_json_file(tmp_path / "config.json")
-    with pytest.raises(convert.ConversionError, match="no model.safetensors or pytorch_model.bin"):
-        convert.load_hf_folder(tmp_path)
+    with pytest.raises(conversion.ConversionError, match="no model.safetensors or pytorch_model.bin"):
+        conversion.load_hf_folder(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def test_detectron2_resnet_pickle_round_trips_exactly(tmp_path, old_head):
 
 def test_detectron2_swin_layout_round_trips_exactly(swin_mini):
     model = randomise(maskformer.build_model("swin_t", num_classes=K, backbone=swin_mini, **SMALL_HEAD))
-    converted = convert.detectron2_to_ours(official_layout(model))
+    converted = conversion.detectron2_to_ours(official_layout(model))
     expected = model.state_dict()
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
@@ -373,7 +373,7 @@ def test_detectron2_swin_layout_round_trips_exactly(swin_mini):
 def test_detectron2_per_pixel_baselines_round_trip(head):
     """The §4 baselines' official layouts; the head and K are read back from the shapes."""
     model = randomise(maskformer.build_model("tiny", num_classes=K, head=head, backbone_kwargs={"norm": "frozen_bn"}))
-    converted = convert.detectron2_to_ours(official_layout(model))
+    converted = conversion.detectron2_to_ours(official_layout(model))
     expected = model.state_dict()
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
@@ -387,11 +387,11 @@ def test_detectron2_encoder_tensors_go_to_the_pixel_decoder_only():
     weight = np.zeros((4, 4), np.float32)
     pixel_decoder = {"sem_seg_head.pixel_decoder.transformer.encoder.layers.3.linear1.weight": weight,
                      "sem_seg_head.pixel_decoder.input_proj.bias": np.zeros(4, np.float32)}
-    assert set(convert.detectron2_to_ours(pixel_decoder)) == {
+    assert set(conversion.detectron2_to_ours(pixel_decoder)) == {
         "pixel_decoder.encoder_layers.3.ffn.linear1.weight", "pixel_decoder.input_proj.bias"}
     predictor = {"sem_seg_head.predictor.transformer.encoder.layers.0.linear1.weight": weight}
-    with pytest.raises(convert.ConversionError, match="predictor.transformer.encoder.layers.0.linear1.weight"):
-        convert.detectron2_to_ours(predictor)
+    with pytest.raises(conversion.ConversionError, match="predictor.transformer.encoder.layers.0.linear1.weight"):
+        conversion.detectron2_to_ours(predictor)
 
 
 def test_detectron2_cli_needs_config(tmp_path):
@@ -532,7 +532,7 @@ def test_torchvision_resnet_fills_the_whole_backbone(tmp_path, capsys, bottlenec
     assert saved["config"]["backbone"] == backbone
     model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**saved["config"]))
     assert set(saved["model"]) == {k for k in model.state_dict() if k.startswith("backbone.")}
-    missing, unexpected = convert.load_into(model, saved["model"])
+    missing, unexpected = conversion.load_into(model, saved["model"])
     assert unexpected == [] and not [k for k in missing if k.startswith("backbone.")]
     state = model.state_dict()
     assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in source.items()
@@ -550,7 +550,7 @@ def test_microsoft_swin_fills_the_backbone_but_its_stage_norms(tmp_path, capsys,
     saved = torch.load(tmp_path / "o.pt", weights_only=True)
     assert saved["config"]["backbone"] == swin_mini
     model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**saved["config"]))
-    missing, unexpected = convert.load_into(model, saved["model"])
+    missing, unexpected = conversion.load_into(model, saved["model"])
     assert unexpected == []
     # the per-stage output norms are not part of an ImageNet classifier (fresh in the official code too)
     assert sorted(k for k in missing if k.startswith("backbone.")) == \
@@ -564,5 +564,5 @@ def test_wrong_relative_position_index_is_caught():
     source = microsoft_swin_layout(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window=7)["model"]
     key = "layers.0.blocks.0.attn.relative_position_index"
     source[key] = source[key].T.contiguous()  # (i, j) → (j, i): the offsets' signs flip
-    with pytest.raises(convert.ConversionError, match="relative-position index"):
-        convert.swin_to_ours(source)
+    with pytest.raises(conversion.ConversionError, match="relative-position index"):
+        conversion.swin_to_ours(source)

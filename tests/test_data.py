@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
-import augment
 import data
-import training_speed
 from data import DatasetError
+from machinery import augment, datasets
+from tooling import training_speed
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -74,7 +74,7 @@ class FixedRng:
 
 
 def test_ade20k_real_val_matches_raw_files(shared_data):
-    ds = data.build_dataset("ade20k", shared_data, split="val")  # root = the parent of ADEChallengeData2016
+    ds = datasets.build_dataset("ade20k", shared_data, split="val")  # root = the parent of ADEChallengeData2016
     base = shared_data / "ADEChallengeData2016"
     assert len(ds) == 3 and ds.num_classes == 150 and ds.class_names[0] == "wall" and ds.class_names[-1] == "flag"
     assert ds.palette.shape == (150, 3) and len(set(map(tuple, ds.palette))) == 150
@@ -104,7 +104,7 @@ def test_ade20k_real_val_matches_raw_files(shared_data):
 
 def test_ade20k_real_train_augmented(shared_data):
     torch.manual_seed(0)
-    ds = data.build_dataset("ade20k", shared_data / "ADEChallengeData2016", split="train", train=True)
+    ds = datasets.build_dataset("ade20k", shared_data / "ADEChallengeData2016", split="train", train=True)
     png = raw(shared_data / "ADEChallengeData2016/annotations/training/ADE_train_00000001.png").astype(np.int64)
     present = set(np.unique(png).tolist()) - {0}
     for _ in range(3):
@@ -119,7 +119,7 @@ def test_ade20k_real_train_augmented(shared_data):
 def test_coco_panoptic_real_matches_json_and_png(shared_data):
     root = shared_data / "coco_panoptic"
     meta = json.loads((root / "annotations" / "panoptic_val2017.json").read_text())
-    ds = data.build_dataset("coco_panoptic", root, split="val")
+    ds = datasets.build_dataset("coco_panoptic", root, split="val")
     categories = sorted(c["id"] for c in meta["categories"])
     assert ds.num_classes == 133 == len(categories) and sum(ds.is_thing) == 80
     assert ds.class_names[0] == "person" and ds.class_names[-1] == "rug-merged"
@@ -149,14 +149,14 @@ def test_coco_panoptic_real_matches_json_and_png(shared_data):
 
 
 def test_coco_panoptic_semantic_task(shared_data):
-    ds = data.build_dataset("coco_panoptic", shared_data / "coco_panoptic", split="val", task="semantic")
+    ds = datasets.build_dataset("coco_panoptic", shared_data / "coco_panoptic", split="val", task="semantic")
     item = ds[1]
     assert item["labels"].tolist() == sorted(set(item["sem_seg"].unique().tolist()) - {255})
 
 
 def test_cityscapes_real_matches_train_ids(shared_data):
     root = shared_data / "cityscapes"
-    ds = data.build_dataset("cityscapes", root, split="val")
+    ds = datasets.build_dataset("cityscapes", root, split="val")
     assert len(ds) == 1 and ds.num_classes == 19 and ds.class_names[13] == "car" and ds.is_thing[13]
     item = ds[0]
     stem = "frankfurt_000000_000294"
@@ -186,48 +186,48 @@ def test_cityscapes_real_matches_train_ids(shared_data):
                                         ("cityscapes", "leftImg8bit/train"), ("folder", "classes.txt")])
 def test_missing_root(tmp_path, name, hint):
     with pytest.raises(DatasetError, match="not found") as info:
-        data.build_dataset(name, tmp_path / "nowhere")
+        datasets.build_dataset(name, tmp_path / "nowhere")
     assert hint in str(info.value) and "nowhere" in str(info.value) and "download" in str(info.value)
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(DatasetError, match="root: dataset 'ade20k' needs root"):
-        data.build_dataset("ade20k")
+        datasets.build_dataset("ade20k")
     with pytest.raises(DatasetError, match="root: the shapes dataset"):
-        data.build_dataset("shapes", tmp_path)
+        datasets.build_dataset("shapes", tmp_path)
     with pytest.raises(DatasetError, match="dataset 'voc' unknown; expected one of ade20k"):
-        data.build_dataset("voc", tmp_path)
+        datasets.build_dataset("voc", tmp_path)
     with pytest.raises(DatasetError, match="split='test': expected 'train' or 'val'"):
-        data.build_dataset("shapes", split="test")
+        datasets.build_dataset("shapes", split="test")
     root = make_folder(tmp_path / "d")
     with pytest.raises(DatasetError, match="folder: unknown argument 'colour'; expected some of crop_size, ignore"):
-        data.build_dataset("folder", root, colour=1)
+        datasets.build_dataset("folder", root, colour=1)
     with pytest.raises(DatasetError, match="task='panoptic'.*'semantic' \\(no panoptic labels\\)"):
-        data.build_dataset("folder", root, task="panoptic")
+        datasets.build_dataset("folder", root, task="panoptic")
     with pytest.raises(DatasetError, match="shapes: unknown argument 'ignore_index'"):
-        data.build_dataset("shapes", ignore_index=0)
+        datasets.build_dataset("shapes", ignore_index=0)
     with pytest.raises(DatasetError, match="crop_size=64 and image_size=96: give one of them"):
-        data.build_dataset("shapes", crop_size=64, image_size=96)
-    assert data.build_dataset("shapes", split="val", crop_size=64)[0]["image"].shape == (3, 64, 64)
+        datasets.build_dataset("shapes", crop_size=64, image_size=96)
+    assert datasets.build_dataset("shapes", split="val", crop_size=64)[0]["image"].shape == (3, 64, 64)
 
 
 def test_missing_label(tmp_path):
     image = np.zeros((8, 8, 3), np.uint8)
     root = make_folder(tmp_path, images={"a": image, "b": image}, labels={"a": np.zeros((8, 8), np.uint8)})
     with pytest.raises(DatasetError, match=r"b\.png: no label file .*labels/train/b\.png"):
-        data.build_dataset("folder", root)
+        datasets.build_dataset("folder", root)
 
 
 def test_empty_split(tmp_path):
     root = make_folder(tmp_path, images={}, labels={})
     (root / "images/train").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"images/train: no images found"):
-        data.build_dataset("folder", root)
+        datasets.build_dataset("folder", root)
 
 
 def test_size_mismatch(tmp_path):
     image, label = np.zeros((8, 10, 3), np.uint8), np.zeros((8, 9), np.uint8)
-    ds = data.build_dataset("folder", make_folder(tmp_path, images={"a": image}, labels={"a": label}))
+    ds = datasets.build_dataset("folder", make_folder(tmp_path, images={"a": image}, labels={"a": label}))
     with pytest.raises(DatasetError, match=r"train/a\.png: label size 9x8 \(WxH\) differs from its image .*10x8"):
         ds[0]
 
@@ -237,16 +237,16 @@ def test_label_out_of_range(tmp_path):
     label[3, 4] = 7
     root = make_folder(tmp_path / "f", images={"a": np.zeros((8, 8, 3), np.uint8)}, labels={"a": label})
     with pytest.raises(DatasetError, match=r"a\.png: label value 7 is out of range \(expected 0\.\.2 .*=255"):
-        data.build_dataset("folder", root)[0]
+        datasets.build_dataset("folder", root)[0]
     ade = training_speed.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(8, 8))
     save(np.full((8, 8), 151, np.uint8), ade / "annotations/training/ADE_train_00000000.png")
     with pytest.raises(DatasetError, match=r"ADE_train_00000000\.png: label value 151 is out of range"):
-        data.build_dataset("ade20k", ade)[0]
+        datasets.build_dataset("ade20k", ade)[0]
     city = tmp_path / "city"
     save(np.zeros((8, 8, 3), np.uint8), city / "leftImg8bit/train/x/x_0_0_leftImg8bit.png")
     save(np.full((8, 8), 40, np.uint8), city / "gtFine/train/x/x_0_0_gtFine_labelIds.png")
     with pytest.raises(DatasetError, match=r"x_0_0_gtFine_labelIds\.png: label value 40 is out of range"):
-        data.build_dataset("cityscapes", city)[0]
+        datasets.build_dataset("cityscapes", city)[0]
 
 
 def test_unreadable_and_truncated_files(tmp_path):
@@ -255,7 +255,7 @@ def test_unreadable_and_truncated_files(tmp_path):
     (root / "images/train/a.png").unlink()
     save(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8), jpeg, quality=95)
     jpeg.write_bytes(jpeg.read_bytes()[:300])  # truncated
-    ds = data.build_dataset("folder", root)
+    ds = datasets.build_dataset("folder", root)
     with pytest.raises(DatasetError, match=r"a\.jpg: cannot read the file \(OSError: .*[Tt]runcated"):
         ds[0]
     (root / "labels/train/a.png").write_bytes(b"not a png")
@@ -271,10 +271,10 @@ def test_folder_class_file_errors(tmp_path):
     root = make_folder(tmp_path)
     (root / "classes.txt").write_text("\n\n")
     with pytest.raises(DatasetError, match=r"classes\.txt: no class names \(expected one name per line\)"):
-        data.build_dataset("folder", root)
+        datasets.build_dataset("folder", root)
     (root / "classes.txt").write_text("".join(f"c{k}\n" for k in range(300)))
     with pytest.raises(DatasetError, match=r"classes\.txt: 300 classes; at most 254"):
-        data.build_dataset("folder", root)
+        datasets.build_dataset("folder", root)
 
 
 def test_coco_segment_missing_from_json(tmp_path):
@@ -289,12 +289,12 @@ def test_coco_segment_missing_from_json(tmp_path):
             "annotations": [{"image_id": 1, "file_name": "1.png",
                              "segments_info": [{"id": 5, "category_id": 3, "iscrowd": 0, "area": 18}]}]}
     (root / "annotations/panoptic_val2017.json").write_text(json.dumps(meta))
-    ds = data.build_dataset("coco_panoptic", root, split="val")
+    ds = datasets.build_dataset("coco_panoptic", root, split="val")
     with pytest.raises(DatasetError, match=r"1\.png: segment id 256 is in the PNG but not in its segments_info"):
         ds[0]
     (root / "annotations/panoptic_val2017.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"panoptic_val2017\.json: not a COCO panoptic JSON"):
-        data.build_dataset("coco_panoptic", root, split="val")
+        datasets.build_dataset("coco_panoptic", root, split="val")
 
 
 def test_image_modes_become_rgb(tmp_path):
@@ -319,7 +319,7 @@ def test_folder_ignore_index_and_palette_labels(tmp_path):
     root = make_folder(tmp_path, images={"a": np.zeros((1, 4, 3), np.uint8)}, labels={})
     (root / "labels/train").mkdir(parents=True)
     palette_label.save(root / "labels/train/a.png")
-    ds = data.build_dataset("folder", root, split="train", ignore_index=9)
+    ds = datasets.build_dataset("folder", root, split="train", ignore_index=9)
     assert ds.ignore_index == 255 and ds.class_names == ["class0", "class1", "class2"]
     assert ds[0]["orig_sem_seg"].tolist() == [[0, 1, 2, 255]]
 
@@ -370,7 +370,7 @@ def marker_fixture(tmp_path: Path, size=(120, 180)) -> Path:
 
 def test_marker_stays_aligned_through_resize_crop_flip(tmp_path):
     root = marker_fixture(tmp_path)
-    ds = data.build_dataset("ade20k", root, split="train", train=True)
+    ds = datasets.build_dataset("ade20k", root, split="train", train=True)
     ds.recipe = replace(augment.recipe_for("ade20k", 96), color_jitter=False)  # short edge 48..192 (x0.4..1.6), crop 96
     ds.augmentations = augment.build_augmentations(ds.recipe, train=True)
     checked = flipped = 0
@@ -395,7 +395,7 @@ def test_marker_stays_aligned_through_resize_crop_flip(tmp_path):
 
 def test_padding_to_crop_is_ignore(tmp_path):
     root = marker_fixture(tmp_path)
-    ds = data.build_dataset("ade20k", root, split="train", train=True)
+    ds = datasets.build_dataset("ade20k", root, split="train", train=True)
     small = replace(augment.recipe_for("ade20k", 128), train_sizes=(40,))  # resized to 40x60, crop 128: pad
     ds.recipe, ds.augmentations = small, augment.build_augmentations(small, train=True)
     item = ds[0]
@@ -411,7 +411,7 @@ def test_padding_to_crop_is_ignore(tmp_path):
 
 def test_augmentation_determinism(tmp_path):
     root = training_speed.write_ade_like_fixture(tmp_path, num_images=1, size=(64, 80))
-    ds = data.build_dataset("ade20k", root, split="train", train=True, crop_size=48)
+    ds = datasets.build_dataset("ade20k", root, split="train", train=True, crop_size=48)
     torch.manual_seed(3)
     first = [ds[0] for _ in range(4)]
     torch.manual_seed(3)
@@ -518,7 +518,7 @@ def test_panoptic_to_targets():
 
 
 def test_shapes_semantic_and_panoptic_agree():
-    ds = data.build_dataset("shapes", split="val", task="panoptic")
+    ds = datasets.build_dataset("shapes", split="val", task="panoptic")
     assert ds.num_classes == 7 and ds.class_names[0] == "background" and ds.is_thing == [False] + [True] * 6
     seen_classes, repeated = set(), 0
     for i in range(20):
@@ -546,15 +546,15 @@ def test_shapes_semantic_and_panoptic_agree():
 
 
 def test_shapes_determinism():
-    a = data.build_dataset("shapes", split="train")
-    b = data.build_dataset("shapes", split="train", num_images=50)
+    a = datasets.build_dataset("shapes", split="train")
+    b = datasets.build_dataset("shapes", split="train", num_images=50)
     order = [b[i] for i in (7, 3)]
     assert torch.equal(a[3]["image"], order[1]["image"]) and torch.equal(a[7]["sem_seg"], order[0]["sem_seg"])
-    val = data.build_dataset("shapes", split="val")
-    other_seed = data.build_dataset("shapes", split="train", seed=1)
+    val = datasets.build_dataset("shapes", split="val")
+    other_seed = datasets.build_dataset("shapes", split="train", seed=1)
     assert not torch.equal(a[3]["image"], val[3]["image"]) and not torch.equal(a[3]["image"], other_seed[3]["image"])
     assert len(a) == 10000 and len(val) == 100 and len(b) == 50
-    small = data.build_dataset("shapes", split="val", image_size=64)
+    small = datasets.build_dataset("shapes", split="val", image_size=64)
     assert small[0]["image"].shape == (3, 64, 64)
     with pytest.raises(IndexError):
         val[100]
@@ -562,7 +562,7 @@ def test_shapes_determinism():
 
 def test_shapes_class_is_the_outline_not_the_colour():
     # across many instances, the mean colour of a class is near the middle of the RGB cube
-    ds = data.build_dataset("shapes", split="train")
+    ds = datasets.build_dataset("shapes", split="train")
     colour_sum, count = np.zeros((7, 3)), np.zeros(7)
     for i in range(30):
         scene = ds.scene(i)
@@ -607,13 +607,13 @@ def test_dataloader_two_workers_and_distributed_sampler(tmp_path):
         for kind, ext in (("images", "jpg"), ("annotations", "png")):
             src = root / kind / split / f"ADE_train_00000000.{ext}"
             (root / kind / split / f"ADE_train_00000001.{ext}").write_bytes(src.read_bytes())
-    ds = data.build_dataset("ade20k", root, split="train", train=True, crop_size=48)
+    ds = datasets.build_dataset("ade20k", root, split="train", train=True, crop_size=48)
     torch.manual_seed(0)
     loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=data.collate)
     batches = list(loader)
     assert len(batches) == 2 and all(b["images"].shape == (1, 3, 64, 64) for b in batches)
     assert not torch.equal(batches[0]["images"], batches[1]["images"])  # workers 0 and 1 differ
-    shapes = data.build_dataset("shapes", split="val", num_images=6)
+    shapes = datasets.build_dataset("shapes", split="val", num_images=6)
     sampler = DistributedSampler(shapes, num_replicas=2, rank=1, shuffle=False)
     loader = DataLoader(shapes, batch_size=2, sampler=sampler, num_workers=2, collate_fn=data.collate)
     ids = [t["image_id"] for batch in loader for t in batch["targets"]]

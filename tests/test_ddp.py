@@ -239,7 +239,7 @@ def test_sum_over_processes_leaves_the_callers_tensor_alone(monkeypatch):
     # a faked 2-process all-reduce (the other process holds 10): the sum comes back, the input is unchanged
     import torch.distributed as dist
 
-    import distributed
+    from machinery import distributed
 
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
@@ -302,7 +302,7 @@ def test_a_killed_or_hung_process_stops_the_other_with_one_line(tmp_path, how):
 
 
 def test_benchmark_ddp_flag_wants_two_processes_or_more(capsys):
-    import benchmark
+    from tooling import benchmark
 
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--ddp", "1", "--device", "cpu"])

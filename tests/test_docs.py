@@ -136,7 +136,7 @@ RESULTS = REPO / "results"
 
 
 def findings_rows() -> dict[str, str]:
-    """study name (from `python experiments.py STUDY`) -> the README row that reports it."""
+    """study name (from `python -m tooling.experiments STUDY`) -> the README row that reports it."""
     text = (REPO / "README.md").read_text()
     start = text.index("**The paper's findings at classroom scale**")
     rows = {}

@@ -10,13 +10,14 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import evaluate
+import evaluation
 import infer
+import inference
 import maskformer
 import train
-import training_speed
-import weight_files
-from checkpoint import read_checkpoint, save_checkpoint
+from machinery import datasets
+from machinery.checkpoint import read_checkpoint, save_checkpoint
+from tooling import training_speed
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +73,30 @@ def test_size_flag_changes_the_evaluation_and_is_recorded(tiny_run, capsys, tmp_
     # 120 x 160 photos: at 96 the long edge is 128, at 200 it is capped by 384 -> 200 x 267: another input
     assert results["mIoU"] != logged["mIoU"]
     # and directly through the shared functions: the dataset items are at the size asked for
-    dataset = evaluate.evaluation_dataset("ade20k", root, "semantic", (200, 384))
+    dataset = evaluation.evaluation_dataset("ade20k", root, "semantic", (200, 384))
     assert tuple(dataset[0]["image"].shape[-2:]) == (200, 267)
 
 
 def test_resolution_order_by_hand():
     r50, swin_b = maskformer.CONFIGS["r50"], maskformer.CONFIGS["swin_b"]
     coco = maskformer.MaskFormerConfig(**{**asdict(r50), "num_classes": 133})
-    resolve = evaluate.resolve_test_resize
+    def resolve(data_name, config, checkpoint, **sizes):
+        return datasets.test_resize(data_name, config=asdict(config), checkpoint=checkpoint, **sizes)
+
     assert resolve("ade20k", r50, None) == (512, 2048, "the ade20k recipe")
     assert resolve("ade20k", swin_b, None)[:2] == (640, 2560)  # Swin-B/L train and test at 640
     assert resolve("cityscapes", r50, None)[:2] == (1024, 2048)
     assert resolve(None, coco, None)[:2] == (800, 1333)  # a published COCO model, no --data
     assert resolve(None, r50, {"recipe": {"test_size": 300, "test_max_size": 900}}, max_size=700) == \
         (300, 700, "--size / --max-size")
-    assert resolve("ade20k", r50, {"recipe": {"crop_size": 640}, "args": {"data": "cityscapes"}})[:2] == (1280, 2560)
-    assert weight_files.official_test_resize(asdict(coco)) == {"test_size": 800, "test_max_size": 1333}
-    assert weight_files.official_test_resize({**asdict(swin_b), "num_classes": 150}) == \
+    assert resolve(None, r50, None) == (512, 2048, "the model's official test size")  # ADE20K-150, R50
+    seven = maskformer.MaskFormerConfig(**{**asdict(r50), "num_classes": 7})
+    assert resolve(None, seven, None) == (512, 2048, "the default")  # no published model has 7 classes
+    assert resolve("shapes", r50, None) == (128, 512, "the shapes recipe")
+    assert datasets.published_recipe(asdict(coco)) == {"test_size": 800, "test_max_size": 1333}
+    assert datasets.published_recipe({**asdict(swin_b), "num_classes": 150}) == \
         {"test_size": 640, "test_max_size": 2560}
+    assert datasets.published_recipe({**asdict(r50), "num_classes": 7}) is None
 
 
 def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, capsys):
@@ -99,7 +106,7 @@ def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, cap
     model = maskformer.build_model("swin_b", num_classes=150)
     config = asdict(model.config)
     save_checkpoint(tmp_path / "swin_b.pt", {"model": model.state_dict(), "config": config,
-                                             "recipe": weight_files.official_test_resize(config)})
+                                             "recipe": datasets.published_recipe(config)})
     del model
     results, printed, report = run_eval(capsys, root, tmp_path / "swin_b.pt", tmp_path / "out", "--max-batches", "1")
     assert printed.splitlines()[0] == "test resize: short edge 640, long edge <= 2560 (from the checkpoint's recipe)"
@@ -110,7 +117,7 @@ def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
     """A tiny panoptic run on the COCO panoptic samples (its 2 validation images serve as training set
     too): `infer.py --eval --task panoptic` prints the PQ the run logged, at COCO's 800 / 1333. Then,
     with a class head made confident (so that segments are predicted and counted), `--eval` and the
-    run's own validation (train.py's builders, evaluate.validate) count the same TP / FP / FN."""
+    run's own validation (train.py's builders, evaluation.validate) count the same TP / FP / FN."""
     coco = shared_data / "coco_panoptic"
     if not (coco / "annotations" / "panoptic_val2017.json").is_file():
         pytest.skip(f"the COCO panoptic samples are not in {coco}")
@@ -146,7 +153,7 @@ def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
     model, _ = train.build_model_and_criterion(args, recipe, 133)
     model.load_state_dict(checkpoint["model"])
     val_set = train.build_datasets(args, recipe)[1]
-    expected = evaluate.validate(model, evaluate.build_val_loader(val_set, args), "panoptic", torch.device("cpu"), None,
+    expected = evaluation.validate(model, evaluation.build_val_loader(val_set, args), "panoptic", torch.device("cpu"), None,
                               "coco_panoptic")
     assert sum(c["FP"] + c["TP"] for c in expected["per_class"]) > 0  # segments were predicted
     assert [(c["TP"], c["FP"], c["FN"]) for c in results["per_class"]] == \
@@ -177,7 +184,7 @@ class StrideFourModel(torch.nn.Module):
 @pytest.mark.parametrize("head", ["mask_classification", "per_pixel"])
 def test_tta_semantic_map_in_bands_equals_the_whole_argmax(head):
     """The multi-scale map a band of rows at a time (one row, five rows, the whole image at once) against
-    infer.tta_class_scores(...).argmax(0), which holds every score at the original size; on an image of
+    inference.tta_class_scores(...).argmax(0), which holds every score at the original size; on an image of
     smooth colour blobs, so that the labels vary over it."""
 
     model = StrideFourModel(head)
@@ -185,8 +192,8 @@ def test_tta_semantic_map_in_bands_equals_the_whole_argmax(head):
     smooth = torch.nn.functional.interpolate(noise, size=(70, 93), mode="bicubic", align_corners=False)[0]
     image = (smooth.permute(1, 2, 0) * 60 + 128).clamp(0, 255).to(torch.uint8).numpy()  # (70, 93, 3)
     scales = (0.5, 1.0, 1.5)
-    expected = infer.tta_class_scores(model, image, 64, 448, scales=scales).argmax(0)  # (70, 93)
+    expected = inference.tta_class_scores(model, image, 64, 448, scales=scales).argmax(0)  # (70, 93)
     assert len(expected.unique()) >= 3
     for max_values in (1, 5 * 93 * 5, 2**26):  # rows per band: 1, 5, all 70
-        labels = evaluate.tta_semantic_map(model, image, 64, 448, scales=scales, max_values=max_values)
+        labels = inference.tta_semantic_map(model, image, 64, 448, scales=scales, max_values=max_values)
         assert torch.equal(labels, expected), max_values

@@ -36,6 +36,7 @@ import solutions  # noqa: E402
 
 import backbones  # noqa: E402
 import infer  # noqa: E402
+import inference  # noqa: E402
 import losses  # noqa: E402
 import maskformer  # noqa: E402
 import matcher  # noqa: E402
@@ -208,7 +209,7 @@ def semantic_without_sigmoid(x, m):
 
 
 def semantic_through_the_checker(x, m):
-    return check.infer.semantic_inference(x, m)
+    return check.inference.semantic_inference(x, m)
 
 
 def pq_non_strict(*args):
@@ -377,7 +378,7 @@ WRONG = {
     "semantic_inference": [(semantic_with_no_object, "no_object_kept"),
                            (semantic_softmax_after_dropping, "no_object_dropped_before_softmax"),
                            (semantic_without_sigmoid, "sigmoid_missing"),
-                           (infer.semantic_inference, "uses_project_code"),
+                           (inference.semantic_inference, "uses_project_code"),
                            (semantic_through_the_checker, "uses_project_code")],
     "panoptic_quality": [(pq_non_strict, "iou_not_strict"), (pq_without_halves, "halves_missing"),
                          (pq_pooled, "pooled_over_classes"), (pq_any_category, "any_category"),
@@ -397,7 +398,7 @@ WRONG = {
     "panoptic_inference": [(functools.partial(student_panoptic, rank_by_score=False), "rank_by_mask_only"),
                            (functools.partial(student_panoptic, overlap=False), "overlap_filter_missing"),
                            (functools.partial(student_panoptic, merge_stuff=False), "stuff_not_merged"),
-                           (infer.panoptic_inference, "uses_project_code")],
+                           (inference.panoptic_inference, "uses_project_code")],
 }
 
 
@@ -494,36 +495,36 @@ def test_equivalent_answers_are_accepted():
 
 
 def test_the_guard_finds_every_way_of_using_the_project():
-    from infer import semantic_inference as project_semantic
+    from inference import semantic_inference as project_semantic
 
     def helper(x, m):
-        return infer.semantic_inference(x, m)
+        return inference.semantic_inference(x, m)
 
     def calls_a_helper(x, m):
         return helper(x, m)
 
     def imports_inside(x, m):
-        from infer import semantic_inference
+        from inference import semantic_inference
 
         return semantic_inference(x, m)
 
     def imports_by_name(x, m):
-        return importlib.import_module("infer").semantic_inference(x, m)
+        return importlib.import_module("inference").semantic_inference(x, m)
 
-    def default_argument(x, m, implementation=infer.semantic_inference):
+    def default_argument(x, m, implementation=inference.semantic_inference):
         return implementation(x, m)
 
     def closure():
-        project = infer
+        project = inference
 
         return lambda x, m: project.semantic_inference(x, m)
 
-    ways = {infer.semantic_inference: "infer.semantic_inference",
-            lambda x, m: infer.semantic_inference(x, m): "infer.semantic_inference",
-            lambda x, m: project_semantic(x, m): "infer.semantic_inference",
-            calls_a_helper: "infer.semantic_inference", imports_inside: "import infer",
-            imports_by_name: "the module 'infer'", default_argument: "infer.semantic_inference",
-            closure(): "infer", semantic_through_the_checker: "infer",
+    ways = {inference.semantic_inference: "inference.semantic_inference",
+            lambda x, m: inference.semantic_inference(x, m): "inference.semantic_inference",
+            lambda x, m: project_semantic(x, m): "inference.semantic_inference",
+            calls_a_helper: "inference.semantic_inference", imports_inside: "import inference",
+            imports_by_name: "the module 'inference'", default_argument: "inference.semantic_inference",
+            closure(): "inference", semantic_through_the_checker: "inference",
             lambda e, p: check._masks_reference(e, p): "maskformer.MaskFormer"}
     for fn, used in ways.items():
         assert check.project_code_used(fn) == used
@@ -584,8 +585,8 @@ def test_loss_and_panoptic_generators_agree_with_the_project():
     dropped_by_overlap = merged_stuff = 0
     for seed in range(80, 87):
         scene = check._panoptic_scene(seed)
-        assert check.panoptic_problem(check._panoptic_variant(*scene), infer.panoptic_inference(*scene)) is None
-        segments = len(infer.panoptic_inference(*scene)[1])
+        assert check.panoptic_problem(check._panoptic_variant(*scene), inference.panoptic_inference(*scene)) is None
+        segments = len(inference.panoptic_inference(*scene)[1])
         dropped_by_overlap += len(check._panoptic_variant(*scene, overlap=False)[1]) > segments
         merged_stuff += len(check._panoptic_variant(*scene, merge_stuff=False)[1]) > segments
     assert dropped_by_overlap > 0 and merged_stuff > 0

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import data
-import experiments
 import maskformer
 import matcher
-import shapes
+from machinery import datasets, shapes
+from tooling import experiments
 
 
 # ---- the box cost: hand-computed GIoU, boxes from masks, brute-force assignment ----------------
@@ -120,7 +120,7 @@ def test_cross_attention_maps_leave_the_outputs_unchanged_and_the_model_as_it_wa
 
 # ---- shapes options ------------------------------------------------------------------------------
 def test_many_class_and_stuff_shapes_have_consistent_labels():
-    dataset = data.build_dataset("shapes", split="val", task="panoptic", image_size=64, num_images=4,
+    dataset = datasets.build_dataset("shapes", split="val", task="panoptic", image_size=64, num_images=4,
                                  colours=3, stuff=4)
     assert dataset.num_classes == 4 + 6 * 3 == len(dataset.class_names)
     assert dataset.is_thing == [False] * 4 + [True] * 18
@@ -141,7 +141,7 @@ def test_many_class_and_stuff_shapes_have_consistent_labels():
 
 def test_shapes_options_are_checked():
     with pytest.raises(data.DatasetError, match="colours=17"):
-        data.build_dataset("shapes", colours=17)
+        datasets.build_dataset("shapes", colours=17)
     assert shapes.num_shapes_classes(16, 0) == 97 and shapes.num_shapes_classes(0, 0) == 7
 
 

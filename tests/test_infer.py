@@ -17,14 +17,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import augment
 import data
-import datasets
-import drawing
-import evaluate
+import evaluation
 import infer
+import inference
 import maskformer
-from infer import general_inference, instance_inference, panoptic_inference, semantic_inference
+from inference import general_inference, instance_inference, panoptic_inference, semantic_inference
+from machinery import augment, dataset_files, datasets, drawing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,10 +230,10 @@ def test_resize_to_original_crops_the_padding():
     # image 10x14 inside a 16x32 padded input; the padding holds huge values that must not leak
     x = torch.full((2, 16, 32), 1e6)
     x[:, :10, :14] = torch.rand(2, 10, 14)
-    out = infer.resize_to_original(x, (16, 32), (10, 14), (25, 35))
+    out = inference.resize_to_original(x, (16, 32), (10, 14), (25, 35))
     assert out.shape == (2, 25, 35) and out.max() <= 1.0
     # stride-4 input: upsampled to the padded size first (a constant map stays constant)
-    out = infer.resize_to_original(torch.full((3, 4, 8), 7.0), (16, 32), (10, 14), (20, 28))
+    out = inference.resize_to_original(torch.full((3, 4, 8), 7.0), (16, 32), (10, 14), (20, 28))
     assert out.shape == (3, 20, 28) and torch.allclose(out, torch.tensor(7.0))
 
 
@@ -293,27 +292,27 @@ def test_evaluate_is_exact_on_a_model_with_a_known_answer(head):
     dataset = ItemList(column_items([(50, 72), (40, 56), (33, 40)]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=data.collate)
     model = ColumnModel(head).train()
-    result = evaluate.evaluate(model, loader, "semantic", progress=False)
+    result = evaluation.evaluate(model, loader, "semantic", progress=False)
     assert result["mIoU"] == 1.0 and result["pixel_acc"] == 1.0 and result["num_images"] == 3
     assert model.training  # the mode is restored
     if head == "mask_classification":
-        pq = evaluate.evaluate(model, loader, "panoptic", progress=False)
+        pq = evaluation.evaluate(model, loader, "panoptic", progress=False)
         assert (pq["PQ"], pq["SQ"], pq["RQ"], pq["n"]) == (1.0, 1.0, 1.0, 2)
     # multi-scale + flip: most versions are exact; a forgotten flip-back would average to noise
-    tta = evaluate.evaluate(model, loader, "semantic", tta=True, progress=False)
+    tta = evaluation.evaluate(model, loader, "semantic", tta=True, progress=False)
     assert tta["mIoU"] > 0.97
 
 
 def test_evaluate_real_tiny_models_on_shapes():
     torch.manual_seed(0)
-    dataset = data.build_dataset("shapes", split="val", image_size=64, num_images=2)
+    dataset = datasets.build_dataset("shapes", split="val", image_size=64, num_images=2)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=data.collate)
     for head in ("mask_classification", "per_pixel", "per_pixel_plus"):
         model = maskformer.build_model("tiny", num_classes=dataset.num_classes, head=head)
-        result = evaluate.evaluate(model, loader, "semantic", max_batches=1, progress=False)
+        result = evaluation.evaluate(model, loader, "semantic", max_batches=1, progress=False)
         assert 0.0 <= result["mIoU"] <= 1.0 and len(result["per_class_iou"]) == dataset.num_classes
     with pytest.raises(ValueError, match="mask-classification"):
-        evaluate.evaluate(model, loader, "panoptic", is_thing=dataset.is_thing, progress=False)
+        evaluation.evaluate(model, loader, "panoptic", is_thing=dataset.is_thing, progress=False)
 
 
 # ---------------------------------------------------------------- drawing
@@ -370,8 +369,8 @@ def test_cli_panoptic_and_saved_checkpoint(shared_data, tmp_path):
     # the checkpoint's weights were really used: the same model in-process predicts the same map
     image = data.read_image(photo)
     resized, _ = augment.resize(image, {}, augment.shortest_edge_size(*image.shape[:2], 128, 2048))
-    dataset = data.build_dataset("coco_panoptic", coco, split="val")
-    expected, _ = infer.predict_panoptic(model, data.normalize(resized)[None], dataset.is_thing,
+    dataset = datasets.build_dataset("coco_panoptic", coco, split="val")
+    expected, _ = inference.predict_panoptic(model, data.normalize(resized)[None], dataset.is_thing,
                                          orig_sizes=[image.shape[:2]], object_mask_threshold=0.0,
                                          overlap_threshold=0.0)[0]
     assert np.array_equal(ids, expected.numpy())
@@ -441,6 +440,6 @@ def test_cli_eval_on_real_ade20k_samples(shared_data, tmp_path, capsys):
     assert results["num_images"] == 2 and f"mIoU {100 * results['mIoU']:.2f}" in printed
     saved = json.loads((tmp_path / "eval_semantic.json").read_text())
     assert saved["mIoU"] == pytest.approx(results["mIoU"])
-    assert [row["class"] for row in saved["per_class"]] == list(datasets.ADE20K_CLASSES)
+    assert [row["class"] for row in saved["per_class"]] == dataset_files.official_classes("ade20k")[0]
     csv_lines = (tmp_path / "eval_semantic_per_class.csv").read_text().splitlines()
     assert csv_lines[0] == "class,IoU,Acc" and len(csv_lines) == 151

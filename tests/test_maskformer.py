@@ -21,9 +21,9 @@ from maskformer import (
     HEADS,
     MultiHeadAttention,
     build_model,
-    count_flops,
     sine_position_encoding,
 )
+from tooling import flops
 
 K = 5  # classes in the small-model tests
 
@@ -418,14 +418,14 @@ def test_parameter_count_with_pixel_decoder_encoder_is_closed_form():
 
 def test_count_flops_hand_worked_conv():
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
-    assert count_flops(conv, (5, 7)) * 1e9 == 5 * 7 * 8 * (3 * 3 * 3)  # one MAC per output·input·tap
+    assert flops.count_flops(conv, (5, 7)) * 1e9 == 5 * 7 * 8 * (3 * 3 * 3)  # one MAC per output·input·tap
 
 
 def test_count_flops_same_on_cpu_and_meta():
     """The meta device decomposes attention into matmuls; on CPU our custom formula counts it."""
-    cpu = count_flops(tiny().eval(), 128)
+    cpu = flops.count_flops(tiny().eval(), 128)
     with torch.device("meta"):
-        meta = count_flops(tiny(), 128)
+        meta = flops.count_flops(tiny(), 128)
     assert cpu == pytest.approx(meta, rel=1e-9)
     without_attention = tiny().eval()
     counter = FlopCounterMode(display=False)
@@ -444,7 +444,7 @@ def test_flops_match_paper(name):
     crop, paper = PAPER_FLOPS_G[name]
     with torch.device("meta"):
         model = build_model(name)
-    assert count_flops(model, crop) == pytest.approx(paper, rel=0.10)
+    assert flops.count_flops(model, crop) == pytest.approx(paper, rel=0.10)
 
 
 @pytest.mark.slow

@@ -13,6 +13,10 @@ Definitional differences from torchmetrics, stated where each comparison is made
   (panopticapi counts it); (3) it has no crowd regions; (4) it merges all segments of a stuff
   category into one. On maps with no predicted void, no crowd and one segment per stuff category
   per image the two agree exactly; `test_pq_differs_from_torchmetrics_on_predicted_void` shows (1).
+- PQ^St (`SemanticMetrics`) is checked against a naive re-implementation of the official MaskFormer
+  script, and against `PanopticQuality` with every class stuff: (4) is then PQ^St's own rule, (3)
+  does not arise, and (1), (2) need predicted void, i.e. predictions outside 0..K-1, which the
+  comparison leaves out (torchmetrics would call them void; PQ^St calls them no segment).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-import data
+from machinery import datasets
 from metrics import PanopticMetrics, SemanticMetrics
 
 # ---------------------------------------------------------------- semantic: hand-worked cases
@@ -142,6 +147,226 @@ def test_miou_matches_torchmetrics_meaniou_image_by_image():
         assert ours.compute()["mIoU"] == pytest.approx(reference.compute().item(), abs=1e-6)
 
 
+# ---------------------------------------------------------------- semantic: PQ^St
+
+
+def pq_st_reference(pairs, K: int, ignore: int = 255) -> dict:
+    """The official `evaluate_pq_for_semantic_segmentation.py`, written naively from its definition:
+    `pairs` is a list of (pred, target) numpy (H,W) label maps, one per image."""
+    iou_sum, tp, fp, fn = [0.0] * K, [0] * K, [0] * K, [0] * K
+    excused = 0  # unmatched predicted segments more than half on void
+    for pred, target in pairs:
+        void = target == ignore
+        # one segment per class present: ground truth from the non-void pixels, prediction from all
+        # pixels, labels outside 0..K-1 being no segment
+        gt_segments = {int(c): target == c for c in np.unique(target) if c != ignore}
+        pred_segments = {int(c): pred == c for c in np.unique(pred) if 0 <= c < K}
+        gt_matched, pred_matched = set(), set()
+        for g, gt_mask in gt_segments.items():
+            for p, pred_mask in pred_segments.items():
+                if g != p:
+                    continue
+                intersection = int((gt_mask & pred_mask).sum())
+                union = int(pred_mask.sum() + gt_mask.sum()) - intersection - int((pred_mask & void).sum())
+                if intersection / union > 0.5:
+                    tp[g] += 1
+                    iou_sum[g] += intersection / union
+                    gt_matched.add(g)
+                    pred_matched.add(p)
+        for g in gt_segments:
+            if g not in gt_matched:
+                fn[g] += 1
+        for p, pred_mask in pred_segments.items():
+            if p in pred_matched:
+                continue
+            if (pred_mask & void).sum() / pred_mask.sum() > 0.5:
+                excused += 1
+            else:
+                fp[p] += 1
+    per_class = []  # (PQ, SQ, RQ) per class, None where TP + FP + FN = 0
+    for c in range(K):
+        if tp[c] + fp[c] + fn[c] == 0:
+            per_class.append(None)
+            continue
+        weighted = tp[c] + 0.5 * fp[c] + 0.5 * fn[c]
+        per_class.append((iou_sum[c] / weighted, iou_sum[c] / tp[c] if tp[c] else 0.0, tp[c] / weighted))
+    counted = [v for v in per_class if v is not None]
+    means = [sum(v[i] for v in counted) / len(counted) if counted else math.nan for i in range(3)]
+    return {"PQ_St": means[0], "SQ_St": means[1], "RQ_St": means[2], "TP": tp, "FP": fp, "FN": fn,
+            "excused": excused, "per_class_pq": [math.nan if v is None else v[0] for v in per_class]}
+
+
+def assert_pq_st_equal(metric: SemanticMetrics, pairs) -> dict:
+    """`metric`'s PQ^St, counts included, against `pq_st_reference` on the same images."""
+    expected, r = pq_st_reference(pairs, metric.num_classes, metric.ignore_index), metric.compute()
+    assert (metric.tp.tolist(), metric.fp.tolist(), metric.fn.tolist()) == (expected["TP"], expected["FP"],
+                                                                          expected["FN"])
+    for key in ("PQ_St", "SQ_St", "RQ_St"):
+        assert r[key] == pytest.approx(expected[key], abs=1e-12, nan_ok=True)
+    assert r["per_class_pq"] == pytest.approx(expected["per_class_pq"], abs=1e-12, nan_ok=True)
+    return r
+
+
+def random_semantic_batch(g: torch.Generator, B: int, K: int, H: int = 16, W: int = 20):
+    """(pred, target) (B,H,W): blocky ground truth with ignore pixels, a prediction that keeps each
+    block with some chance, so segments match, miss and overlap around IoU 0.5."""
+    coarse = torch.randint(0, K, (B, 4, 5), generator=g)
+    target = coarse.repeat_interleave(H // 4, 1).repeat_interleave(W // 5, 2)
+    keep = torch.rand(B, 4, 5, generator=g) < 0.6
+    pred_coarse = torch.where(keep, coarse, torch.randint(0, K, (B, 4, 5), generator=g))
+    pred = pred_coarse.repeat_interleave(H // 4, 1).repeat_interleave(W // 5, 2)
+    noise = torch.rand(B, H, W, generator=g) < 0.15
+    pred = torch.where(noise, torch.randint(0, K, (B, H, W), generator=g), pred)
+    # ignore: whole blocks (predictions there are excused when mostly on them) and single pixels
+    ignored = (torch.rand(B, 4, 5, generator=g) < 0.15).repeat_interleave(H // 4, 1).repeat_interleave(W // 5, 2)
+    target = torch.where(ignored | (torch.rand(B, H, W, generator=g) < 0.05), 255, target)
+    return pred, target
+
+
+def test_pq_st_matches_the_official_algorithm_on_random_maps():
+    K = 6
+    g = torch.Generator().manual_seed(4)
+    metric, pairs = SemanticMetrics(K), []
+    for batch in range(5):
+        pred, target = random_semantic_batch(g, B=3, K=K)
+        if batch == 2:  # (H,W) inputs: one image each
+            for b in range(3):
+                metric.update(pred[b], target[b])
+        else:
+            metric.update(pred, target)
+        pairs += [(p.numpy(), t.numpy()) for p, t in zip(pred, target)]
+    r = assert_pq_st_equal(metric, pairs)
+    assert metric.tp.sum() >= 10 and metric.fp.sum() >= 10 and metric.fn.sum() >= 10  # all three occur,
+    assert pq_st_reference(pairs, K)["excused"] >= 2  # and predictions excused by the void rule
+    assert 0 < r["PQ_St"] < r["SQ_St"] <= 1 and 0 < r["RQ_St"] < 1
+    # the same images, one at a time: the same numbers
+    one_by_one = SemanticMetrics(K)
+    for p, t in pairs:
+        one_by_one.update(torch.from_numpy(p), torch.from_numpy(t))
+    assert torch.equal(one_by_one.tp, metric.tp) and torch.equal(one_by_one.confusion, metric.confusion)
+    assert one_by_one.compute()["PQ_St"] == pytest.approx(r["PQ_St"], abs=1e-12)
+
+
+def test_pq_st_class_only_predicted_or_only_in_ground_truth():
+    target = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 0, 2, 2]])
+    m = SemanticMetrics(4)
+    m.update(pred, target)
+    r = assert_pq_st_equal(m, [(pred.numpy(), target.numpy())])
+    # class 0: TP, IoU 1 -> PQ 1; class 1: only in ground truth, FN -> 0; class 2: only predicted,
+    # FP -> 0; class 3 occurs nowhere -> nan, out of the mean
+    assert (m.tp.tolist(), m.fp.tolist(), m.fn.tolist()) == ([1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0])
+    assert r["per_class_pq"][:3] == [1.0, 0.0, 0.0] and math.isnan(r["per_class_pq"][3])
+    assert (r["PQ_St"], r["SQ_St"], r["RQ_St"]) == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+
+
+def test_pq_st_hand_worked_iou_just_above_and_just_below_half():
+    # one image of 1 × 200 pixels, K = 3:
+    #   class 0: ground truth 0..99, predicted 0..50: intersection 51, union 100 -> IoU 0.51 > 0.5: TP
+    #   class 1: ground truth 100..199, predicted 100..148: 49 / 100 = 0.49: no match, one FP and one FN
+    #   class 2: predicted 51..99 and 149..199 (100 pixels), absent from the ground truth: one FP
+    # PQ_0 = 0.51 / 1 = 0.51, PQ_1 = 0 / (0 + ½ + ½) = 0, PQ_2 = 0 / ½ = 0 -> PQ^St = 0.51 / 3 = 0.17
+    # SQ: 0.51, 0 (no TP), 0 -> 0.17;  RQ: 1, 0, 0 -> 1/3
+    target = torch.tensor([0] * 100 + [1] * 100)[None]
+    pred = torch.tensor([0] * 51 + [2] * 49 + [1] * 49 + [2] * 51)[None]
+    m = SemanticMetrics(3)
+    m.update(pred, target)
+    r = assert_pq_st_equal(m, [(pred.numpy(), target.numpy())])
+    assert (m.tp.tolist(), m.fp.tolist(), m.fn.tolist()) == ([1, 0, 0], [0, 1, 1], [0, 1, 0])
+    assert r["PQ_St"] == pytest.approx(0.17)
+    assert r["SQ_St"] == pytest.approx(0.17)
+    assert r["RQ_St"] == pytest.approx(1 / 3)
+    assert r["per_class_pq"] == pytest.approx([0.51, 0.0, 0.0])
+    assert r["mIoU"] == pytest.approx((0.51 + 0.49 + 0.0) / 3)  # mIoU counts class 2 too (IoU 0)
+
+
+def test_pq_st_void_pixels():
+    X = 255  # ignore
+    target = torch.tensor([[0, 0, 0, X, X, X, X, 1, 1, 1, 1, 1]])
+    # class 0 covers its 3 pixels and 2 void ones: void is out of the union -> IoU 3 / 3 = 1, a TP.
+    # class 2 (absent from the ground truth) lies 2 of 3 pixels on void: more than half -> not a FP.
+    pred = torch.tensor([[0, 0, 0, 0, 0, 2, 2, 2, 1, 1, 1, 1]])
+    m = SemanticMetrics(3)
+    m.update(pred, target)
+    r = assert_pq_st_equal(m, [(pred.numpy(), target.numpy())])
+    assert m.iou_sum[0] == 1.0 and m.fp[2] == 0 and math.isnan(r["per_class_pq"][2])
+    assert r["PQ_St"] == pytest.approx((1 + 0.8) / 2)  # class 1: IoU 4 / 5
+    # class 2 now lies 1 of 3 pixels on void (less than half): a FP; and 2 of 4 (exactly half): a FP
+    for labels in ([0, 0, 0, 0, 0, 0, 2, 2, 2, 1, 1, 1], [0, 0, 0, 0, 0, 2, 2, 2, 2, 1, 1, 1]):
+        pred, m = torch.tensor([labels]), SemanticMetrics(3)
+        m.update(pred, target)
+        assert_pq_st_equal(m, [(pred.numpy(), target.numpy())])
+        assert m.fp[2] == 1
+
+
+def test_pq_st_merge_sums_both_halves():
+    K = 5
+    g = torch.Generator().manual_seed(5)
+    whole, first, second = SemanticMetrics(K), SemanticMetrics(K), SemanticMetrics(K)
+    for i in range(4):
+        pred, target = random_semantic_batch(g, B=2, K=K)
+        whole.update(pred, target)
+        (first if i < 2 else second).update(pred, target)
+    fresh = SemanticMetrics(K)
+    fresh.merge(first)  # into a metric with no update yet: a copy, `first` stays as it is
+    fresh.merge(second)
+    assert first.tp.sum() < fresh.tp.sum() == whole.tp.sum()
+    first.merge(second)
+    for merged in (fresh, first):
+        assert all(torch.equal(a, b) for a, b in zip(merged._state()[:4], whole._state()[:4]))  # counts
+        assert torch.allclose(merged.iou_sum, whole.iou_sum, rtol=0, atol=1e-12)
+        got, expected = merged.compute(), whole.compute()
+        assert [got[k] for k in ("PQ_St", "SQ_St", "RQ_St")] == pytest.approx(
+            [expected[k] for k in ("PQ_St", "SQ_St", "RQ_St")], abs=1e-12)
+    whole.reset()
+    assert all(t is None for t in whole._state())
+    assert math.isnan(whole.compute()["PQ_St"])  # no class counts
+
+
+def test_pq_st_prediction_outside_the_classes_is_no_segment():
+    X = 255
+    target = torch.tensor([[0, 0, 0, 0, 1, 1, X, X]])
+    # -1, 2 and 255 are no class of K = 2: class 0 predicted on 3 of its 4 pixels -> IoU 3/4, TP;
+    # class 1 predicted nowhere -> FN; the out-of-range pixels on void are no FP of any class
+    pred = torch.tensor([[0, 0, 0, -1, 2, 255, 7, -3]])
+    m = SemanticMetrics(2)
+    m.update(pred, target)
+    r = assert_pq_st_equal(m, [(pred.numpy(), target.numpy())])
+    assert (m.tp.tolist(), m.fp.tolist(), m.fn.tolist()) == ([1, 0], [0, 0], [0, 1])
+    assert r["PQ_St"] == pytest.approx(0.75 / 2)
+    assert r["per_class_iou"] == pytest.approx([3 / 4, 0.0])  # mIoU's extra column, unchanged
+
+
+def test_pq_st_matches_torchmetrics_with_every_class_stuff():
+    pytest.importorskip("torchmetrics", reason="torchmetrics is a second PQ^St reference here")
+    from torchmetrics.detection import PanopticQuality
+
+    # every class stuff: torchmetrics merges a stuff class's pixels into one segment per image, as
+    # PQ^St does; ground-truth ignore (a category it does not know) is its void, left out of the
+    # union and excusing predictions more than half on it, as panopticapi. It differs only on
+    # predicted void (see the module docstring), which in-range predictions never have.
+    K = 6
+    reference = PanopticQuality(things=set(), stuffs=set(range(K)), return_per_class=True, return_sq_and_rq=True)
+    ours = SemanticMetrics(K)
+    g = torch.Generator().manual_seed(6)
+    for _ in range(4):
+        pred, target = random_semantic_batch(g, B=3, K=K)
+        ours.update(pred, target)
+        zeros = torch.zeros_like(pred)  # instance ids: none for stuff
+        reference.update(torch.stack([pred, zeros], -1), torch.stack([target, zeros], -1))
+    r = ours.compute()
+    per_class = reference.compute()  # (K, 3): PQ, SQ, RQ, 0 where a class has no counts
+    counted = [c for c in range(K) if not math.isnan(r["per_class_pq"][c])]
+    assert len(counted) == K and ours.fp.sum() > 0 and ours.fn.sum() > 0
+    # the same counts exactly (torchmetrics' states, in its category order: stuff 0..K-1 here)
+    for name, count in (("true_positives", ours.tp), ("false_positives", ours.fp), ("false_negatives", ours.fn)):
+        assert getattr(reference, name).tolist() == count.tolist()
+    # the same numbers up to float32: torchmetrics divides the areas in single precision
+    assert r["per_class_pq"] == pytest.approx(per_class[:, 0].tolist(), abs=1e-6)
+    mean = per_class[counted].mean(0).tolist()
+    assert [r["PQ_St"], r["SQ_St"], r["RQ_St"]] == pytest.approx(mean, abs=1e-6)
+
+
 # ---------------------------------------------------------------- panoptic: hand-worked cases
 
 # categories: 0 thing, 1 stuff, 2 thing, 3 thing (occurs nowhere -> left out of every average)
@@ -241,7 +466,7 @@ def test_pq_rejects_inconsistent_prediction():
 
 
 def test_pq_on_real_coco_ground_truth(shared_data):
-    dataset = data.build_dataset("coco_panoptic", shared_data / "coco_panoptic", split="val")
+    dataset = datasets.build_dataset("coco_panoptic", shared_data / "coco_panoptic", split="val")
     perfect, one_missed = PanopticMetrics(dataset.is_thing), PanopticMetrics(dataset.is_thing)
     segments_per_class, missed_classes = {}, []
     for i in range(len(dataset)):
@@ -386,14 +611,14 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
                                          world_size=world_size)
     g = torch.Generator().manual_seed(rank)
     semantic = SemanticMetrics(5)
-    semantic.update(torch.randint(0, 5, (3, 8, 8), generator=g), torch.randint(0, 5, (3, 8, 8), generator=g))
+    semantic.update(*random_semantic_batch(g, B=3, K=5))
     semantic.sync()
     panoptic = PanopticMetrics([True, False])
     panoptic.update(torch.tensor([[1, 1, 2]]), info((1, rank, 0), (2, 1, 0)), torch.tensor([[1, 1, 2]]),
                     info((1, 0, 0), (2, 1, 0)))
     panoptic.sync()
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump({"confusion": semantic.confusion.tolist(), "stats": panoptic.stats.tolist()}, f)
+        json.dump({"semantic": [t.tolist() for t in semantic._state()], "stats": panoptic.stats.tolist()}, f)
     torch.distributed.destroy_process_group()
 
 
@@ -404,10 +629,10 @@ def test_sync_all_reduces_across_processes(tmp_path):
     semantic, panoptic = SemanticMetrics(5), PanopticMetrics([True, False])
     for rank in range(world_size):  # the same updates, on one process
         g = torch.Generator().manual_seed(rank)
-        semantic.update(torch.randint(0, 5, (3, 8, 8), generator=g), torch.randint(0, 5, (3, 8, 8), generator=g))
+        semantic.update(*random_semantic_batch(g, B=3, K=5))  # PQ^St counts and matched IoUs too
         panoptic.update(torch.tensor([[1, 1, 2]]), info((1, rank, 0), (2, 1, 0)), torch.tensor([[1, 1, 2]]),
                         info((1, 0, 0), (2, 1, 0)))
     for rank in range(world_size):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert result["confusion"] == semantic.confusion.tolist()
+        assert result["semantic"] == [t.tolist() for t in semantic._state()]  # confusion, PQ^St counts
         assert result["stats"] == panoptic.stats.tolist()

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
+import data
+from machinery import datasets
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -158,11 +162,7 @@ def small_hugging_face_model(folder: Path, weights_file: str = SAFETENSORS) -> N
 
 def run_pretrained_notebook(tmp_path: Path, env: dict[str, str]):
     """07 on a 128 × 128 `shapes` image; checks what every run with weights shows, returns the stream text."""
-    from PIL import Image
-
-    import data
-
-    photo = data.denormalize(data.build_dataset("shapes", split="val")[0]["image"])  # (128, 128, 3)
+    photo = data.denormalize(datasets.build_dataset("shapes", split="val")[0]["image"])  # (128, 128, 3)
     Image.fromarray(photo).save(tmp_path / "photo.png")
     nb = execute(NOTEBOOKS / "07_pretrained.ipynb", env={"MASKFORMER_PHOTO": str(tmp_path / "photo.png"), **env})
     text = stream_text(nb)
@@ -177,7 +177,7 @@ def test_pretrained_notebook_by_name_through_a_mirror(tmp_path):
 
     The entry served is a Hugging Face row whose publisher gives no digest (so a random stand-in passes
     the check); the download, conversion and cache are those of a real name."""
-    import weights
+    from machinery import weights
 
     entry = next(m for m in weights.MODELS if m.source == "hf" and all(f.sha256 is None for f in m.files))
     small_hugging_face_model(tmp_path / "mirror" / entry.name, entry.files[0].filename)

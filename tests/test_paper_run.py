@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import augment
 import data
 import infer
+import inference
 import losses
 import maskformer
 import train
-import weights
-from checkpoint import read_checkpoint
+from machinery import augment, datasets, weights
+from machinery.checkpoint import read_checkpoint
 from metrics import SemanticMetrics
 from tests.test_convert import microsoft_swin_layout, torchvision_resnet_layout
 
@@ -125,7 +125,7 @@ def test_two_accumulation_steps_equal_one_big_batch_and_the_hand_normalisation()
     micro-batches of 2 must give the loss and gradients of one batch of 4: the mask terms over the
     step's mask count, the cross-entropy over the step's class-weight sum (1 per matched query, 0.1 per
     ∅ query; DDP does the same across processes), both worked out here by hand."""
-    shapes = data.build_dataset("shapes", split="train", image_size=64, num_images=4)
+    shapes = datasets.build_dataset("shapes", split="train", image_size=64, num_images=4)
     items = [shapes[i] for i in range(4)]
     halves, big = [data.collate(items[:2]), data.collate(items[2:])], data.collate(items)
     counts = [sum(len(t["labels"]) for t in h["targets"]) for h in halves]
@@ -209,7 +209,7 @@ def test_tta_resizes_the_original_image_per_scale_by_hand():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (30, 150, 3), dtype=np.uint8)  # wide: the largest scales hit the cap
     test_size, max_size = 40, 7 * 40  # the official ratio: ADE20K 512 -> TEST.AUG.MAX_SIZE 3584
-    got = infer.tta_class_scores(model, image, test_size, max_size)
+    got = inference.tta_class_scores(model, image, test_size, max_size)
 
     mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
     total, capped = torch.zeros(5, 30, 150), False

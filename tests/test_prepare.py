@@ -21,8 +21,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-import prepare
 from data import DatasetError
+from machinery import datasets
+from tooling import prepare
 
 META = Path(prepare.__file__).resolve().parent / "meta"
 
@@ -86,7 +87,6 @@ STUFF_B = np.array([[3, 3, 100], [3, 100, 100]])
 
 
 def test_coco_stuff_10k_prepare_and_load(tmp_path):
-    import data
 
     root = write_stuff10k(tmp_path, {"COCO_train2014_000000000077": STUFF_A, "COCO_train2014_000000000078": STUFF_B},
                           test=("COCO_train2014_000000000078",))
@@ -95,8 +95,8 @@ def test_coco_stuff_10k_prepare_and_load(tmp_path):
     png = np.array(Image.open(base / "annotations_detectron2" / "train" / "COCO_train2014_000000000077.png"))
     # hand-worked: v1.0 value v -> class v - 2 (person 0, toothbrush 79, banner 80, wood 170), 1 -> 255
     assert png.tolist() == [[255, 0, 0, 170], [80, 80, 79, 255], [0, 0, 0, 0]]
-    train = data.build_dataset("coco_stuff_10k", root, split="train")
-    val = data.build_dataset("coco_stuff_10k", root, split="val")
+    train = datasets.build_dataset("coco_stuff_10k", root, split="train")
+    val = datasets.build_dataset("coco_stuff_10k", root, split="val")
     assert (len(train), len(val), train.num_classes) == (1, 1, 171)
     assert (train.class_names[0], train.class_names[79], train.class_names[80], train.class_names[170]) == (
         "person", "toothbrush", "banner", "wood")
@@ -150,7 +150,6 @@ UNLISTED = 5  # a class value that is not one of the 847
 
 
 def test_ade20k_full_prepare_and_load(tmp_path):
-    import data
 
     small = np.array([[WALL, WALL, AD], [BUILDING, UNLISTED, AD]])
     big = np.full((520, 600), WALL)  # short edge 520 > 512: shrunk to 512 x round(600 / 520 * 512) = 591
@@ -170,8 +169,8 @@ def test_ade20k_full_prepare_and_load(tmp_path):
     assert (base / "images_detectron2" / "training" / "ADE_train_00000001.jpg").read_bytes() == (
         next((base / "images" / "ADE").rglob("ADE_train_00000001.jpg")).read_bytes())  # not resized: copied
 
-    train = data.build_dataset("ade20k_full", root, split="train")
-    val = data.build_dataset("ade20k_full", root, split="val")
+    train = datasets.build_dataset("ade20k_full", root, split="train")
+    val = datasets.build_dataset("ade20k_full", root, split="val")
     assert (len(train), len(val), train.num_classes) == (2, 1, 847)
     assert (train.class_names[0], train.class_names[263]) == ("wall", "ad, advertisement, advertizement, "
                                                               "advertising, advertizing, advert")
@@ -183,23 +182,22 @@ def test_ade20k_full_prepare_and_load(tmp_path):
 
 
 def test_ade20k_full_errors(tmp_path):
-    import data
 
     with pytest.raises(DatasetError, match=r"ade20k_full: dataset not found .*ADE_\*\.jpg"):
         prepare.prepare("ade20k_full", tmp_path)
     root = write_ade_full(tmp_path / "a", {"ADE_train_00000001": np.array([[WALL]]),
                                            "ADE_val_00000001": np.array([[WALL]])})
     with pytest.raises(DatasetError, match=r"is not prepared: no prepared_ade20k_full\.json; run `python prepare"):
-        data.build_dataset("ade20k_full", root)
+        datasets.build_dataset("ade20k_full", root)
     base = prepare.prepare("ade20k_full", root)
     (base / "prepared_ade20k_full.json").unlink()  # as if interrupted before the end
     with pytest.raises(DatasetError, match=r"is half-prepared"):
-        data.build_dataset("ade20k_full", root)
+        datasets.build_dataset("ade20k_full", root)
     prepare.prepare("ade20k_full", root)
     tif = base / "annotations_detectron2" / "training" / "ADE_train_00000001.tif"
     Image.fromarray(np.array([[900]], np.uint16)).save(tif)
     with pytest.raises(DatasetError, match=r"ADE_train_00000001\.tif: label value 900 is out of range"):
-        data.build_dataset("ade20k_full", root)[0]
+        datasets.build_dataset("ade20k_full", root)[0]
 
 
 def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
@@ -254,15 +252,14 @@ def write_mapillary(root: Path, labels: dict[str, np.ndarray], config_labels: li
 
 
 def test_mapillary_check_and_load(tmp_path):
-    import data
 
     root = write_mapillary(tmp_path, {"train_a": np.array([[0, 1, 65], [64, 19, 19]]),
                                       "val_a": np.array([[65, 2], [3, 0]])})
     before = snapshot(root)
     assert prepare.prepare("mapillary", root) == root / "mapillary_vistas"
     assert snapshot(root) == before  # labels are used as shipped: nothing written
-    train = data.build_dataset("mapillary", root, split="train")
-    val = data.build_dataset("mapillary", root, split="val")
+    train = datasets.build_dataset("mapillary", root, split="train")
+    val = datasets.build_dataset("mapillary", root, split="val")
     assert (len(train), len(val), train.num_classes) == (1, 1, 65)
     assert (train.class_names[0], train.class_names[19], train.class_names[64]) == ("Bird", "Person", "Ego Vehicle")
     assert train.is_thing[0] and train.is_thing[19] and not train.is_thing[2]  # config "instances"
@@ -271,10 +268,9 @@ def test_mapillary_check_and_load(tmp_path):
 
 
 def test_mapillary_errors(tmp_path):
-    import data
 
     with pytest.raises(DatasetError, match=r"mapillary: dataset not found under root=.*config\.json"):
-        data.build_dataset("mapillary", tmp_path)
+        datasets.build_dataset("mapillary", tmp_path)
     official = json.loads((META / "mapillary_vistas_v1.2.json").read_text())["labels"]
     root = write_mapillary(tmp_path / "v2", {"train_a": np.array([[0]]), "val_a": np.array([[0]])},
                            config_labels=official + official[:58])  # 124 labels, as config_v2.0.json
@@ -284,7 +280,7 @@ def test_mapillary_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"train_a\.png: label value 70 is out of range"):
         prepare.prepare("mapillary", root)
     with pytest.raises(DatasetError, match=r"train_a\.png: label value 70 is out of range"):
-        data.build_dataset("mapillary", root)[0]
+        datasets.build_dataset("mapillary", root)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,14 +343,13 @@ def test_ade20k_panoptic_segments_by_hand(tmp_path):
 
 
 def test_ade20k_panoptic_loads_and_errors(tmp_path):
-    import data
 
     root = write_ade_panoptic(tmp_path, {"ADE_train_00000001": (PAN_SEMANTIC, PAN_CATEGORY, PAN_INSTANCE),
                                          "ADE_val_00000001": (PAN_SEMANTIC, PAN_CATEGORY, PAN_INSTANCE)})
     with pytest.raises(DatasetError, match=r"ade20k_panoptic: .* is not prepared: no ade20k_panoptic_train\.json"):
-        data.build_dataset("ade20k_panoptic", root)
+        datasets.build_dataset("ade20k_panoptic", root)
     prepare.prepare("ade20k_panoptic", root)
-    val = data.build_dataset("ade20k_panoptic", root, split="val")
+    val = datasets.build_dataset("ade20k_panoptic", root, split="val")
     assert (len(val), val.num_classes, sum(val.is_thing), val.task) == (1, 150, 100, "panoptic")
     item = val[0]
     assert sorted(item["labels"].tolist()) == [0, 2, 20, 20]
@@ -366,7 +361,7 @@ def test_ade20k_panoptic_loads_and_errors(tmp_path):
         prepare.prepare("ade20k_panoptic", bad_root)
     base = bad_root / "ADEChallengeData2016"
     with pytest.raises(DatasetError, match=r"is half-prepared"):
-        data.build_dataset("ade20k_panoptic", bad_root)
+        datasets.build_dataset("ade20k_panoptic", bad_root)
     os.remove(base / "annotations_instance" / "training" / "ADE_train_00000001.png")
     with pytest.raises(DatasetError, match=r"ADE_train_00000001\.png: file not found"):
         prepare.prepare("ade20k_panoptic", bad_root)
@@ -429,11 +424,10 @@ def test_train_two_iterations_on_a_prepared_fixture(tmp_path, name):
 def test_infer_eval_pq_on_ade20k_panoptic(tmp_path, monkeypatch, capsys):
     """`infer.py --eval` on ADE20K-Panoptic with the dataset's thresholds (0.7 / 0.8): an oracle that
     returns the ground truth scores PQ = 1; one that misses every thing scores PQ_th = 0."""
-    import data
     import infer
 
     root = prepared_fixture("ade20k_panoptic", tmp_path / "data")
-    truth = data.build_dataset("ade20k_panoptic", root, split="val")[0]
+    truth = datasets.build_dataset("ade20k_panoptic", root, split="val")[0]
     seen = []
 
     def oracle(model, images, is_thing, image_sizes, orig_sizes, amp_dtype, object_mask_threshold, overlap_threshold):
@@ -468,7 +462,7 @@ def test_ade20k_full_ignore_value_survives_padding_and_the_per_pixel_loss(tmp_pa
     import train
 
     root = prepared_fixture("ade20k_full", tmp_path / "data")
-    item = data.build_dataset("ade20k_full", root, split="val")[0]
+    item = datasets.build_dataset("ade20k_full", root, split="val")[0]
     smaller = {**item, "image": item["image"][:, :-8], "sem_seg": item["sem_seg"][:, :-8],
                "masks": item["masks"][:, :, :-8]}
     batch = data.collate([item, smaller])
@@ -488,7 +482,7 @@ def test_command_lines_prepare_and_give_one_line_errors(tmp_path, monkeypatch, c
         prepare.main(["mapillary", str(tmp_path)])
     root = write_mapillary(tmp_path, {"train_a": np.array([[0, 1]]), "val_a": np.array([[2, 65]])})
     monkeypatch.setattr("sys.argv", ["data.py", "prepare", "mapillary", str(root)])
-    data.main()  # python data.py prepare mapillary ROOT
+    data.main()  # python -m tooling.prepare mapillary ROOT
     assert f"mapillary: prepared {root / 'mapillary_vistas'}" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         prepare.main(["cityscapes", str(root)])
@@ -497,18 +491,17 @@ def test_command_lines_prepare_and_give_one_line_errors(tmp_path, monkeypatch, c
 
 def test_official_class_lists_need_no_files():
     """`infer.py --input ... --data NAME` without --data-root: names, colours and things from meta/."""
-    import infer
 
-    names, palette, is_thing = infer.class_metadata("ade20k_full", None, None)
+    names, palette, is_thing = datasets.class_metadata("ade20k_full", None, None)
     assert (len(names), palette.shape, any(is_thing)) == (847, (847, 3), False)
     assert (names[0], names[782][:23], names[846]) == ("wall", "central processing unit",
                                                         "adding machine, totalizer, totaliser")
-    names, palette, is_thing = infer.class_metadata("mapillary", None, None)
+    names, palette, is_thing = datasets.class_metadata("mapillary", None, None)
     assert (len(names), names[0], palette[0].tolist(), is_thing[0], is_thing[2]) == (65, "Bird", [165, 42, 42],
                                                                                      True, False)
-    names, palette, is_thing = infer.class_metadata("ade20k_panoptic", None, None)
+    names, palette, is_thing = datasets.class_metadata("ade20k_panoptic", None, None)
     assert (len(names), sum(is_thing), names[12], palette[12].tolist()) == (150, 100, "person", [150, 5, 61])
-    names, _, is_thing = infer.class_metadata("coco_stuff_10k", None, None)
+    names, _, is_thing = datasets.class_metadata("coco_stuff_10k", None, None)
     assert (len(names), sum(is_thing), names[0], names[170]) == (171, 80, "person", "wood")
 
 
@@ -550,7 +543,6 @@ def test_ade20k_panoptic_segments_equal_a_naive_loop():
 def test_mapillary_v2_download_layout_and_a_deleted_prepared_file(tmp_path):
     """The v2.0 download keeps the v1.2 labels in <split>/v1.2/labels/ and config_v1.2.json; a prepared
     folder that lost a file is refused with the count it expected."""
-    import data
 
     root = write_mapillary(tmp_path / "m", {"train_a": np.array([[0, 1]]), "val_a": np.array([[2, 65]])})
     base = root / "mapillary_vistas"
@@ -558,13 +550,13 @@ def test_mapillary_v2_download_layout_and_a_deleted_prepared_file(tmp_path):
     for split in ("training", "validation"):
         (base / split / "v1.2").mkdir()
         (base / split / "labels").rename(base / split / "v1.2" / "labels")
-    assert data.build_dataset("mapillary", root, split="val")[0]["orig_sem_seg"].tolist() == [[2, 255]]
+    assert datasets.build_dataset("mapillary", root, split="val")[0]["orig_sem_seg"].tolist() == [[2, 255]]
 
     root = write_stuff10k(tmp_path / "s", {"a": STUFF_A, "b": STUFF_B}, test=("b",))
     prepare.prepare("coco_stuff_10k", root)
     (root / "coco_stuff_10k" / "annotations_detectron2" / "test" / "b.png").unlink()
     with pytest.raises(DatasetError, match=r"test holds 0 label files, prepared_coco_stuff_10k\.json says 1; run"):
-        data.build_dataset("coco_stuff_10k", root, split="val")
+        datasets.build_dataset("coco_stuff_10k", root, split="val")
 
 
 def test_a_label_of_another_size_than_its_image_is_one_line(tmp_path):

@@ -105,7 +105,7 @@ def test_every_module_is_in_the_file_table():
     table = text[text.index("| file | what it is |"):text.index("\n## ", text.index("| file | what it is |"))]
     listed = set(re.findall(r"`([A-Za-z_]\w*\.py)`", table))
     modules = {path.name for path in REPO.glob("*.py")}
-    assert {"runs.py", "evaluate.py", "cli.py", "adamw.py"} <= modules  # the glob finds the modules
+    assert {"runs.py", "evaluation.py", "cli.py", "adamw.py"} <= modules  # the glob finds the modules
     assert not modules - listed, f"README's file table does not list {sorted(modules - listed)}"
 
 
@@ -124,7 +124,7 @@ def test_the_reading_order_names_real_functions_of_its_modules():
             resolve(module, name)
             checked.add(f"{module}.{name}")
     assert len(checked) >= 10
-    assert {"train.train_step", "adamw.lr_factor", "evaluate.evaluate"} <= checked
+    assert {"train.train_step", "adamw.lr_factor", "evaluation.evaluate"} <= checked
 
 
 def test_notebooks_and_exercises_are_listed():

@@ -25,11 +25,12 @@ import pytest
 import torch
 from PIL import Image
 
-import drawing
 import infer
+import inference
 import maskformer
 import metrics
 import train
+from machinery import drawing
 from tests.conftest import REPO
 
 # `T`: a tiny model on 64 x 64 crops, validation on 2 images, a log line every step
@@ -559,10 +560,10 @@ def test_semantic_map_in_class_chunks_equals_full_argmax(head):
         outputs = {"pred_logits": class_logits, "pred_masks": torch.randn(2, 20, 24, 32, generator=g) * 4}
     image_sizes, orig_sizes = [(96, 128), (80, 100)], [(151, 207), (97, 133)]
     for b in range(2):
-        full = infer.class_scores(outputs, b, (96, 128), image_sizes[b], orig_sizes[b]).argmax(0)
+        full = inference.class_scores(outputs, b, (96, 128), image_sizes[b], orig_sizes[b]).argmax(0)
         pixels = orig_sizes[b][0] * orig_sizes[b][1]
         for per_chunk in (1, 7, 150):
-            chunked = infer.semantic_map(outputs, b, (96, 128), image_sizes[b], orig_sizes[b],
+            chunked = inference.semantic_map(outputs, b, (96, 128), image_sizes[b], orig_sizes[b],
                                          max_values=per_chunk * pixels)
             assert torch.equal(chunked, full), (b, per_chunk)
         assert len(full.unique()) > 5 and (full == 3).any() and not (full == 10).any()
@@ -588,12 +589,12 @@ def test_panoptic_resizes_only_kept_queries_with_the_same_result(threshold):
     all N masks to the original size first (the official order), image by image."""
     is_thing = [True, False, True, False, True, True, False]
     images, image_sizes, orig_sizes = torch.randn(2, 3, 64, 96), [(64, 96), (50, 70)], [(131, 197), (101, 141)]
-    ours = infer.predict_panoptic(RandomMaskFormer(0), images, is_thing, image_sizes, orig_sizes,
+    ours = inference.predict_panoptic(RandomMaskFormer(0), images, is_thing, image_sizes, orig_sizes,
                                   object_mask_threshold=threshold, overlap_threshold=0.1)
-    outputs = infer.run_model(RandomMaskFormer(0), infer.pad_to_multiple(images))
+    outputs = inference.run_model(RandomMaskFormer(0), inference.pad_to_multiple(images))
     for b in range(2):
-        masks = infer.resize_to_original(outputs["pred_masks"][b], (64, 96), image_sizes[b], orig_sizes[b])
-        pan_seg, segments = infer.panoptic_inference(outputs["pred_logits"][b], masks, is_thing, threshold, 0.1)
+        masks = inference.resize_to_original(outputs["pred_masks"][b], (64, 96), image_sizes[b], orig_sizes[b])
+        pan_seg, segments = inference.panoptic_inference(outputs["pred_logits"][b], masks, is_thing, threshold, 0.1)
         assert torch.equal(ours[b][0], pan_seg) and ours[b][1] == segments
     assert (len(ours[0][1]) + len(ours[1][1]) > 5) == (threshold < 0.5)  # segments found, or none kept
 

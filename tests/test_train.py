@@ -17,11 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import adamw
-import checkpoint
 import data
-import runs
 import train
+from machinery import adamw, datasets
 from tests.conftest import REPO
 
 # A few iterations of a very small model on small shapes images: seconds per run.
@@ -113,7 +111,7 @@ def test_sampler_shards_and_resumes():
 ])
 def test_every_model_and_matcher_trains(tmp_path, flags):
     if "fixed" in flags:
-        flags = flags + ["--num-queries", str(data.build_dataset("shapes", split="val").num_classes)]
+        flags = flags + ["--num-queries", str(datasets.build_dataset("shapes", split="val").num_classes)]
     metrics = train.train(train.parse_args(FAST + flags + ["--output", str(tmp_path)]))
     log = train_losses(tmp_path)
     assert [s for s, _, _ in log] == [1, 2, 3, 4]
@@ -234,7 +232,7 @@ WRITER = """
 import sys, torch
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-import checkpoint
+from machinery import checkpoint
 path = Path({path!r})
 big = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB: a write takes long enough to interrupt
 step = 0
@@ -292,25 +290,6 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
-
-
-# ---------------------------------------------------------------------------------------------
-# Old names: files written when the focal term was called "mask" still read
-# ---------------------------------------------------------------------------------------------
-def test_old_key_names_are_renamed_when_read(tmp_path):
-    old = {"step": 3, "loss": 2.5, "loss_ce": 1.0, "loss_mask": 0.1, "loss_mask_4": 0.2, "loss_dice": 0.3,
-           "loss_mask_extra": 7.0, "mask_weight": 20.0, "cost_mask": 20.0}
-    assert checkpoint.rename_old_keys(old) == {
-        "step": 3, "loss": 2.5, "loss_ce": 1.0, "loss_focal": 0.1, "loss_focal_4": 0.2, "loss_dice": 0.3,
-        "loss_mask_extra": 7.0, "focal_weight": 20.0, "cost_focal": 20.0}
-    torch.save({"step": 3, "args": {"mask_weight": 5.0, "lr": 0.1}}, tmp_path / "old.pt")
-    assert checkpoint.load_checkpoint(tmp_path / "old.pt")["args"] == {"focal_weight": 5.0, "lr": 0.1}
-    # a resumed run reads an old metrics.jsonl under today's names (records after the step dropped)
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss_mask": 0.5}) + "\n"
-                                            + json.dumps({"step": 5, "loss_mask": 0.4}) + "\n")
-    metrics_log = runs.MetricsLog(tmp_path / "metrics.jsonl", start_step=3, is_main=True)
-    assert metrics_log.history == [{"step": 2, "loss_focal": 0.5}]
-    assert read_log(tmp_path) == [{"step": 2, "loss_focal": 0.5}]
 
 
 def test_the_training_loop_is_in_the_first_screens_of_train_py():

@@ -20,12 +20,9 @@ import pytest
 import torch
 
 import backbones
-import convert
 import infer
 import maskformer
-import weight_files
-import weights
-from tests import hf_reference
+from machinery import conversion, datasets, hf_reference, weight_files, weights
 from tests.test_convert import MINI_SWIN, microsoft_swin_layout, randomise, torchvision_resnet_layout
 
 K = 5
@@ -74,11 +71,11 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
         (tmp_path / "mirror" / "test-tiny-ade" / "model.safetensors").read_bytes()
     assert any(line.startswith("downloading file://") for line in lines)
 
-    state, extras = infer.load_weights(path)
+    state, extras = weights.load_weights(path)
     model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**extras["config"])).eval()
     model.load_state_dict(state, strict=True)
     assert extras["class_names"] == [hf_tiny.config.id2label[i] for i in range(K)]
-    assert extras["recipe"] == weight_files.official_test_resize(extras["config"])  # as convert.py writes it
+    assert extras["recipe"] == datasets.published_recipe(extras["config"])  # as convert.py writes it
     images = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, theirs = model(images), hf_tiny(pixel_values=images)
@@ -134,7 +131,7 @@ def test_second_call_reads_the_converted_cache(hf_tiny, tmp_path, monkeypatch):
     def no_second_conversion(*args):
         raise AssertionError("converted twice")
 
-    monkeypatch.setattr(convert, "convert_file", no_second_conversion)
+    monkeypatch.setattr(conversion, "convert_file", no_second_conversion)
     lines = []
     assert weights.resolve("test-tiny-ade", log=lines.append) == first
     assert lines == [] and Path(first).stat().st_mtime_ns == stamp
@@ -295,7 +292,7 @@ def test_safetensors_reader_rejects_a_torn_file(tmp_path):
     (tmp_path / "ok.safetensors").write_bytes(blob)
     assert weight_files.read_safetensors(tmp_path / "ok.safetensors")["x"].tolist() == [1.0, -2.0, 3.5]
     (tmp_path / "torn.safetensors").write_bytes(blob[:-4])
-    with pytest.raises(convert.ConversionError) as e:
+    with pytest.raises(conversion.ConversionError) as e:
         weight_files.read_safetensors(tmp_path / "torn.safetensors")
     assert "\n" not in str(e.value) and "[0, 12)" in str(e.value)
 
@@ -451,7 +448,7 @@ def test_official_r101c_checkpoint_by_name(tmp_path, monkeypatch):
     (folder / "model.pkl").rename(folder / f"model_final_{md5}.pkl")
     entry = weights._zoo("maskformer_R101c_bs16_160k", "r101c-ade", "r101c", weights.ADE, "512", "mIoU 46.0", md5)
     monkeypatch.setattr(weights, "MODELS", (entry,))
-    state, extras = infer.load_weights(weights.resolve("r101c-ade", (tmp_path / "mirror").as_uri(), log=print))
+    state, extras = weights.load_weights(weights.resolve("r101c-ade", (tmp_path / "mirror").as_uri(), log=print))
     expected = model.state_dict()
     assert extras["config"]["backbone"] == "resnet101c" and state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)

@@ -1,11 +1,7 @@
 """Load published weights into our MaskFormer: the Hugging Face port, the official detectron2
 checkpoints, and ImageNet backbones (torchvision ResNet, Microsoft Swin).
 
-    python convert.py --from hf --input maskformer-swin-tiny-ade/ --output swin_t_ade.pt
-    python convert.py --from detectron2 --input model_final_d8dbeb.pkl --config swin_t --output ours.pt
-    python convert.py --from torchvision --input resnet50-0676ba61.pth --output r50_in1k.pt
-    python convert.py --from swin --input swin_tiny_patch4_window7_224.pth --output swin_t_in1k.pt
-    python convert.py --from d2-imagenet --input R-103.pkl --output r101c_in1k.pt    # R101c's backbone
+The command that writes a converted checkpoint is `python -m tooling.convert` (tooling/convert.py).
 
 Why a from-scratch implementation needs this file: a trained checkpoint is a fixed function. When
 its tensors, renamed onto our parameters, load with `strict=True` (none left over, none missing,
@@ -44,19 +40,17 @@ onto maskformer.py's `enc_layers`; the Hugging Face port has no such pixel decod
 
 Reading order: HF_RULES → DETECTRON2_RULES → TORCHVISION_RULES / SWIN_IMAGENET_RULES → the
 transforms → `convert_state_dict` (the machinery) → the public functions → `load_hf_folder` →
-`convert_file` and `main` (the CLI). Reading the files themselves (`RestrictedUnpickler`,
+`convert_file`. Reading the files themselves (`RestrictedUnpickler`,
 `read_safetensors`) and the configs they describe (`hf_config_to_ours`, `config_from_state_dict`)
 is weight_files.py's part.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +59,8 @@ from torch import Tensor, nn
 
 import backbones
 import maskformer
-import weight_files
-from checkpoint import save_checkpoint
-from weight_files import ConversionError  # raised here and by the readers
+from machinery import weight_files
+from machinery.weight_files import ConversionError  # raised here and by the readers
 
 Rules = list[tuple[str, str]]  # (regex matching a whole source name, our name with \1-style groups)
 Ignored = list[tuple[str, str]]  # (regex matching a whole source name, why it is not needed)
@@ -370,11 +363,6 @@ def detectron2_to_ours(d2_state_dict: dict[str, np.ndarray | Tensor]) -> dict[st
     return convert_state_dict(as_tensors(d2_state_dict), DETECTRON2)[0]
 
 
-def torchvision_resnet_to_ours(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A torchvision ImageNet ResNet → {"backbone.…": tensor} (load into a whole model with strict=False)."""
-    return convert_state_dict(state_dict, TORCHVISION)[0]
-
-
 def swin_to_ours(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """A Microsoft ImageNet Swin (the file's dict, or its "model" entry) → {"backbone.…": tensor}."""
     return convert_state_dict(weight_files.unwrap(state_dict, "model"), SWIN_IMAGENET)[0]
@@ -436,15 +424,24 @@ def is_stage_norm(name: str) -> bool:
     return re.fullmatch(r"backbone\.norm\d\.(weight|bias)", name) is not None
 
 
+def key_differences(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """How `state` fits `model`: (missing keys, unexpected keys, "name (file shape) vs (model shape)" of the
+    keys whose shapes differ). The one report every loader (weights.py, train.py --weights) gives."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(ours[k].shape)}" for k in ours
+                if k in state and state[k].shape != ours[k].shape]
+    return missing, unexpected, reshaped
+
+
 def load_into(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
     """load_state_dict(strict=False) that also fails on shape mismatches → (missing, unexpected)."""
-    ours = model.state_dict()
-    wrong = [f"{k}: {tuple(v.shape)} in the file, {tuple(ours[k].shape)} in the model"
-             for k, v in state.items() if k in ours and v.shape != ours[k].shape]
-    if wrong:
-        raise ConversionError("tensor shapes differ from the model's:\n  " + "\n  ".join(wrong[:20]))
-    result = model.load_state_dict(state, strict=False)
-    return list(result.missing_keys), list(result.unexpected_keys)
+    missing, unexpected, reshaped = key_differences(model, state)
+    if reshaped:
+        raise ConversionError("tensor shapes differ from the model's (file vs model):\n  " + "\n  ".join(reshaped[:20]))
+    model.load_state_dict(state, strict=False)
+    return missing, unexpected
 
 
 def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Module, dict[str, Tensor], list[str]]:
@@ -497,32 +494,3 @@ def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Mo
           f"initialisation (expected: the pixel decoder, transformer module and heads learn on segmentation data)")
     return model, {k: v for k, v in model.state_dict().items() if k in state}, class_names
 
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Convert published MaskFormer / ImageNet weights to ours "
-                                            "(a checkpoint for infer.py and train.py --weights).")
-    p.add_argument("--from", dest="source", required=True,
-                   choices=("hf", "detectron2", "torchvision", "swin", "d2-imagenet"),
-                   help="hf: a Hugging Face model folder; detectron2: an official model_final_*.pkl; "
-                        "torchvision / swin: an ImageNet classifier .pth; d2-imagenet: a detectron2 ImageNet "
-                        ".pkl (R-50.pkl, R-103.pkl of R101c)")
-    p.add_argument("--input", required=True, help="the folder (hf) or file to convert")
-    p.add_argument("--output", required=True, help="where to write {'model', 'config', 'class_names'} (.pt)")
-    p.add_argument("--config", choices=list(maskformer.CONFIGS),
-                   help="our config (required for detectron2; default: derived from the input)")
-    args = p.parse_args(argv)
-    try:
-        model, state, class_names = convert_file(args.source, args.input, args.config)
-    except (ConversionError, weight_files.UnsafePickleError) as e:
-        raise SystemExit(f"error: {e}") from None
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {"model": state, "config": asdict(model.config), "class_names": class_names}
-    if args.source in ("hf", "detectron2"):  # a whole published model: the test resize it was evaluated at
-        checkpoint["recipe"] = weight_files.official_test_resize(checkpoint["config"])
-    save_checkpoint(Path(args.output), checkpoint)
-    print(f"wrote {len(state)} tensors ({sum(v.numel() for v in state.values()) / 1e6:.2f}M values) of "
-          f"{model.config.backbone} / {model.config.head} (K = {model.config.num_classes}) to {args.output}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

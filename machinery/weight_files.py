@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 import backbones
-import datasets
 import maskformer
-from checkpoint import CheckpointError, read_checkpoint
+from machinery import dataset_files
+from machinery.checkpoint import CheckpointError, read_checkpoint
 
 
 class ConversionError(ValueError):
@@ -296,26 +296,7 @@ def config_from_state_dict(state: dict[str, Tensor]) -> dict:
     return {**values, "head": "per_pixel_plus", "num_classes": query_pos.shape[0]}  # one query per class
 
 
-# The official test resize (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST) of each published model's dataset, told
-# by its class count: ADE20K-150 (Swin-B/L: 640, the res640 configs), COCO panoptic (detectron2's
-# defaults), COCO-Stuff-10K, ADE20K-Full, Cityscapes, Mapillary Vistas.
-OFFICIAL_TEST_RESIZE = {150: (512, 2048), 133: (800, 1333), 171: (640, 2560), 847: (512, 2048),
-                        19: (1024, 2048), 65: (2048, 2048)}
-
-
-def official_test_resize(config: dict) -> dict | None:
-    """{"test_size", "test_max_size"} a converted model was evaluated at officially, from its config
-    (num_classes, backbone); None for a class count no published model has. infer.py reads it from
-    the checkpoint's "recipe". (ADE20K-Panoptic, also 150 classes, is tested at 640: pass --size.)"""
-    K, backbone = config.get("num_classes"), config.get("backbone")
-    if K == 150 and backbone in ("swin_base", "swin_large"):
-        return {"test_size": 640, "test_max_size": 2560}
-    if K not in OFFICIAL_TEST_RESIZE:
-        return None
-    return dict(zip(("test_size", "test_max_size"), OFFICIAL_TEST_RESIZE[K]))
-
-
 def class_names_for(num_classes: int) -> list[str]:
     """Names for a checkpoint that carries none: ADE20K-150's for 150 classes, else "class k"."""
-    return list(datasets.ADE20K_CLASSES) if num_classes == len(datasets.ADE20K_CLASSES) else \
-        [f"class {k}" for k in range(num_classes)]
+    names = dataset_files.official_classes("ade20k")[0]
+    return names if num_classes == len(names) else [f"class {k}" for k in range(num_classes)]

@@ -2,16 +2,16 @@
 
 Paper: §4 "Evaluation metrics": mIoU for semantic segmentation, PQ for panoptic segmentation, at
 the dataset's test resize, against the labels at the original image size. The predictions are
-§3.4's inference (infer.py: Eq. (3.4b) for mIoU, Eq. (3.4a) with panoptic fusion for PQ); the
+§3.4's inference (inference.py: Eq. (3.4b) for mIoU, Eq. (3.4a) with panoptic fusion for PQ); the
 metrics themselves are metrics.py's. One function, `evaluate`, gives train.py's validation and
-`python infer.py --eval` the same number.
+`python inference.py --eval` the same number.
 
 Reading order: `recipe_test_resize` (the test resize of a dataset's recipe) -> `resolve_test_resize`
 (the test resize of a checkpoint) -> `evaluation_dataset` (the validation split at that resize) ->
 `evaluate` (the loop over a loader; for the multi-scale test `tta_resize`, then `tta_semantic_map` ->
 `tta_version` -> `band_scores`) -> train.py's
 `build_val_loader`, `validate`, `validate_at` (`ValidationFailed`: the run stops, its state kept)
--> `run_evaluation` and `print_table` (the `infer.py --eval` command).
+-> `run_evaluation` and `print_table` (the `inference.py --eval` command).
 
 How this differs from the official code: the test resize of `--eval` comes from the checkpoint (the
 recipe it was trained with, or the official test size of a converted model), so that train.py's
@@ -27,61 +27,16 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import augment
-import cli
 import data
-import infer
-import losses
-import maskformer
-import weight_files
-from distributed import is_distributed, sum_over_processes
+import inference
+from machinery import cli, datasets
+from machinery.distributed import is_distributed, sum_over_processes
 from metrics import PanopticMetrics, SemanticMetrics, strict_json
-
-
-def recipe_test_resize(name: str, crop_size: int | None = None) -> tuple[int, int]:
-    """(short edge, long-edge cap) of the test resize of dataset `name`'s recipe at training crop
-    `crop_size` (augment.recipe_for): ADE20K crop 512 -> (512, 2048), crop 640 -> (640, 2560).
-    shapes: (crop, 4 x crop), its scenes being generated crop x crop (128 by default); a photo given to
-    a shapes model is resized as ADE20K's recipe would at that crop."""
-    if name == "shapes":
-        return crop_size or 128, 4 * (crop_size or 128)
-    recipe = augment.recipe_for(name, crop_size)
-    return recipe.test_size, recipe.test_max_size
-
-
-def resolve_test_resize(data_name: str | None, config: maskformer.MaskFormerConfig, checkpoint: dict | None,
-                        size: int | None = None, max_size: int | None = None) -> tuple[int, int, str]:
-    """(short edge, long-edge cap, where they come from) of the test resize: the first found of
-    1. the checkpoint's recipe: "test_size" / "test_max_size" (train.py and convert.py write them);
-       an older train.py checkpoint: its dataset's recipe at its training crop;
-    2. the --data recipe (ADE20K with Swin-B/L: at 640, as train.py trains them);
-    3. the model's official test size (weight_files.official_test_resize: a published model's dataset
-       is told by its class count), else 512 / 2048.
-    --size / --max-size replace either number."""
-    recipe = (checkpoint or {}).get("recipe")
-    trained_on = ((checkpoint or {}).get("args") or {}).get("data")
-    if isinstance(recipe, dict) and "test_size" in recipe:
-        short, long, source = recipe["test_size"], recipe["test_max_size"], "the checkpoint's recipe"
-    elif isinstance(recipe, dict) and trained_on in data.DATASETS:
-        short, long = recipe_test_resize(trained_on, recipe.get("crop_size"))
-        source = f"the checkpoint's recipe ({trained_on}, crop {recipe.get('crop_size')})"
-    elif data_name is not None:
-        crop = 640 if data_name == "ade20k" and config.backbone in ("swin_base", "swin_large") else None
-        (short, long), source = recipe_test_resize(data_name, crop), f"the {data_name} recipe"
-    else:
-        official = weight_files.official_test_resize(asdict(config))
-        short, long = (official["test_size"], official["test_max_size"]) if official else (512, 2048)
-        source = "the model's official test size" if official else "the default"
-    if size is not None or max_size is not None:
-        source = "--size / --max-size"
-    return size or short, max_size or long, source
 
 
 def evaluation_dataset(name: str, root: str | Path | None, task: str, resize: tuple[int, int],
@@ -99,82 +54,8 @@ def evaluation_dataset(name: str, root: str | Path | None, task: str, resize: tu
         kwargs.update(test_size=resize[0], test_max_size=resize[1])
     if name == "folder" and ignore_index is not None:
         kwargs["ignore_index"] = ignore_index
-    dataset = data.build_dataset(name, root, split="val", train=False, **kwargs)
+    dataset = datasets.build_dataset(name, root, split="val", train=False, **kwargs)
     return torch.utils.data.Subset(dataset, range(min(num_images, len(dataset)))) if num_images else dataset
-
-
-def tta_resize(dataset, orig_size: tuple[int, int]) -> tuple[int, int]:
-    """(test size, long-edge cap) the multi-scale test scales from: the dataset's recipe (ADE20K: 512,
-    3584 = 7 x 512); without one (shapes) the image's own short edge."""
-    recipe = getattr(dataset, "recipe", None)
-    test_size = recipe.test_size if recipe is not None else min(orig_size)
-    return test_size, (recipe.tta_max_scale if recipe is not None else 7) * test_size
-
-
-def tta_semantic_map(model: nn.Module, image, test_size: int, max_size: int, amp_dtype: torch.dtype | None = None,
-                     scales: tuple[float, ...] = infer.TTA_SCALES, max_values: int = 2**26) -> Tensor:
-    """`infer.tta_class_scores(...).argmax(0)`, the multi-scale + flip semantic map (H0, W0), a band of
-    the photo's rows at a time, holding at most ~max_values class scores at its size at once.
-
-    Each version (scale x flip) reaches the original size through two bilinear resizes of its stride-4
-    outputs, one before and one after Eq. (3.4b). A band of original rows reads only a few rows of
-    each resize's input, so per band and version only those rows are computed (`band_scores`); the
-    band's scores are summed over the versions and its argmax taken. tta_class_scores holds the sum
-    and one version at the original size (150 classes, 5000 x 4000: 2 x 12 GB). Measured, the `tiny`
-    model with 150 classes on a 2000 x 3000 photo (test size 128, CPU): peak RSS 11.0 GB and 53 s for
-    tta_class_scores(...).argmax(0), 1.3 GB and 38 s here. Same labels, up to the float rounding of the
-    row resizes (done as small matmuls).
-    """
-    image = np.asarray(image)
-    orig_size = image.shape[:2]
-    device = next(model.parameters()).device
-    versions = []
-    for outputs, padded_size, size in infer.tta_outputs(model, image, test_size, max_size, amp_dtype, scales):
-        versions += [tta_version(outputs, b, padded_size, size, orig_size) for b in range(2)]
-    num_classes = versions[0]["num_classes"]
-    rows_per_band = max(1, max_values // (num_classes * orig_size[1]))
-    labels = torch.empty(orig_size, dtype=torch.long, device=device)  # (H0, W0)
-    for top in range(0, orig_size[0], rows_per_band):
-        bottom = min(top + rows_per_band, orig_size[0])
-        labels[top:bottom] = sum(band_scores(v, top, bottom) for v in versions).argmax(0)
-    return labels
-
-
-def tta_version(outputs: dict[str, Tensor], b: int, padded_size: tuple[int, int], image_size: tuple[int, int],
-                orig_size: tuple[int, int]) -> dict:
-    """What `band_scores` needs of image b of a pair (b = 1: the flipped one): its stride-4 maps, the
-    class probabilities of Eq. (3.3a) (MaskFormer) or None (per-pixel logits), the widths, and the two
-    row resizes of infer.resize_to_original as 1-D interpolation matrices (built once, sliced per band)."""
-    if "sem_seg_logits" in outputs:
-        maps, class_probs = outputs["sem_seg_logits"][b], None  # (K, h, w)
-    else:
-        maps, class_probs = outputs["pred_masks"][b], outputs["pred_logits"][b].softmax(-1)[:, :-1]  # (N, h, w), (N, K)
-    return {"maps": maps, "class_probs": class_probs,
-            "num_classes": len(maps) if class_probs is None else class_probs.shape[1],
-            "widths": (padded_size[1], image_size[1], orig_size[1]), "flipped": b == 1,
-            # stride 4 -> the padded input, cropped to the image: (h, hs); the image -> the original: (hs, H0)
-            "to_padded": losses.interpolation_matrix(maps.shape[-2], padded_size[0], maps)[:, : image_size[0]],
-            "to_original": losses.interpolation_matrix(image_size[0], orig_size[0], maps)}
-
-
-def band_scores(version: dict, top: int, bottom: int) -> Tensor:
-    """Class scores (K, bottom - top, W0) of rows top..bottom-1 of the original size, for one version:
-    infer.resize_to_original's two resizes, the columns by F.interpolate, the rows by matrix slices."""
-    padded_width, image_width, orig_width = version["widths"]
-    to_original = version["to_original"][:, top:bottom]  # (hs, rows)
-    used = to_original.abs().sum(1).nonzero()[:, 0]  # the test-size rows this band reads
-    first, last = int(used[0]), int(used[-1]) + 1
-    # 1. up to the padded input (rows: the used ones only; columns: all), cropped to the image
-    x = version["to_padded"][:, first:last].T @ version["maps"]  # (C, used rows, w)
-    x = F.interpolate(x[None], size=(last - first, padded_width), mode="bilinear",
-                      align_corners=False)[0, :, :, :image_width]  # (C, used rows, ws)
-    if version["class_probs"] is not None:
-        # Eq. (3.4b): Σ_i p_i(c) · sigmoid(mask logits)_i
-        x = torch.einsum("nk,nhw->khw", version["class_probs"], x.sigmoid())  # (K, used rows, ws)
-    # 2. the resize to the original size
-    x = F.interpolate(x[None], size=(last - first, orig_width), mode="bilinear", align_corners=False)[0]
-    x = torch.einsum("hr,khw->krw", to_original[first:last], x)  # (K, rows, W0)
-    return x.flip(-1) if version["flipped"] else x
 
 
 def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.device | str | None = None,
@@ -219,14 +100,15 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
             orig_sizes = [t["orig_size"] for t in targets]
             if task == "semantic":
                 if tta:  # multi-scale + flip, each scale resized from the original image
-                    preds = [tta_semantic_map(model, t["orig_image"].numpy(), *tta_resize(dataset, t["orig_size"]),
-                                              amp_dtype) for t in targets]
+                    preds = [inference.tta_semantic_map(model, t["orig_image"].numpy(),
+                                                        *inference.tta_resize(dataset, t["orig_size"]), amp_dtype)
+                             for t in targets]
                 else:
-                    preds = infer.predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
+                    preds = inference.predict_semantic(model, images, batch["image_sizes"], orig_sizes, amp_dtype)
                 for pred, target in zip(preds, targets):
                     metric.update(pred, target["orig_sem_seg"].to(device))
             else:
-                preds = infer.predict_panoptic(model, images, is_thing, batch["image_sizes"], orig_sizes, amp_dtype,
+                preds = inference.predict_panoptic(model, images, is_thing, batch["image_sizes"], orig_sizes, amp_dtype,
                                          object_mask_threshold, overlap_threshold)
                 for (pan_seg, segments_info), target in zip(preds, targets):
                     metric.update(pan_seg, segments_info, target["orig_pan_seg"].to(device), target["segments_info"])
@@ -241,7 +123,7 @@ def evaluate(model: nn.Module, loader, task: str = "semantic", device: torch.dev
 
 def build_val_loader(val_set, args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> DataLoader:
     """The validation images, every `world_size`-th from `rank` on: each process evaluates its share
-    and the metrics sum their counts over processes (evaluate.evaluate), so the figure is the whole split's."""
+    and the metrics sum their counts over processes (evaluation.evaluate), so the figure is the whole split's."""
     if world_size > 1:
         if len(val_set) < world_size:
             raise SystemExit(f"error: {len(val_set)} validation image(s) for {world_size} processes: each process "
@@ -253,9 +135,9 @@ def build_val_loader(val_set, args: argparse.Namespace, rank: int = 0, world_siz
 
 def validate(model: nn.Module, loader: DataLoader, task: str, device: torch.device, amp_dtype,
              data_name: str | None = None) -> dict:
-    """Validation on the whole split, the same figure as `infer.py --eval` (every process runs it:
+    """Validation on the whole split, the same figure as `inference.py --eval` (every process runs it:
     simple, and small next to training). Leaves the model in training mode."""
-    object_mask_threshold, overlap_threshold = infer.panoptic_thresholds(data_name)
+    object_mask_threshold, overlap_threshold = inference.panoptic_thresholds(data_name)
     metrics = evaluate(model, loader, task=task, device=device, amp_dtype=amp_dtype, progress=False,
                              object_mask_threshold=object_mask_threshold, overlap_threshold=overlap_threshold)
     model.train()
@@ -291,25 +173,26 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
     if args.data is None:
         parser.error("--eval needs --data (and --data-root, except for shapes)")
     try:
-        dataset = evaluation_dataset(args.data, args.data_root, args.task, recipe_test_resize(args.data),
-                                     shapes_options=infer.shapes_options(args))
+        dataset = evaluation_dataset(args.data, args.data_root, args.task, datasets.test_resize(args.data)[:2],
+                                     shapes_options=inference.shapes_options(args))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
     if args.task == "panoptic" and not getattr(dataset, "panoptic", False):
         parser.error(f"--task panoptic: --data {args.data} has no panoptic labels")
-    model, _, checkpoint = infer.build_model_for(args, parser, dataset.num_classes)
+    model, _, checkpoint = inference.build_model_for(args, parser, dataset.num_classes)
     model = model.to(device)
-    infer.check_task(model, args.task)
+    inference.check_task(model, args.task)
     if model.config.num_classes != dataset.num_classes:
         raise SystemExit(f"error: the model predicts {model.config.num_classes} classes but --data {args.data} "
                          f"has {dataset.num_classes}")
     # the checkpoint's test resize (the size train.py validated at), unless --size / --max-size
-    short_edge, long_edge, source = resolve_test_resize(args.data, model.config, checkpoint, args.size, args.max_size)
+    short_edge, long_edge, source = datasets.test_resize(
+        args.data, config=asdict(model.config), checkpoint=checkpoint, size=args.size, max_size=args.max_size)
     print(f"test resize: short edge {short_edge}, long edge <= {long_edge} (from {source})")
     ignore_index = (checkpoint.get("args") or {}).get("ignore_index") if args.data == "folder" else None
-    if (short_edge, long_edge) != recipe_test_resize(args.data) or ignore_index not in (None, dataset.ignore_index):
+    if (short_edge, long_edge) != datasets.test_resize(args.data)[:2] or ignore_index not in (None, dataset.ignore_index):
         dataset = evaluation_dataset(args.data, args.data_root, args.task, (short_edge, long_edge),
-                                     ignore_index=ignore_index, shapes_options=infer.shapes_options(args))
+                                     ignore_index=ignore_index, shapes_options=inference.shapes_options(args))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=data.collate,
                                          num_workers=args.workers)
     results = evaluate(model, loader, args.task, device, amp_dtype, args.tta, args.max_batches,

@@ -1,5 +1,5 @@
 """The paper's §4 findings at classroom scale: Tables 4, 5, 6, the class-count trend, Figure 4 and
-semantic vs general inference, each as `python experiments.py STUDY` on a 2-core CPU.
+semantic vs general inference, each as `python -m tooling.experiments STUDY` on a 2-core CPU.
 
 Paper: §4.3 "Ablation studies" (docs/paper.md, "Table 4", "Table 5", "Number of queries") and
 §3.4 (Eq. (3.4a) against Eq. (3.4b)). Every study trains small models (`tiny` config) on the
@@ -10,20 +10,20 @@ seen and identical for every arm (`FULL`), then writes three small files:
     results/STUDY.md     the table (mean ± std over seeds, the paper's number beside ours)
     results/STUDY.png    the same as a picture (bars with ± std error bars)
 
-    python experiments.py table4      # PerPixelBaseline, PerPixelBaseline+, fixed vs bipartite matching
-    python experiments.py table5      # box- vs mask-based matching on panoptic shapes: PQ, PQ^Th, PQ^St
-    python experiments.py table6      # the number of queries N (97 classes; table6_k7: 7 classes)
-    python experiments.py classes     # per-pixel vs mask classification as the number of classes K grows
-    python experiments.py figure4     # unique categories predicted per query (any checkpoint: --checkpoint)
-    python experiments.py inference   # semantic (3.4b) vs general (3.4a) inference, mIoU and PQ
-    python experiments.py all --quick # every study at a tiny budget, one seed (CI)
+    python -m tooling.experiments table4      # PerPixelBaseline, PerPixelBaseline+, fixed vs bipartite matching
+    python -m tooling.experiments table5      # box- vs mask-based matching on panoptic shapes: PQ, PQ^Th, PQ^St
+    python -m tooling.experiments table6      # the number of queries N (97 classes; table6_k7: 7 classes)
+    python -m tooling.experiments classes     # per-pixel vs mask classification as the number of classes K grows
+    python -m tooling.experiments figure4     # unique categories predicted per query (any checkpoint: --checkpoint)
+    python -m tooling.experiments inference   # semantic (3.4b) vs general (3.4a) inference, mIoU and PQ
+    python -m tooling.experiments all --quick # every study at a tiny budget, one seed (CI)
 
 Runs are shared between studies (an arm is a set of training flags; Table 4's PerPixelBaseline is
 also the classes study's K = 7 per-pixel arm) and each finished run is a file results/runs/*.json:
 an interrupted study resumes where it stopped (an unfinished training continues from its last.pt
 under runs/experiments/). `figure4` and `inference` read the checkpoints of their runs, which are not
 committed: on a fresh copy they first train those runs again (and rewrite their records). To rerun a
-study from scratch, give it other folders: `python experiments.py table4 --results R --work W`.
+study from scratch, give it other folders: `python -m tooling.experiments table4 --results R --work W`.
 
 Reading order: `Budget` and `Arm` (what one training run is) -> `STUDIES` (the arms of each study)
 -> `run_arm` (one run through train.py) -> `run_study` (seeds, mean ± std, files) -> the two
@@ -55,13 +55,12 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from tqdm import tqdm
 
-import cli
 import data
-import evaluate
-import infer
-import shapes
-import weights
-from checkpoint import read_checkpoint
+import evaluation
+import inference
+import train
+from machinery import cli, datasets, shapes, weights
+from machinery.checkpoint import read_checkpoint
 from metrics import PanopticMetrics, SemanticMetrics, strict_json
 
 
@@ -211,7 +210,6 @@ def run_arm(arm: Arm, seed: int, budget: Budget, results: Path, work: Path) -> d
     """One training run through train.py (resumed if interrupted), recorded in results/runs/KEY.json.
 
     A run whose record exists is not trained again. Returns {"arm", "seed", "metrics", "wall_s"}."""
-    import train  # here: train imports this project's every module; studies on checkpoints need none of it
 
     record_file = record_path(results, arm, seed)
     if record_file.exists():
@@ -284,7 +282,7 @@ def load_model(path: Path) -> nn.Module:
 
 
 def validation_set(arm: Arm, budget: Budget):
-    return data.build_dataset("shapes", split="val", task=arm.task, image_size=budget.image_size,
+    return datasets.build_dataset("shapes", split="val", task=arm.task, image_size=budget.image_size,
                               num_images=budget.val_images, colours=arm.colours, stuff=arm.stuff)
 
 
@@ -297,7 +295,7 @@ def categories_per_query(model: nn.Module, loader) -> list[int]:
     """Figure 4: for each query i, how many different categories c_i ≠ ∅ it predicts over the set."""
     seen: list[set[int]] = [set() for _ in range(model.config.num_queries)]
     for batch in loader:
-        logits = model(infer.pad_to_multiple(batch["images"]))["pred_logits"]  # (B, N, K+1)
+        logits = model(inference.pad_to_multiple(batch["images"]))["pred_logits"]  # (B, N, K+1)
         predicted = logits.argmax(-1)  # (B, N): c_i, with K meaning ∅
         for i, categories in enumerate(predicted.T.tolist()):
             seen[i].update(c for c in categories if c != model.config.num_classes)
@@ -309,23 +307,23 @@ def compare_inference(model: nn.Module, loader, is_thing: list[bool]) -> dict:
     """mIoU and PQ of the same model with semantic inference (3.4b) and general inference (3.4a).
 
     PQ with (3.4b): its semantic map has no instances, so each class present is one segment.
-    PQ with (3.4a): infer.panoptic_inference (general inference with the panoptic filters)."""
+    PQ with (3.4a): inference.panoptic_inference (general inference with the panoptic filters)."""
     K = model.config.num_classes
     semantic = {"3.4b": SemanticMetrics(K), "3.4a": SemanticMetrics(K)}
     panoptic = {"3.4b": PanopticMetrics(is_thing), "3.4a": PanopticMetrics(is_thing)}
     for batch in loader:
-        images = infer.pad_to_multiple(batch["images"])
+        images = inference.pad_to_multiple(batch["images"])
         outputs = model(images)
         masks = F.interpolate(outputs["pred_masks"], size=images.shape[-2:], mode="bilinear", align_corners=False)
-        maps = {"3.4b": infer.semantic_inference(outputs["pred_logits"], masks).argmax(1),  # (B, H, W)
-                "3.4a": infer.general_inference(outputs["pred_logits"], masks)}  # (B, H, W)
+        maps = {"3.4b": inference.semantic_inference(outputs["pred_logits"], masks).argmax(1),  # (B, H, W)
+                "3.4a": inference.general_inference(outputs["pred_logits"], masks)}  # (B, H, W)
         for b, target in enumerate(batch["targets"]):
             H, W = target["orig_size"]
             for kind, label_map in maps.items():
                 semantic[kind].update(label_map[b, :H, :W], target["orig_sem_seg"])
             pan_seg, segments = segments_of_classes(maps["3.4b"][b, :H, :W])
             panoptic["3.4b"].update(pan_seg, segments, target["orig_pan_seg"], target["segments_info"])
-            pan_seg, segments = infer.panoptic_inference(outputs["pred_logits"][b], masks[b, :, :H, :W], is_thing)
+            pan_seg, segments = inference.panoptic_inference(outputs["pred_logits"][b], masks[b, :, :H, :W], is_thing)
             panoptic["3.4a"].update(pan_seg, segments, target["orig_pan_seg"], target["segments_info"])
     results = {}
     for kind in ("3.4b", "3.4a"):
@@ -375,7 +373,7 @@ def figure4(budget: Budget, results: Path, work: Path, command: str, checkpoint:
     return result
 
 
-def inference(budget: Budget, results: Path, work: Path, command: str) -> dict:
+def inference_study(budget: Budget, results: Path, work: Path, command: str) -> dict:
     """(3.4b) vs (3.4a) on INFERENCE_ARM's checkpoints (Table 5's mask-matching runs)."""
     start = time.perf_counter()
     dataset = validation_set(INFERENCE_ARM, budget)
@@ -529,7 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=None, help="folder of the training runs (default: runs/experiments)")
     p.add_argument("--checkpoint", default=None, help="figure4: a train.py checkpoint instead of the study's "
                    "own runs (with --data, --data-root); files go to CHECKPOINT_FOLDER/figure4/ unless --results")
-    p.add_argument("--data", default="shapes", choices=data.DATASETS, help="figure4 --checkpoint: its dataset")
+    p.add_argument("--data", default="shapes", choices=datasets.DATASETS, help="figure4 --checkpoint: its dataset")
     p.add_argument("--data-root", default=None, help="figure4 --checkpoint: the dataset's folder")
     p.add_argument("--val-images", type=cli.int_at_least(1), default=None,
                    help="figure4 --checkpoint: only the first N validation images")
@@ -540,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint and not args.results:  # the committed results/figure4.* stay as they are
         results = Path(args.checkpoint).parent / "figure4"
     work = Path(args.work) if args.work else default_root
-    command = "python experiments.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m tooling.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(1)
     for name in STUDY_NAMES if args.study == "all" else (args.study,):
         if name in STUDIES:
@@ -552,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
             result = figure4(budget, results, work, command, Path(args.checkpoint) if args.checkpoint else None,
                              loader)
         else:
-            result = inference(budget, results, work, command)
+            result = inference_study(budget, results, work, command)
         print(f"{name}: wrote {results / name}.json, .md, .png ({duration(result['wall_s'])})")
 
 
@@ -564,7 +562,7 @@ def figure4_loader(args: argparse.Namespace, budget: Budget):
     recipe = ckpt.get("recipe", {}) if isinstance(ckpt, dict) else {}
     size = (recipe.get("test_size") or budget.image_size, recipe.get("test_max_size") or budget.image_size)
     try:
-        dataset = evaluate.evaluation_dataset(args.data, args.data_root, "semantic", size, args.val_images)
+        dataset = evaluation.evaluation_dataset(args.data, args.data_root, "semantic", size, args.val_images)
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}") from None
     return batches(dataset, batch_size=1 if args.data != "shapes" else 8)

@@ -1,9 +1,9 @@
 """Prepare the paper's other datasets from the files their publishers ship.
 
-    python prepare.py coco_stuff_10k  /data/coco_stuff_10k        # or: python data.py prepare NAME ROOT
-    python prepare.py ade20k_full     /data/ADE20K_2021_17_01
-    python prepare.py mapillary       /data/mapillary_vistas
-    python prepare.py ade20k_panoptic /data/ADEChallengeData2016
+    python -m tooling.prepare coco_stuff_10k  /data/coco_stuff_10k        # or: python -m tooling.prepare NAME ROOT
+    python -m tooling.prepare ade20k_full     /data/ADE20K_2021_17_01
+    python -m tooling.prepare mapillary       /data/mapillary_vistas
+    python -m tooling.prepare ade20k_panoptic /data/ADEChallengeData2016
 
 Paper part: §4, "Datasets". Besides ADE20K-150, Cityscapes and COCO panoptic (read as shipped),
 the paper evaluates on COCO-Stuff-10K (171 classes), ADE20K-Full (847 classes), Mapillary Vistas
@@ -72,47 +72,30 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DatasetError, read_image, read_label
+from machinery.dataset_files import (
+    ADE20K_FULL_IGNORE,
+    ADE_FULL_LAYOUT,
+    ADE_PAN_LAYOUT,
+    ADE_PAN_SPLITS,
+    ade_full_base,
+    ade_panoptic_base,
+    ade_panoptic_paths,
+    check_mapillary_config,
+    check_size,
+    encode_panoptic_png,
+    load_meta,
+    mapillary_base,
+    mapillary_paths,
+    marker_path,
+    stuff10k_base,
+)
 
-META_DIR = Path(__file__).resolve().parent / "meta"
-ADE20K_FULL_IGNORE = 65535  # ignore value of the prepared ADE20K-Full label files (16-bit TIFF)
 STUFF10K_UNLABELED = 1  # label of unlabelled pixels in the COCO-Stuff-10K v1.0 .mat files
-
-
-def load_meta(file_name: str) -> dict:
-    """One of the official class lists in meta/ (see each file's "source")."""
-    return json.loads((META_DIR / file_name).read_text())
-
-
-def official_classes(name: str) -> tuple[list[str], list[bool], np.ndarray | None]:
-    """(class names, is_thing, colours (K, 3) uint8 or None) of a dataset's official list in meta/:
-    coco_stuff_10k, ade20k_full, mapillary (the 65 evaluated labels) or ade20k_panoptic."""
-    if name == "coco_stuff_10k":
-        classes = load_meta("coco_stuff_10k_171.json")["classes"]
-        return [c["name"] for c in classes], [c["isthing"] for c in classes], None
-    if name == "ade20k_full":
-        names = [c["name"] for c in load_meta("ade20k_full_847.json")["classes"]]
-        return names, [False] * len(names), None
-    if name == "mapillary":
-        labels = [label for label in load_meta("mapillary_vistas_v1.2.json")["labels"] if label["evaluate"]]
-        classes = [(label["readable"], label["instances"], label["color"]) for label in labels]
-    elif name == "ade20k_panoptic":
-        classes = [(c["name"], c["isthing"], c["color"]) for c in load_meta("ade20k_panoptic_150.json")["categories"]]
-    else:
-        raise DatasetError(f"dataset {name!r}: no official class list in meta/")
-    return [c[0] for c in classes], [c[1] for c in classes], np.array([c[2] for c in classes], np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
 # COCO-Stuff-10K v1.0: annotations/<name>.mat (field S) + imageLists/{train,test}.txt
 # ----------------------------------------------------------------------------------------------
-
-STUFF10K_URL = "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/cocostuff-10k-v1.0.zip"
-STUFF10K_LAYOUT = "imageLists/{train,test}.txt, images/<name>.jpg and annotations/<name>.mat"
-
-
-def stuff10k_base(root: Path) -> Path:
-    return find_base("coco_stuff_10k", root, ("", "coco_stuff_10k", "coco/coco_stuff_10k"),
-                     "imageLists/train.txt", STUFF10K_LAYOUT, STUFF10K_URL)
 
 
 def read_stuff10k_mat(path: Path) -> np.ndarray:
@@ -186,13 +169,7 @@ def read_name_list(path: Path) -> list[str]:
 # ADE20K-Full (ADE20K_2021_17_01): images/ADE/{training,validation}/**/ADE_*.jpg + *_seg.png
 # ----------------------------------------------------------------------------------------------
 
-ADE_FULL_URL = "https://ade20k.csail.mit.edu/ (ADE20K_2021_17_01.zip, registration required)"
-ADE_FULL_LAYOUT = "images/ADE/{training,validation}/<scene>/.../ADE_*.jpg, each with its ADE_*_seg.png"
 ADE_FULL_SHORT_EDGE = 512  # the official script shrinks images whose short edge is longer than this
-
-
-def ade_full_base(root: Path) -> Path:
-    return find_base("ade20k_full", root, ("", "ADE20K_2021_17_01"), "images/ADE", ADE_FULL_LAYOUT, ADE_FULL_URL)
 
 
 def ade_full_lookup() -> np.ndarray:
@@ -270,39 +247,6 @@ def prepare_ade20k_full(root: Path) -> Path:
 # Mapillary Vistas v1.2: {training,validation}/images/*.jpg + labels/*.png, config.json
 # ----------------------------------------------------------------------------------------------
 
-MAPILLARY_URL = "https://www.mapillary.com/dataset/vistas (research edition; v1.2 labels)"
-MAPILLARY_LAYOUT = ("config.json (v1.2), {training,validation}/images/<name>.jpg and "
-                    "{training,validation}/labels/<name>.png (v1.2 labels; or v1.2/labels/ of the v2.0 download)")
-
-
-def mapillary_base(root: Path) -> Path:
-    return find_base("mapillary", root, ("", "mapillary_vistas"), "training/images", MAPILLARY_LAYOUT, MAPILLARY_URL)
-
-
-def mapillary_paths(base: Path, split: str) -> tuple[Path, Path]:
-    """(images folder, v1.2 labels folder) of a split ("training" or "validation")."""
-    labels = next((d for d in (base / split / "labels", base / split / "v1.2" / "labels") if d.is_dir()), None)
-    if labels is None or not (base / split / "images").is_dir():
-        raise DatasetError(f"mapillary: {base / split}: expected images/ and labels/ (or v1.2/labels/) "
-                           f"folders ({MAPILLARY_LAYOUT}; download: {MAPILLARY_URL})")
-    return base / split / "images", labels
-
-
-def check_mapillary_config(base: Path) -> list[dict]:
-    """The 66 labels of config.json (or config_v1.2.json), checked against the official v1.2 list."""
-    official = load_meta("mapillary_vistas_v1.2.json")["labels"]
-    path = next((p for p in (base / "config.json", base / "config_v1.2.json") if p.is_file()), None)
-    if path is None:
-        raise DatasetError(f"mapillary: no config.json under {base} (expected the v1.2 config.json of the download)")
-    try:
-        names = [label["name"] for label in json.loads(path.read_text())["labels"]]
-    except (ValueError, KeyError, TypeError) as error:
-        raise DatasetError(f"{path}: not a Mapillary Vistas config ({type(error).__name__}: {error})") from None
-    if names != [label["name"] for label in official]:
-        raise DatasetError(f"{path}: {len(names)} labels that are not the 66 of Mapillary Vistas v1.2 "
-                           f"(v2.0 has 124; the paper uses v1.2)")
-    return official
-
 
 def check_mapillary(root: Path) -> Path:
     """Mapillary Vistas needs no conversion: verify config.json, that every image has a label PNG
@@ -323,26 +267,6 @@ def check_mapillary(root: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # ADE20K-Panoptic: ADEChallengeData2016 + annotations_instance -> COCO panoptic PNGs and JSON
 # ----------------------------------------------------------------------------------------------
-
-ADE_PAN_URL = ("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip and "
-               "http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar")
-ADE_PAN_LAYOUT = ("images/{training,validation}/*.jpg, annotations/{training,validation}/*.png and "
-                  "annotations_instance/{training,validation}/*.png")
-ADE_PAN_SPLITS = {"train": "training", "val": "validation"}
-
-
-def ade_panoptic_base(root: Path) -> Path:
-    base = find_base("ade20k_panoptic", root, ("", "ADEChallengeData2016"), "images/training", ADE_PAN_LAYOUT,
-                     ADE_PAN_URL)
-    if not (base / "annotations_instance").is_dir():
-        raise DatasetError(f"ade20k_panoptic: {base / 'annotations_instance'} not found (download "
-                           "annotations_instance.tar from http://sceneparsing.csail.mit.edu/ and unpack it there)")
-    return base
-
-
-def ade_panoptic_paths(base: Path, split: str) -> tuple[Path, Path]:
-    """(PNG folder, JSON file) of the prepared panoptic annotations of split "train" or "val"."""
-    return base / f"ade20k_panoptic_{split}", base / f"ade20k_panoptic_{split}.json"
 
 
 def ade_panoptic_categories() -> list[dict]:
@@ -397,11 +321,6 @@ def ade_panoptic_segments(semantic: np.ndarray, instance: np.ndarray, is_thing: 
         segments_info.append({"id": segment_id, "category_id": int(category), "area": int(areas[segment_id]),
                               "bbox": bbox, "iscrowd": 0})
     return pan_seg, segments_info
-
-
-def encode_panoptic_png(pan_seg: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colours of a segment-id map: id = R + 256 G + 256² B -> uint8 (H, W, 3)."""
-    return np.stack([pan_seg % 256, pan_seg // 256 % 256, pan_seg // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 def prepare_ade20k_panoptic(root: Path) -> Path:
@@ -463,26 +382,11 @@ def prepare_ade20k_panoptic(root: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def find_base(name: str, root: Path | str, candidates: tuple[str, ...], landmark: str, layout: str,
-              url: str) -> Path:
-    """The dataset folder: the first root/candidate holding `landmark`; else a one-line error."""
-    root = Path(root)
-    for candidate in candidates:
-        if (root / candidate / landmark).exists():
-            return root / candidate
-    raise DatasetError(f"{name}: dataset not found under root={str(root)!r}; expected the layout {layout} "
-                       f"(download: {url})")
-
-
 def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """write(tmp) to a temporary file next to `path`, then rename it to `path` (all or nothing)."""
     tmp = path.with_name(f".{path.name}.partial")
     write(tmp)
     os.replace(tmp, path)
-
-
-def marker_path(base: Path, name: str) -> Path:
-    return base / f"prepared_{name}.json"
 
 
 def write_marker(base: Path, name: str, counts: dict[str, int]) -> None:
@@ -491,33 +395,6 @@ def write_marker(base: Path, name: str, counts: dict[str, int]) -> None:
     path = marker_path(base, name)
     if not (path.is_file() and path.read_text() == text):  # a finished folder is left untouched
         save_atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def check_prepared(base: Path, name: str, split: str, label_dir: Path, pattern: str) -> list[Path]:
-    """The sorted label files of a prepared split; a one-line error if the folder is not (fully) prepared."""
-    command = f"python prepare.py {name} {base}"
-    marker = marker_path(base, name)
-    if not marker.is_file():
-        state = "half-prepared (preparation did not finish)" if label_dir.is_dir() else "not prepared"
-        raise DatasetError(f"{name}: {base} is {state}: no {marker.name}; run `{command}`")
-    expected = json.loads(marker.read_text())["items"][split]
-    labels = sorted(label_dir.glob(pattern)) if label_dir.is_dir() else []
-    if len(labels) != expected:
-        raise DatasetError(f"{name}: {label_dir} holds {len(labels)} label files, {marker.name} says {expected}; "
-                           f"run `{command}` again")
-    return labels
-
-
-def check_size(image_path: Path, shape: tuple[int, int], label_path: Path) -> None:
-    """The image (header only) must have the label's (H, W)."""
-    try:
-        with Image.open(image_path) as img:
-            w, h = img.size
-    except FileNotFoundError:
-        raise DatasetError(f"{image_path}: file not found (the image of {label_path})") from None
-    if (h, w) != tuple(shape):
-        raise DatasetError(f"{label_path}: label size {shape[1]}x{shape[0]} (WxH) differs from its image "
-                           f"{image_path} ({w}x{h})")
 
 
 PREPARERS: dict[str, Callable[[Path], Path]] = {

@@ -12,7 +12,7 @@ Reading order: `run_folder` (a fresh run never lands in another run's folder) ->
 hold) -> `resume` (bit for bit) -> `is_finished` / `write_final_metrics` / `read_final_metrics`
 -> `MetricsLog` / `read_records` (metrics.jsonl) -> `NonFiniteLoss` / `stop_unless_finite` /
 `last_good_checkpoint`.
-A failing validation stops the run with evaluate.ValidationFailed.
+A failing validation stops the run with evaluation.ValidationFailed.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.nn as nn
 
-import checkpoint
-import evaluate
-from checkpoint import load_checkpoint, rename_old_keys, rng_states, set_rng_states
+from machinery import checkpoint, datasets
+from machinery.checkpoint import load_checkpoint, rng_states, set_rng_states
 from metrics import strict_json
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "final_metrics.json")  # a folder with one holds a run
@@ -99,7 +98,7 @@ def latest_run(root: Path = Path("runs")) -> Path:
 def run_description(model: nn.Module, recipe, class_names, args: argparse.Namespace) -> dict:
     """What a checkpoint says about its run: the model config, the recipe (a train.TrainingRecipe, with
     the test resize it was validated at, which `infer.py --eval` takes from it), the class names, the flags."""
-    test_resize = dict(zip(("test_size", "test_max_size"), evaluate.recipe_test_resize(args.data, recipe.crop_size)))
+    test_resize = dict(zip(("test_size", "test_max_size"), datasets.test_resize(args.data, recipe.crop_size)[:2]))
     return {"config": asdict(model.config), "recipe": {**asdict(recipe), **test_resize},
             "class_names": list(class_names),
             "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
@@ -180,7 +179,7 @@ def read_records(path: Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(rename_old_keys(record))
+            records.append(record)
     return records
 
 

@@ -1,11 +1,11 @@
 """How fast training runs: the classroom run's time to accuracy, where its time goes, the data pipeline.
 
-Not a part of the paper: infrastructure for docs/speed.md. `python benchmark.py --time-to-accuracy
+Not a part of the paper: infrastructure for docs/speed.md. `python -m tooling.benchmark --time-to-accuracy
 --runs 3` runs `time_to_accuracy`: --runs fresh `python train.py` processes (the default classroom
 run, or --train-args), one after the other: the wall time of each (imports included), when its
 validation first reached 0.70 and 0.80 mIoU, images/s, the medians; then `phase_profile`, the share
 of that run's time per phase (data, forward, loss and matching, AdamW, backward; validation,
-checkpoints, figures), timed by hooks on the real `train.train_step`. `python benchmark.py` also
+checkpoints, figures), timed by hooks on the real `train.train_step`. `python -m tooling.benchmark` also
 reports `data_pipeline_speed`: the samples/s the ADE20K data pipeline delivers.
 
 Reading order: `time_to_accuracy` -> `time_to_accuracy_run` (one training process, its validation
@@ -34,16 +34,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import adamw
-import augment
-import checkpoint
 import data
-import distributed
-import drawing
-import evaluate
+import evaluation
 import train
-from runs import checkpoint_state, read_records, run_description  # by name: `runs` below is a list of runs
-from timing import fmt
+from machinery import adamw, augment, checkpoint, datasets, distributed, drawing
+from machinery.runs import checkpoint_state, read_records, run_description  # by name: `runs` below is a list of runs
+from tooling.timing import fmt
 
 
 def time_to_accuracy(args: argparse.Namespace) -> dict:
@@ -190,7 +186,7 @@ def phase_profile(train_argv: list[str], steps: int = 20, warmup: int = 3) -> di
     per_step["backward, clipping, rest"] = step_s - sum(s for n, s in per_step.items() if not n.startswith(" "))
     once = {}
     start = time.perf_counter()
-    evaluate.validate(model, evaluate.build_val_loader(val_set, args), recipe.task, device, None, args.data)
+    evaluation.validate(model, evaluation.build_val_loader(val_set, args), recipe.task, device, None, args.data)
     once["validation"] = time.perf_counter() - start
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     about = run_description(model, recipe, train_set.class_names, args)
@@ -236,7 +232,7 @@ def data_pipeline_speed(root: str | Path | None = None, workers: tuple[int, ...]
     with tempfile.TemporaryDirectory() as tmp:
         if root is None:
             root = write_ade_like_fixture(Path(tmp), num_images=16)
-        dataset = data.build_dataset("ade20k", root, split="train", train=True, crop_size=crop_size)
+        dataset = datasets.build_dataset("ade20k", root, split="train", train=True, crop_size=crop_size)
         rng, n = np.random.default_rng(0), 2 * batch_size
         clock = {"decode_ms": 0.0, "augment_ms": 0.0, "item_ms": 0.0}
         for i in range(n):

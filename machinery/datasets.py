@@ -3,7 +3,7 @@ Mapillary Vistas, ADE20K-Panoptic, and a user's own folder.
 
 Paper: §4 "Datasets". Each class here reads one dataset's files into a `data.Sample` (image, label
 map, and for panoptic data the segment map and its segments); `data.SegmentationDataset` does the
-rest (augmentation, tensors, the ground-truth set z_gt of Eq. (3.2b)). `data.build_dataset` picks
+rest (augmentation, tensors, the ground-truth set z_gt of Eq. (3.2b)). `build_dataset` picks
 the class by name; a new dataset is one more class here and one more name there.
 
 Reading order: `SemanticFolderDataset` (image/label folders) -> `ADE20KDataset` ->
@@ -15,18 +15,20 @@ Differences from the official dataset mappers are listed in data.py's docstring.
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-import prepare
 from data import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
     DatasetError,
     Sample,
     SegmentationDataset,
+    ShapesDataset,
     check_same_size,
     check_values,
     make_palette,
@@ -35,6 +37,8 @@ from data import (
     read_panoptic_png,
     split_folder,
 )
+from machinery import dataset_files
+from machinery.augment import recipe_for
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -81,24 +85,6 @@ class SemanticFolderDataset(SegmentationDataset):
         return Sample(image, self.decode_label(label, label_path), str(image_path), image_path.stem)
 
 
-ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
-    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
-    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
-    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
-    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
-    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
-    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
-    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)  # fmt: skip
 
 
 class ADE20KDataset(SemanticFolderDataset):
@@ -120,24 +106,15 @@ class ADE20KDataset(SemanticFolderDataset):
         pairs = _pair_labels(images, base / "annotations" / folder, lambda p: p.stem + ".png")
         self.lookup = np.full(256, IGNORE_INDEX, np.int32)  # PNG value -> class id
         self.lookup[1:151] = np.arange(150)
-        super().__init__(pairs, str(base / "images" / folder), class_names=list(ADE20K_CLASSES),
-                         is_thing=[False] * 150, palette=make_palette(150), **kwargs)
+        names, is_thing, _ = dataset_files.official_classes("ade20k")
+        super().__init__(pairs, str(base / "images" / folder), class_names=names, is_thing=is_thing,
+                         palette=make_palette(150), **kwargs)
 
     def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
         check_values(label, np.ones(151, bool), path, "0 = other, 1..150 = classes")
         return self.lookup[label]
 
 
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
-CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)  # train id order
-CITYSCAPES_PALETTE = np.array([
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
-    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-], np.uint8)  # fmt: skip
 
 
 class CityscapesDataset(SemanticFolderDataset):
@@ -159,12 +136,12 @@ class CityscapesDataset(SemanticFolderDataset):
             name = lambda p: p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")  # noqa: E731
             pairs += _pair_labels(images, label_dir / city.name, name)
         self.lookup = np.full(256, IGNORE_INDEX, np.int32)  # label id -> train id
-        self.lookup[list(CITYSCAPES_LABEL_IDS)] = np.arange(19)
+        label_ids = [c["label_id"] for c in dataset_files.load_meta("cityscapes_19.json")["classes"]]
+        self.lookup[label_ids] = np.arange(19)
         self.allowed = np.zeros(256, bool)
         self.allowed[:34] = self.allowed[255] = True
-        things = {"person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"}
-        super().__init__(pairs, str(image_dir), class_names=list(CITYSCAPES_CLASSES),
-                         is_thing=[c in things for c in CITYSCAPES_CLASSES], palette=CITYSCAPES_PALETTE, **kwargs)
+        names, is_thing, colours = dataset_files.official_classes("cityscapes")
+        super().__init__(pairs, str(image_dir), class_names=names, is_thing=is_thing, palette=colours, **kwargs)
 
     def load(self, index: int) -> Sample:
         sample = super().load(index)
@@ -297,18 +274,18 @@ class CocoPanopticDataset(SegmentationDataset):
 
 
 class CocoStuff10KDataset(SemanticFolderDataset):
-    """COCO-Stuff-10K v1.0 prepared by `python prepare.py coco_stuff_10k ROOT`: images/<name>.jpg
+    """COCO-Stuff-10K v1.0 prepared by `python -m tooling.prepare coco_stuff_10k ROOT`: images/<name>.jpg
     with annotations_detectron2/{train,test}/<name>.png (0..170, 255 = unlabeled). split "val" is
     the 1000-image test list, as in the paper. Classes: 80 things then 91 stuff (COCO-Stuff order)."""
 
     def __init__(self, root: Path, split: str = "train", **kwargs):
         folder = {"train": "train", "val": "test"}[split_folder(split)]
-        base = prepare.stuff10k_base(root)
+        base = dataset_files.stuff10k_base(root)
         label_dir = base / "annotations_detectron2" / folder
-        labels = prepare.check_prepared(base, "coco_stuff_10k", folder, label_dir, "*.png")
+        labels = dataset_files.check_prepared(base, "coco_stuff_10k", folder, label_dir, "*.png")
         copied = base / "images_detectron2" / folder  # the official script's copies, if present
         image_dir = copied if copied.is_dir() else base / "images"
-        names, is_thing, _ = prepare.official_classes("coco_stuff_10k")
+        names, is_thing, _ = dataset_files.official_classes("coco_stuff_10k")
         self.allowed = np.zeros(256, bool)
         self.allowed[:len(names)] = self.allowed[IGNORE_INDEX] = True
         super().__init__([(image_dir / f"{p.stem}.jpg", p) for p in labels], str(label_dir), class_names=names,
@@ -320,22 +297,22 @@ class CocoStuff10KDataset(SemanticFolderDataset):
 
 
 class ADE20KFullDataset(SemanticFolderDataset):
-    """ADE20K-Full (847 classes) prepared by `python prepare.py ade20k_full ROOT`:
+    """ADE20K-Full (847 classes) prepared by `python -m tooling.prepare ade20k_full ROOT`:
     images_detectron2/{training,validation}/*.jpg with annotations_detectron2/.../*.tif (uint16
     class ids 0..846, 65535 = unlabelled or a class outside the 847). Class 255 is a real class
     here, so the ignore value of items is 65535 (`ignore_index`)."""
 
     def __init__(self, root: Path, split: str = "train", **kwargs):
         folder = {"train": "training", "val": "validation"}[split_folder(split)]
-        base = prepare.ade_full_base(root)
+        base = dataset_files.ade_full_base(root)
         label_dir = base / "annotations_detectron2" / folder
-        labels = prepare.check_prepared(base, "ade20k_full", folder, label_dir, "*.tif")
-        names, is_thing, _ = prepare.official_classes("ade20k_full")
-        self.allowed = np.zeros(prepare.ADE20K_FULL_IGNORE + 1, bool)
-        self.allowed[:len(names)] = self.allowed[prepare.ADE20K_FULL_IGNORE] = True
+        labels = dataset_files.check_prepared(base, "ade20k_full", folder, label_dir, "*.tif")
+        names, is_thing, _ = dataset_files.official_classes("ade20k_full")
+        self.allowed = np.zeros(dataset_files.ADE20K_FULL_IGNORE + 1, bool)
+        self.allowed[:len(names)] = self.allowed[dataset_files.ADE20K_FULL_IGNORE] = True
         pairs = [(base / "images_detectron2" / folder / f"{p.stem}.jpg", p) for p in labels]
         super().__init__(pairs, str(label_dir), class_names=names, is_thing=is_thing,
-                         palette=make_palette(len(names)), ignore_index=prepare.ADE20K_FULL_IGNORE, **kwargs)
+                         palette=make_palette(len(names)), ignore_index=dataset_files.ADE20K_FULL_IGNORE, **kwargs)
 
     def decode_label(self, label: np.ndarray, path: Path) -> np.ndarray:
         check_values(label, self.allowed, path, f"0..{self.num_classes - 1} = classes, 65535 = ignore")
@@ -343,17 +320,17 @@ class ADE20KFullDataset(SemanticFolderDataset):
 
 
 class MapillaryVistasDataset(SemanticFolderDataset):
-    """Mapillary Vistas v1.2 as shipped (no conversion; `python prepare.py mapillary ROOT` only checks
+    """Mapillary Vistas v1.2 as shipped (no conversion; `python -m tooling.prepare mapillary ROOT` only checks
     it): {training,validation}/images/*.jpg with labels/*.png (palette indices 0..65). Label ids
     0..64 are the 65 classes of config.json in order; 65 ("Unlabeled") -> ignore (255). Things:
     the labels with "instances": true."""
 
     def __init__(self, root: Path, split: str = "train", **kwargs):
         folder = {"train": "training", "val": "validation"}[split_folder(split)]
-        base = prepare.mapillary_base(root)
-        prepare.check_mapillary_config(base)
-        names, is_thing, colours = prepare.official_classes("mapillary")
-        image_dir, label_dir = prepare.mapillary_paths(base, folder)
+        base = dataset_files.mapillary_base(root)
+        dataset_files.check_mapillary_config(base)
+        names, is_thing, colours = dataset_files.official_classes("mapillary")
+        image_dir, label_dir = dataset_files.mapillary_paths(base, folder)
         pairs = _pair_labels(_list_images(image_dir), label_dir, lambda p: p.stem + ".png")
         self.lookup = np.full(len(names) + 1, IGNORE_INDEX, np.int32)  # label id -> class id
         self.lookup[:len(names)] = np.arange(len(names))
@@ -366,17 +343,138 @@ class MapillaryVistasDataset(SemanticFolderDataset):
 
 
 class ADE20KPanopticDataset(CocoPanopticDataset):
-    """ADE20K-Panoptic prepared by `python prepare.py ade20k_panoptic ROOT`: images/{training,validation}/
+    """ADE20K-Panoptic prepared by `python -m tooling.prepare ade20k_panoptic ROOT`: images/{training,validation}/
     with the COCO-format ade20k_panoptic_{train,val}.json and ade20k_panoptic_{train,val}/*.png.
     150 categories (100 things), category id = ADE20K-150 class id."""
 
     def __init__(self, root: Path, split: str = "train", task: str = "panoptic", **kwargs):
         split = split_folder(split)
-        base = prepare.ade_panoptic_base(root)
-        png_dir, json_path = prepare.ade_panoptic_paths(base, split)
+        base = dataset_files.ade_panoptic_base(root)
+        png_dir, json_path = dataset_files.ade_panoptic_paths(base, split)
         if not json_path.is_file():
             state = "half-prepared (preparation did not finish)" if png_dir.is_dir() else "not prepared"
             raise DatasetError(f"ade20k_panoptic: {base} is {state}: no {json_path.name}; "
-                               f"run `python prepare.py ade20k_panoptic {base}`")
-        self.read_annotations(json_path, base / "images" / prepare.ADE_PAN_SPLITS[split], png_dir, task=task,
+                               f"run `python -m tooling.prepare ade20k_panoptic {base}`")
+        self.read_annotations(json_path, base / "images" / dataset_files.ADE_PAN_SPLITS[split], png_dir, task=task,
                               **kwargs)
+
+
+DATASETS = ("ade20k", "coco_panoptic", "cityscapes", "coco_stuff_10k", "ade20k_full", "mapillary",
+            "ade20k_panoptic", "folder", "shapes")
+
+
+def build_dataset(name: str, root: str | Path | None = None, split: str = "train", train: bool = False,
+                  **kwargs) -> SegmentationDataset:
+    """Build a dataset by name: one of DATASETS. coco_stuff_10k, ade20k_full and ade20k_panoptic
+    read the folders that prepare.py writes (`python -m tooling.prepare NAME ROOT`).
+
+    train=True applies the training augmentation of the dataset's recipe (`recipe_for`); train=False
+    the test resize (and items carry orig_size / orig_sem_seg / orig_pan_seg).
+    kwargs: crop_size (int, rescales the recipe, e.g. 640 for Swin-B/L on ADE20K; for shapes: the
+    generated image size), single_category_max_area, ignore_index (folder), task
+    ("semantic"/"panoptic"; coco_panoptic, shapes), image_size / num_images / seed (shapes),
+    test_size / test_max_size (the test resize's short edge / long-edge cap, replacing the recipe's).
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"dataset {name!r} unknown; expected one of {', '.join(DATASETS)}")
+    allowed = {"crop_size", "task"} | (
+        {"image_size", "num_images", "seed", "colours", "stuff"} if name == "shapes" else
+        {"single_category_max_area", "test_size", "test_max_size"} | ({"ignore_index"} if name == "folder" else set()))
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise DatasetError(f"{name}: unknown argument {unknown[0]!r}; expected some of {', '.join(sorted(allowed))}")
+    if name == "shapes":
+        if root is not None:
+            raise DatasetError("root: the shapes dataset is generated on the fly; pass root=None")
+        crop_size = kwargs.pop("crop_size", None)  # shapes are generated at the crop size
+        if crop_size is not None and kwargs.setdefault("image_size", crop_size) != crop_size:
+            raise DatasetError(f"crop_size={crop_size} and image_size={kwargs['image_size']}: give one of them")
+        return ShapesDataset(split=split, train=train, **kwargs)
+    if root is None:
+        raise DatasetError(f"root: dataset {name!r} needs root=<folder holding its files> (only 'shapes' needs none)")
+    crop_size = kwargs.pop("crop_size", None)
+    try:
+        recipe = recipe_for(name, None if crop_size is None else int(crop_size))
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    if "single_category_max_area" in kwargs:
+        recipe = replace(recipe, single_category_max_area=float(kwargs.pop("single_category_max_area")))
+    for key in ("test_size", "test_max_size"):  # an evaluation at another size than the recipe's
+        if kwargs.get(key) is not None:
+            recipe = replace(recipe, **{key: int(kwargs.pop(key))})
+        kwargs.pop(key, None)
+    cls = {"ade20k": ADE20KDataset, "coco_panoptic": CocoPanopticDataset, "cityscapes": CityscapesDataset,
+           "folder": FolderDataset, "coco_stuff_10k": CocoStuff10KDataset, "ade20k_full": ADE20KFullDataset,
+           "mapillary": MapillaryVistasDataset, "ade20k_panoptic": ADE20KPanopticDataset}[name]
+    return cls(Path(root), split=split, train=train, recipe=recipe, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The test resize: the one place that says at which size a model is evaluated
+# ----------------------------------------------------------------------------------------------
+
+# The official test resize (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST) of each published model's dataset, told
+# by its class count: ADE20K-150 (Swin-B/L: 640, the res640 configs), COCO panoptic (detectron2's
+# defaults), COCO-Stuff-10K, ADE20K-Full, Cityscapes, Mapillary Vistas.
+OFFICIAL_TEST_RESIZE = {150: (512, 2048), 133: (800, 1333), 171: (640, 2560), 847: (512, 2048),
+                        19: (1024, 2048), 65: (2048, 2048)}
+LARGE_SWINS = ("swin_base", "swin_large")  # trained on ADE20K at crop 640 (the res640 configs)
+
+
+def test_resize(data_name: str | None = None, crop_size: int | None = None, config: dict | None = None,
+                checkpoint: dict | None = None, size: int | None = None,
+                max_size: int | None = None) -> tuple[int, int, str]:
+    """(short edge, long-edge cap, where they come from) of the test resize: the first found of
+    1. the checkpoint's recipe: "test_size" / "test_max_size" (train.py and tooling/convert.py write them);
+    2. dataset `data_name`'s recipe at training crop `crop_size` (augment.recipe_for): ADE20K crop 512 ->
+       (512, 2048), crop 640 -> (640, 2560), the crop of ADE20K's Swin-B/L models when `config` is one;
+       shapes: (crop, 4 x crop), its scenes being generated crop x crop (128 by default);
+    3. the official test size of a published model (`config`: its dataset is told by its class count),
+       else 512 / 2048.
+    `size` / `max_size` (infer.py --size / --max-size) replace either number."""
+    recipe = (checkpoint or {}).get("recipe")
+    config = config or {}
+    if isinstance(recipe, dict) and "test_size" in recipe:
+        short, long, source = recipe["test_size"], recipe["test_max_size"], "the checkpoint's recipe"
+    elif data_name == "shapes":
+        short, long, source = crop_size or 128, 4 * (crop_size or 128), "the shapes recipe"
+    elif data_name is not None:
+        if crop_size is None and data_name == "ade20k" and config.get("backbone") in LARGE_SWINS:
+            crop_size = 640
+        recipe = recipe_for(data_name, crop_size)
+        short, long, source = recipe.test_size, recipe.test_max_size, f"the {data_name} recipe"
+    elif config.get("num_classes") == 150 and config.get("backbone") in LARGE_SWINS:
+        short, long, source = 640, 2560, "the model's official test size"
+    elif config.get("num_classes") in OFFICIAL_TEST_RESIZE:
+        (short, long), source = OFFICIAL_TEST_RESIZE[config["num_classes"]], "the model's official test size"
+    else:
+        short, long, source = 512, 2048, "the default"
+    if size is not None or max_size is not None:
+        source = "--size / --max-size"
+    return size or short, max_size or long, source
+
+
+def published_recipe(config: dict) -> dict | None:
+    """The "recipe" a converted published model's checkpoint carries: its official test resize
+    ({"test_size", "test_max_size"}), None for a class count no published model has."""
+    short, long, source = test_resize(config=config)
+    return {"test_size": short, "test_max_size": long} if source != "the default" else None
+
+
+def class_metadata(name: str | None, root: str | None, num_classes: int | None,
+                   shapes_options: dict | None = None) -> tuple[list[str], np.ndarray, list[bool]]:
+    """(class_names, palette, is_thing) of dataset `name`; generic names and colours without one;
+    shapes_options: the shapes dataset's colours / stuff (`shapes_options`)."""
+    if name is None:
+        K = num_classes if num_classes is not None else 150
+        return [f"class {k}" for k in range(K)], make_palette(K), [False] * K
+    if root is None and name in dataset_files.CLASS_LISTS:  # official class lists in meta/: no files needed
+        names, is_thing, colours = dataset_files.official_classes(name)
+        return names, make_palette(len(names)) if colours is None else colours, is_thing
+    dataset = build_dataset(name, root, split="val", **(shapes_options or {}))
+    return list(dataset.class_names), dataset.palette, list(dataset.is_thing)
+
+
+def shapes_options(args: argparse.Namespace) -> dict:
+    """--shapes-colours / --shapes-stuff as the shapes dataset's arguments (shapes.py's options)."""
+    return {"colours": args.shapes_colours, "stuff": args.shapes_stuff} if args.data == "shapes" else {}

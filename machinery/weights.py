@@ -15,8 +15,8 @@ What happens to a name, once per name and machine:
    file names (`resnet50-0676ba61.pth`), the MD5 prefix the official model zoo puts in its
    (`model_final_d8dbeb.pkl`). Where the publisher gives no digest (the Swin release, the
    `config.json` files, two Hugging Face `pytorch_model.bin`), nothing is checked and the table says so.
-3. conversion with convert.py's rules (`convert.convert_file`: the same tables and checks as
-   `python convert.py`), saved as `<name>/converted.pt` beside the download; every later call
+3. conversion with convert.py's rules (`conversion.convert_file`: the same tables and checks as
+   `python -m tooling.convert`), saved as `<name>/converted.pt` beside the download; every later call
    loads that file and skips steps 1-3.
 
 Offline, or behind a firewall, a download fails in one line naming the URL and the exact path to
@@ -39,7 +39,7 @@ names the official tools give, and rename them with convert.py's TORCHVISION / S
 R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (convert.py D2_IMAGENET);
 its name layout is that of detectron2's converters, not checked against the published file here.
 The converted checkpoint carries the official test resize of the model's dataset ("recipe",
-weight_files.official_test_resize), as `python convert.py` writes it.
+datasets.published_recipe), as `python -m tooling.convert` writes it.
 """
 
 from __future__ import annotations
@@ -50,16 +50,17 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
-import convert
 import maskformer
-import weight_files
-from checkpoint import read_checkpoint, save_checkpoint
+from machinery import conversion, datasets
+from machinery.checkpoint import CheckpointError, config_differences, load_checkpoint, read_checkpoint, save_checkpoint
 
 MIRROR_ENV = "MASKFORMER_WEIGHTS_MIRROR"
 HF = "https://huggingface.co"
@@ -221,13 +222,13 @@ def resolve(spec: str, mirror: str | None = None, log=print) -> str:
 
 def load_model(spec: str, mirror: str | None = None, log=print) -> tuple[maskformer.MaskFormer, list[str]]:
     """(model in eval mode, class names) of a published name / alias, a converted checkpoint file or a
-    Hugging Face model folder downloaded by hand (renamed in memory by `convert.load_hf_folder`):
+    Hugging Face model folder downloaded by hand (renamed in memory by `conversion.load_hf_folder`):
     the one-call form for notebooks, e.g. `model, names = weights.load_model("swin-t-ade")`."""
     path = Path(resolve(spec, mirror, log)).expanduser()
     if not path.exists():
         raise WeightsError(f"{spec}: no such file or folder, and not a published model name (python infer.py --list)")
     if path.is_dir():
-        state, name, overrides, class_names = convert.load_hf_folder(path)
+        state, name, overrides, class_names = conversion.load_hf_folder(path)
         model = maskformer.build_model(name, num_classes=len(class_names), **overrides)
     else:
         checkpoint = read_checkpoint(path)  # weights only: tensors and plain containers, never code
@@ -258,13 +259,13 @@ def load_imagenet(model: torch.nn.Module, mirror: str | None = None, log=print) 
     model starts so); everything else keeps its initialisation. One log line says what was loaded."""
     path = imagenet_checkpoint(model.config.backbone, mirror, log)
     state = read_checkpoint(path)["model"]
-    missing, unexpected = convert.load_into(model, state)
-    if unexpected or any(k.startswith("backbone.") and not convert.is_stage_norm(k) for k in missing):
+    missing, unexpected = conversion.load_into(model, state)
+    if unexpected or any(k.startswith("backbone.") and not conversion.is_stage_norm(k) for k in missing):
         raise WeightsError(f"{path} does not fit {model.config.backbone}: unexpected {unexpected[:3]}, "
                            f"missing {[k for k in missing if k.startswith('backbone.')][:3]}")
     ours = model.state_dict()
     loaded = sum(k in ours for k in state)
-    fresh_norms = ", Swin stage-output norms" if any(map(convert.is_stage_norm, missing)) else ""
+    fresh_norms = ", Swin stage-output norms" if any(map(conversion.is_stage_norm, missing)) else ""
     log(f"ImageNet weights ({imagenet_entry(model.config.backbone).file.filename}, cached at {path}): "
         f"{loaded} tensors loaded into the backbone, {len(ours) - loaded} left at their random initialisation "
         f"(pixel decoder, transformer module, heads{fresh_norms})")
@@ -355,16 +356,16 @@ def convert_model(entry: Published, folder: Path) -> dict:
     """A downloaded model → {"model", "config", "class_names", "recipe", "source"} (infer.py's --weights format)."""
     path = folder if entry.source == "hf" else folder / entry.files[0].filename
     config = None if entry.source == "hf" else entry.config
-    model, state, class_names = convert.convert_file(entry.source, str(path), config)
+    model, state, class_names = conversion.convert_file(entry.source, str(path), config)
     config = asdict(model.config)
     # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as convert.py writes
     return {"model": state, "config": config, "class_names": class_names,
-            "recipe": weight_files.official_test_resize(config), "source": entry.files[0].url}
+            "recipe": datasets.published_recipe(config), "source": entry.files[0].url}
 
 
 def convert_imagenet(entry: ImageNet, folder: Path) -> dict:
     """A downloaded ImageNet classifier → {"model": {"backbone.…": tensor}, "backbone", "source"}."""
-    model, state, _ = convert.convert_file(entry.source, str(folder / entry.file.filename), None)
+    model, state, _ = conversion.convert_file(entry.source, str(folder / entry.file.filename), None)
     if model.config.backbone != entry.backbone:
         raise WeightsError(f"{folder / entry.file.filename} holds a {model.config.backbone}, not a {entry.backbone}")
     return {"model": state, "backbone": entry.backbone, "source": entry.file.url}
@@ -423,10 +424,114 @@ def main(argv: list[str] | None = None) -> None:
             path = imagenet_checkpoint(args.name.removeprefix("imagenet-"), args.mirror)
         else:
             path = resolve(args.name, args.mirror)
-    except (WeightsError, convert.ConversionError) as e:
+    except (WeightsError, conversion.ConversionError) as e:
         raise SystemExit(f"error: {e}") from None
     print(path)
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+    """`train.py --weights`: a whole model or a backbone-only state dict (from convert.py or train.py).
+
+    Tensors whose shapes differ from ours (a class head trained for another K) are re-initialised
+    and reported; keys absent from the file keep their fresh initialisation and are reported.
+    """
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise SystemExit(f"error: {path} holds no state dict")
+    ours = model.state_dict()
+    unknown = sorted(k for k in state if k not in ours)
+    if len(unknown) == len(state):
+        raise SystemExit(f"error: {path} matches none of this model's parameters "
+                         f"(first keys: {list(state)[:3]}); convert it with convert.py first")
+    reshaped = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
+    usable = {k: v for k, v in state.items() if k in ours and k not in reshaped}
+    if len(usable) < len(state) / 2:  # mostly another architecture: fine-tuning from it would be from scratch
+        found = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
+        expected = getattr(getattr(model, "config", None), "__dict__", {})
+        differences = config_differences(expected, found) if found else ""
+        raise SystemExit(f"error: --weights {path} fits only {len(usable)} of its {len(state)} tensors into this "
+                         f"model ({differences or f'e.g. {(reshaped or unknown)[0]}'}): a checkpoint of another "
+                         f"config; pass the matching --config/--set or another file")
+    model.load_state_dict(usable, strict=False)
+    missing = sorted(k for k in ours if k not in usable)
+    log(f"loaded {len(usable)} tensors from {path}")
+    if reshaped:
+        log(f"re-initialised (shape differs, e.g. another class count): {', '.join(reshaped)}")
+    if missing:
+        log(f"{len(missing)} tensors not in {path} keep their initialisation (e.g. {missing[0]})")
+    if unknown:
+        log(f"ignored {len(unknown)} tensors of {path} this model lacks (e.g. {unknown[0]})")
+
+
+def published_weights(spec: str, mirror: str | None) -> str:
+    """--weights NAME: the converted checkpoint of a published model (weights.py: downloaded, checked and
+    converted on first use, then read from the cache); a path stays as it is."""
+    try:
+        return resolve(spec, mirror)
+    except (WeightsError, conversion.ConversionError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def load_weights(path: str) -> tuple[dict, dict]:
+    """(state_dict, the rest) of a checkpoint {"model": state_dict, "config": dict, ...} or a bare state dict."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as e:
+        raise SystemExit(f"error: --weights {e}") from None
+    if not isinstance(checkpoint, dict):
+        raise SystemExit(f"error: --weights {path}: expected a dict, got {type(checkpoint).__name__}")
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise SystemExit(f"error: --weights {path}: no state dict of tensors (under 'model' or at the top)")
+    return state, checkpoint if "model" in checkpoint else {}
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], path: str, description: str) -> None:
+    """SystemExit with one line summarising missing / unexpected / reshaped keys if `state` does not fit `model`."""
+    missing, unexpected, reshaped = conversion.key_differences(model, state)
+    problems = [f"{len(keys)} {kind} (e.g. {', '.join(keys[:2])})"
+                for kind, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", reshaped))
+                if keys]
+    if problems:
+        raise SystemExit(f"error: --weights {path} does not fit {description}: {'; '.join(problems)}")
+
+
+def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    num_classes: int | None) -> tuple[nn.Module, list[str] | None, dict]:
+    """The model of --config / the checkpoint's config with --weights loaded (or random with --random-init),
+    the class names the checkpoint carries (convert.py writes them), if any, and the checkpoint's
+    other entries (its "recipe", "args", ...; empty without one)."""
+    if args.random_init:
+        if args.weights is not None or args.config is None:
+            parser.error("--random-init goes with --config and without --weights (random weights, for demos/tests)")
+        return maskformer.build_model(args.config, num_classes=num_classes or 150), None, {}
+    if args.weights is None:
+        parser.error("--weights is required (or --config NAME --random-init for a model with random weights)")
+    args.weights = published_weights(args.weights, args.weights_mirror)
+    state, extras = load_weights(args.weights)
+    saved_config = extras.get("config") if isinstance(extras.get("config"), dict) else None
+    if args.config is not None:
+        K = (saved_config or {}).get("num_classes") or num_classes or 150
+        model, description = maskformer.build_model(args.config, num_classes=K), f"--config {args.config} (K={K})"
+        differences = config_differences(asdict(model.config), saved_config or {})
+        description += f", whose {differences} in the file's config" if differences else ""
+    elif saved_config is not None:
+        known = {f.name for f in fields(maskformer.MaskFormerConfig)}
+        try:
+            config = maskformer.MaskFormerConfig(**{k: v for k, v in saved_config.items() if k in known})
+            model = maskformer.MaskFormer(config)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"error: --weights {args.weights}: its config cannot be built ({e})") from None
+        description = f"its own config (backbone {config.backbone}, head {config.head})"
+    else:
+        parser.error(f"--config is required: {args.weights} holds no 'config' entry")
+    check_state_dict(model, state, args.weights, description)
+    model.load_state_dict(state)
+    class_names = extras.get("class_names")
+    valid_names = isinstance(class_names, list) and len(class_names) == model.config.num_classes
+    return model, list(map(str, class_names)) if valid_names else None, extras

@@ -1,45 +1,24 @@
-"""Checkpoints: atomic writes, exact resume, and loading weights into a model.
+"""Checkpoints: atomic writes, weights-only reads, and the random states of an exact resume.
 
 Not a part of the paper: the file format shared by train.py (writes `last.pt`/`best.pt`, reads
-them back for `--resume` and `--weights`), infer.py and convert.py (read/write
-`{"model": state_dict, "config": dict, ...}`).
+them back for `--resume`), infer.py and tooling/convert.py (read/write
+`{"model": state_dict, "config": dict, ...}`). Loading weights into a model is machinery/weights.py's.
 
 Reading order: `save_checkpoint` (atomic; a failed write keeps the previous file) ->
 `remove_partial_saves` -> `read_checkpoint` (`weights_only=True`, used by train.py, infer.py and
 convert.py) -> `read_usable_checkpoint` (loads and is finite) -> `load_checkpoint` ->
 `config_differences` (what a refused checkpoint's config has otherwise) -> `rng_states` /
-`set_rng_states` (exact resume) -> `load_pretrained` (`train.py --weights`) ->
-`rename_old_keys` (names used by checkpoints and metrics files written before the focal term
-was called `focal`).
+`set_rng_states` (exact resume).
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-
-# Names written by earlier versions -> today's names. The focal term of Eq. (3.2f) used to be
-# called "mask" (loss_mask, cost_mask, mask_weight) although the paper's L_mask is focal + dice.
-OLD_TO_NEW_NAMES = {"loss_mask": "loss_focal", "cost_mask": "cost_focal", "mask_weight": "focal_weight"}
-
-
-def rename_old_keys(record: dict) -> dict:
-    """A metrics record or recipe/args dict with old key names (loss_mask, loss_mask_0, cost_mask,
-    mask_weight) renamed as in OLD_TO_NEW_NAMES; other keys unchanged, order kept."""
-    renamed = {}
-    for key, value in record.items():
-        for old, new in OLD_TO_NEW_NAMES.items():
-            if key == old or key.startswith(old + "_") and key[len(old) + 1:].isdigit():
-                key = new + key[len(old):]
-                break
-        renamed[key] = value
-    return renamed
 
 
 class CheckpointSaveError(OSError):
@@ -83,7 +62,6 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | Path) -> object:
     """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only, never code.
 
-    A dict's "args"/"recipe" entries written under old key names (OLD_TO_NEW_NAMES) are renamed.
     Raises CheckpointError "<path>: no such file" or "<path>: cannot read it as a weights-only
     checkpoint ...: <reason>".
     """
@@ -100,10 +78,6 @@ def read_checkpoint(path: str | Path) -> object:
         reason = " ".join(culprit.split()) or (text.splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot read it as a weights-only checkpoint "
                               f"(tensors and plain containers only): {type(e).__name__}: {reason}") from None
-    if isinstance(ckpt, dict):
-        for key in ("args", "recipe"):
-            if isinstance(ckpt.get(key), dict):
-                ckpt[key] = rename_old_keys(ckpt[key])
     return ckpt
 
 
@@ -157,36 +131,3 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
-    """`train.py --weights`: a whole model or a backbone-only state dict (from convert.py or train.py).
-
-    Tensors whose shapes differ from ours (a class head trained for another K) are re-initialised
-    and reported; keys absent from the file keep their fresh initialisation and are reported.
-    """
-    ckpt = load_checkpoint(path)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-    if not isinstance(state, dict):
-        raise SystemExit(f"error: {path} holds no state dict")
-    ours = model.state_dict()
-    unknown = sorted(k for k in state if k not in ours)
-    if len(unknown) == len(state):
-        raise SystemExit(f"error: {path} matches none of this model's parameters "
-                         f"(first keys: {list(state)[:3]}); convert it with convert.py first")
-    reshaped = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
-    usable = {k: v for k, v in state.items() if k in ours and k not in reshaped}
-    if len(usable) < len(state) / 2:  # mostly another architecture: fine-tuning from it would be from scratch
-        found = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
-        expected = getattr(getattr(model, "config", None), "__dict__", {})
-        differences = config_differences(expected, found) if found else ""
-        raise SystemExit(f"error: --weights {path} fits only {len(usable)} of its {len(state)} tensors into this "
-                         f"model ({differences or f'e.g. {(reshaped or unknown)[0]}'}): a checkpoint of another "
-                         f"config; pass the matching --config/--set or another file")
-    model.load_state_dict(usable, strict=False)
-    missing = sorted(k for k in ours if k not in usable)
-    log(f"loaded {len(usable)} tensors from {path}")
-    if reshaped:
-        log(f"re-initialised (shape differs, e.g. another class count): {', '.join(reshaped)}")
-    if missing:
-        log(f"{len(missing)} tensors not in {path} keep their initialisation (e.g. {missing[0]})")
-    if unknown:
-        log(f"ignored {len(unknown)} tensors of {path} this model lacks (e.g. {unknown[0]})")

@@ -1,14 +1,14 @@
 """Speed and memory: our MaskFormer beside the paper's Table 1 and the Hugging Face port.
 
-    python benchmark.py                                   # CPU: r50, swin_t, tiny; float32
-    python benchmark.py --device cuda                     # CUDA: bf16 autocast, eager and torch.compile
-    python benchmark.py --configs tiny --repeats 1 --size 128 --json out.json
-    python benchmark.py --ddp 2 --configs tiny --size 128      # 2 processes (DDP) against 1, per step
-    python benchmark.py --time-to-accuracy --runs 3         # `python train.py` x 3: time to 0.70/0.80 mIoU, phases
+    python -m tooling.benchmark                                   # CPU: r50, swin_t, tiny; float32
+    python -m tooling.benchmark --device cuda                     # CUDA: bf16 autocast, eager and torch.compile
+    python -m tooling.benchmark --configs tiny --repeats 1 --size 128 --json out.json
+    python -m tooling.benchmark --ddp 2 --configs tiny --size 128      # 2 processes (DDP) against 1, per step
+    python -m tooling.benchmark --time-to-accuracy --runs 3         # `python train.py` x 3: time to 0.70/0.80 mIoU, phases
 
 What it prints (and writes as JSON with --json), with the machine, torch version, threads and dtype:
 
-1. Params and FLOPs of every named config beside Table 1 (maskformer.flops_table).
+1. Params and FLOPs of every named config beside Table 1 (flops.flops_table).
 2. For each of --configs: inference latency (batch 1 at the crop size: 512, 640 for Swin-B/L) and
    the time of one training step (forward, Hungarian matching, loss, backward, AdamW step; batch 2
    on CPU, 16 on CUDA) on realistic random targets (10 ADE-like segments per image), images/s,
@@ -44,7 +44,7 @@ official FrozenBatchNorm, `tiny` excepted), and the port's auxiliary losses do n
 transformers 5.x, so the like-for-like training comparison is "ours (no aux loss)" (one matched
 loss, deep_supervision=False) against HF; "ours" trains with deep supervision as the paper does.
 
-FLOPs: maskformer.count_flops (multiply-adds of one eval-mode forward) x 2; a training step is
+FLOPs: flops.count_flops (multiply-adds of one eval-mode forward) x 2; a training step is
 counted as 3 forward passes (backward = 2 forwards), the usual estimate; the loss is not counted.
 Peak memory: on CPU the RSS high-water mark of a fresh process that builds one variant and runs it
 (so the variants do not share a high-water mark), less that process's RSS before it built the model
@@ -76,13 +76,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-import distributed
 import maskformer
-import timing
-import training_speed
 from losses import MaskFormerLoss
-from tests import hf_reference  # the HF port, a test-only reference (transformers is optional)
-from timing import fmt
+from machinery import distributed
+from tooling import (
+    flops,
+    hf_reference,  # the HF port, a test-only reference (transformers is optional)
+    timing,
+    training_speed,
+)
+from tooling.timing import fmt
 
 DEFAULT_CONFIGS = ("r50", "swin_t", "tiny")
 SEGMENTS_PER_IMAGE = 10  # ADE20K-150 images hold ~8-10 classes
@@ -248,7 +251,7 @@ def forward_gflops(name: str, size: int) -> float:
     """G multiply-adds of one eval forward of our model on one size x size image (meta device: instant)."""
     with torch.device("meta"):
         model = maskformer.build_model(name)
-    return maskformer.count_flops(model, size)
+    return flops.count_flops(model, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def forward_gflops(name: str, size: int) -> float:
 
 
 def crop_size(args: argparse.Namespace, name: str) -> int:
-    return args.size or maskformer.PAPER_TABLE1.get(name, (512,))[0]
+    return args.size or flops.PAPER_TABLE1.get(name, (512,))[0]
 
 
 def make_steps(args: argparse.Namespace, name: str, variants: list[Variant], mode: str) -> dict[str, Callable]:
@@ -540,8 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                           if "transformers" in info else ""))
     if args.flops_table:
         print("\nParams and FLOPs (G multiply-adds, one image at the crop size) beside the paper's Table 1:")
-        results["flops_table"] = maskformer.flops_table()
-        maskformer.print_flops_table(results["flops_table"])
+        results["flops_table"] = flops.flops_table()
+        flops.print_flops_table(results["flops_table"])
 
     why_no_hf = hf_reference.why_unavailable() if args.hf else None
     use_hf = args.hf and why_no_hf is None

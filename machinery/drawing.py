@@ -23,8 +23,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
-import prepare
+import inference
 from data import colorize, denormalize, make_palette
+from machinery import dataset_files
 from metrics import strict_json
 
 
@@ -123,11 +124,10 @@ def save_figures(model: nn.Module, val_set, train_set, history: list[dict], devi
                  count: int = 4) -> None:
     """train.py's end-of-run figures: loss_curve.png and prediction_{i}.png (a few validation images with
     the semantic map of Eq. (3.4b) that `model` predicts)."""
-    import infer  # infer.py imports this module: imported here, when the figures are drawn
     draw_loss_curve(history, out / "loss_curve.png")
     model.eval()
     images = [val_set[i]["image"] for i in range(min(count, len(val_set)))]
-    predictions = [infer.predict_semantic(model, image[None].to(device))[0].cpu() for image in images]
+    predictions = [inference.predict_semantic(model, image[None].to(device))[0].cpu() for image in images]
     save_overlays(images, predictions, list(train_set.class_names), train_set.palette, out)
 
 
@@ -194,7 +194,7 @@ def write_semantic(out: Path, stem: str, image: np.ndarray, labels: Tensor, name
 def write_panoptic(out: Path, stem: str, image: np.ndarray, pan_seg: Tensor, segments_info: list[dict],
                    names: list[str], palette: np.ndarray) -> None:
     """<stem>_panoptic.png (COCO: id = R + 256 G + 256² B), <stem>_panoptic.json, <stem>_overlay.png."""
-    rgb = prepare.encode_panoptic_png(pan_seg.cpu().numpy().astype(np.uint32))  # (H, W, 3)
+    rgb = dataset_files.encode_panoptic_png(pan_seg.cpu().numpy().astype(np.uint32))  # (H, W, 3)
     Image.fromarray(rgb).save(out / f"{stem}_panoptic.png")
     info = [{**s, "category_name": names[s["category_id"]]} for s in segments_info]
     (out / f"{stem}_panoptic.json").write_text(strict_json({"file_name": f"{stem}_panoptic.png",
