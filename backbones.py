@@ -26,8 +26,8 @@ paper's F. Two families are written by hand (no torchvision / timm):
 Reading order: ``build_backbone`` (bottom) -> ``ResNet.forward`` -> ``Bottleneck`` ->
 ``FrozenBatchNorm2d``; then ``SwinTransformer.forward`` -> ``PatchEmbed`` -> ``SwinStage`` ->
 ``SwinBlock`` -> ``window_partition`` / ``shifted_window_mask`` -> ``WindowAttention`` ->
-``PatchMerging``. (Over 600 lines because both of the paper's backbone families, ResNet and
-Swin, are written out here: Table 1 and every experiment of §4 use one of them.)
+``PatchMerging``. Both of the paper's backbone families are here: Table 1 and every experiment of §4
+use one of them.
 
 Differences from the official code (all deliberate, none changes the computation):
 

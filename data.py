@@ -1,4 +1,4 @@
-"""Data: the ground truth of Eq. (3.2b), the dataset classes, and batches for MaskFormer.
+"""Data: the ground truth of Eq. (3.2b), the dataset base class, the shapes set, and batches for MaskFormer.
 
 Paper: the ground truth z_gt of §3.2, Eq. (3.2b): a set of N_gt (class, binary mask) pairs.
 Every dataset yields an image together with that set ("labels", "masks"), built per class for
@@ -8,19 +8,19 @@ for panoptic data (one mask per "thing" instance or "stuff" region). §4 names t
 Reading order:
   1. `semantic_to_targets` / `panoptic_to_targets`: the set z_gt of Eq. (3.2b).
   2. Reading files (`read_image`, `read_label`, `read_panoptic_png`) and `normalize`.
-  3. `SegmentationDataset.__getitem__`: load -> augment (augment.py) -> tensors -> targets.
-  4. `ShapesDataset`: the built-in synthetic set (generator in shapes.py; train.py's default).
-  5. `build_dataset`: name -> dataset (the on-disk ones live in datasets.py) with its recipe.
-  6. `collate`: pads a list of items into a batch whose size is divisible by 32.
-  7. `TrainBatchSampler` and `SeededItems`: train.py's resumable, sharded data order.
-Related files: augment.py (augmentation and recipes), datasets.py (ADE20K, Cityscapes, COCO
-panoptic, COCO-Stuff-10K, ADE20K-Full, Mapillary Vistas, ADE20K-Panoptic, folder), prepare.py (the
-one-time conversion of four of them, `python -m tooling.prepare NAME ROOT`), shapes.py (the synthetic
-generator), drawing.py (`python data.py --preview`).
+  3. `SegmentationDataset.__getitem__`: load -> augment (machinery/augment.py) -> tensors -> targets.
+  4. `ShapesDataset`: the built-in synthetic set (generator in machinery/shapes.py; train.py's default).
+  5. `collate`: pads a list of items into a batch whose size is divisible by 32.
+  6. `TrainBatchSampler` and `SeededItems`: train.py's resumable, sharded data order.
+Related files: machinery/augment.py (augmentation and recipes), machinery/datasets.py (`build_dataset`:
+name -> dataset with its recipe; the on-disk sets ADE20K, Cityscapes, COCO panoptic, COCO-Stuff-10K,
+ADE20K-Full, Mapillary Vistas, ADE20K-Panoptic, folder), tooling/prepare.py (the one-time conversion
+of four of them, `python -m tooling.prepare NAME ROOT`; `--preview DATASET OUT.png` draws items),
+machinery/shapes.py (the synthetic generator).
 
 Differences from the official code (facebookresearch/MaskFormer + detectron2), each also noted
 where it happens:
-  * Written with PIL/numpy/torch only (no detectron2, no OpenCV); see augment.py for the
+  * Written with PIL/numpy/torch only (no detectron2, no OpenCV); see machinery/augment.py for the
     augmentation's differences.
   * COCO panoptic batches are padded to a multiple of 32 like every other set (`collate`); the
     official COCO config pads them only to the largest image of the batch (SIZE_DIVISIBILITY 0).
@@ -333,7 +333,7 @@ class ShapesDataset(SegmentationDataset):
     ring, cross, star, told apart by outline only. Both semantic (sem_seg) and panoptic
     (pan_seg: 1 = background, 2.. = shapes; segments_info) ground truth; `task` picks which
     targets `labels`/`masks` hold. No augmentation: every index is already a fresh scene.
-    Options (shapes.py): colours = c > 0 gives 6 x c thing classes (outline x colour, up to 96);
+    Options (machinery/shapes.py): colours = c > 0 gives 6 x c thing classes (outline x colour, up to 96);
     stuff = s > 0 replaces the background by s textured stuff classes (classes 0..s-1, one panoptic
     segment per class present) before the things (`shapes.shapes_class_names`).
     """

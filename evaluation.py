@@ -179,7 +179,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser, de
         parser.error(f"--data {args.data}: {e}")
     if args.task == "panoptic" and not getattr(dataset, "panoptic", False):
         parser.error(f"--task panoptic: --data {args.data} has no panoptic labels")
-    model, _, checkpoint = inference.build_model_for(args, parser, dataset.num_classes)
+    model, _, checkpoint = inference.model_from_flags(args, parser, dataset.num_classes)
     model = model.to(device)
     inference.check_task(model, args.task)
     if model.config.num_classes != dataset.num_classes:

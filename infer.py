@@ -53,7 +53,7 @@ def list_inputs(path: str, parser: argparse.ArgumentParser) -> list[Path]:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(description="MaskFormer inference (§3.4) and evaluation (mIoU / PQ).")
-    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / convert.py), "
+    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / tooling/convert.py), "
                    "or a published model's name or alias (see --list): downloaded, checked and converted once")
     p.add_argument("--list", action="store_true", help="print the published models (names, aliases, paper numbers)")
     p.add_argument("--weights-mirror", help=f"base URL or file:// folder replacing the publishers' for --weights "
@@ -134,7 +134,7 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
         names, palette, is_thing = datasets.class_metadata(args.data, args.data_root, None, datasets.shapes_options(args))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
-    model, saved_names, checkpoint = weights.build_model_for(args, parser, len(names) if args.data else None)
+    model, saved_names, checkpoint = weights.model_from_flags(args, parser, len(names) if args.data else None)
     model = model.to(device).eval()
     check_task(model, args.task)
     K = model.config.num_classes

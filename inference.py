@@ -20,7 +20,8 @@ original image, as detectron2's `sem_seg_postprocess`), `predict_semantic` / `pr
 that runs them on photos is infer.py; the loop over a validation split is evaluation.py.
 
 Reading order: semantic_inference → general_inference → panoptic_inference → instance_inference →
-resize_to_original → predict_semantic → predict_panoptic → the multi-scale test (tta_outputs →
+resize_to_original → predict_semantic → predict_panoptic (`panoptic_map`; both at once:
+`predict_panoptic_and_semantic`) → the multi-scale test (tta_outputs →
 tta_class_scores → tta_semantic_map).
 
 How this differs from the official code (facebookresearch/MaskFormer, mask_former_model.py):
@@ -314,20 +315,45 @@ def predict_panoptic(model: nn.Module, images: Tensor, is_thing: list[bool], ima
     image_sizes, orig_sizes = _sizes(images, image_sizes, orig_sizes)
     images = pad_to_multiple(images)
     outputs = run_model(model, images, amp_dtype)
+    padded_size = tuple(images.shape[-2:])
+    return [panoptic_map(outputs, b, padded_size, image_sizes[b], orig_sizes[b], is_thing, object_mask_threshold,
+                         overlap_threshold) for b in range(len(images))]
+
+
+def panoptic_map(outputs: dict[str, Tensor], b: int, padded_size: tuple[int, int], image_size: tuple[int, int],
+                 orig_size: tuple[int, int], is_thing: list[bool], object_mask_threshold: float = 0.8,
+                 overlap_threshold: float = 0.8) -> tuple[Tensor, list]:
+    """(pan_seg (H0, W0), segments_info) of image b of a batch's `outputs`: `panoptic_inference` at the
+    original size (Eq. (3.4a) with the panoptic filters)."""
     if "pred_masks" not in outputs:
         raise ValueError("panoptic inference needs a mask-classification model (pred_logits, pred_masks); "
                          "a per-pixel baseline gives semantic maps only")
+    # official: mask logits upsampled, cropped, resized to the original size, then inference; only the
+    # queries step 1 keeps are resized (M x H0 x W0 values instead of N x H0 x W0; the same result)
+    keep = confident_queries(outputs["pred_logits"][b], object_mask_threshold)[0]
+    kept_masks = outputs["pred_masks"][b][keep]  # (M, h, w)
+    masks = resize_to_original(kept_masks, padded_size, image_size, orig_size) if keep.any() \
+        else kept_masks.new_zeros((0, *orig_size))
+    return panoptic_inference(outputs["pred_logits"][b][keep], masks, is_thing, object_mask_threshold,
+                              overlap_threshold)
+
+
+def predict_panoptic_and_semantic(model: nn.Module, images: Tensor, is_thing: list[bool],
+                                  image_sizes: list | None = None, orig_sizes: list | None = None,
+                                  amp_dtype: torch.dtype | None = None, object_mask_threshold: float = 0.8,
+                                  overlap_threshold: float = 0.8) -> list[tuple[Tensor, list, Tensor]]:
+    """(pan_seg (H0, W0), segments_info, semantic map (H0, W0)) per image from ONE forward pass:
+    `predict_panoptic` and `predict_semantic` (Eq. (3.4b)) together, as the official model returns
+    "sem_seg" beside "panoptic_seg" (ADE20K-Panoptic's evaluation scores both: PQ and mIoU)."""
+    image_sizes, orig_sizes = _sizes(images, image_sizes, orig_sizes)
+    images = pad_to_multiple(images)
+    outputs = run_model(model, images, amp_dtype)
     padded_size = tuple(images.shape[-2:])
     results = []
     for b in range(len(images)):
-        # official: mask logits upsampled, cropped, resized to the original size, then inference; only the
-        # queries step 1 keeps are resized (M x H0 x W0 values instead of N x H0 x W0; the same result)
-        keep = confident_queries(outputs["pred_logits"][b], object_mask_threshold)[0]
-        kept_masks = outputs["pred_masks"][b][keep]  # (M, h, w)
-        masks = resize_to_original(kept_masks, padded_size, image_sizes[b], orig_sizes[b]) if keep.any() \
-            else kept_masks.new_zeros((0, *orig_sizes[b]))
-        results.append(panoptic_inference(outputs["pred_logits"][b][keep], masks, is_thing, object_mask_threshold,
-                                          overlap_threshold))
+        pan_seg, segments_info = panoptic_map(outputs, b, padded_size, image_sizes[b], orig_sizes[b], is_thing,
+                                              object_mask_threshold, overlap_threshold)
+        results.append((pan_seg, segments_info, semantic_map(outputs, b, padded_size, image_sizes[b], orig_sizes[b])))
     return results
 
 

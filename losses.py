@@ -73,7 +73,7 @@ def sigmoid_focal_loss(mask_logits: Tensor, target_masks: Tensor, num_masks: flo
     alpha_t = torch.where(positive, alpha, 1 - alpha).to(mask_logits.dtype)  # α_t: α or 1 − α
     # Eq. (3.2f): −α_t (1 − p_t)^γ log p_t at every pixel. Written with few (M, P) temporaries:
     # autograd keeps each for the backward pass, and at (M, 512·512) per decoder layer they
-    # dominate the memory and time of the loss (benchmark.py).
+    # dominate the memory and time of the loss (tooling/benchmark.py).
     focal = alpha_t * neg_x_t.sigmoid() ** gamma * F.softplus(neg_x_t)     # (M, P)
     per_mask = focal.mean(1)                                               # (M,)
     return per_mask.sum() / num_masks
@@ -97,8 +97,8 @@ def upsample_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     Bilinear interpolation is separable: each output row mixes two input rows with the weights of
     1-D linear interpolation, and likewise for columns, so up = A_hᵀ · x · A_w with A_h (h, H) and
     A_w (w, W) the 1-D interpolation matrices (got by interpolating the identity). Same numbers up to
-    float rounding; on a CPU its backward is ~5x faster than F.interpolate's scatter (32 masks of
-    32 x 32 -> 128 x 128: 8 ms -> 1.5 ms), and the loss upsamples every decoder layer's masks.
+    float rounding; its backward is two matmuls instead of F.interpolate's scatter, which matters
+    because the loss upsamples every decoder layer's masks (timings: docs/speed.md).
     """
     h, w = x.shape[-2:]
     rows, cols = interpolation_matrix(h, size[0], x), interpolation_matrix(w, size[1], x)  # (h, H), (w, W)

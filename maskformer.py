@@ -45,7 +45,7 @@ How this differs from the official code (facebookresearch/MaskFormer), computati
 - PerPixelBaseline+: always K queries (one per class), whatever `num_queries` says (the official
   config sets NUM_OBJECT_QUERIES to K for it).
 The Hugging Face port (transformers.MaskFormerForInstanceSegmentation, use_auxiliary_loss=False)
-computes the same function; convert.py (a later step) maps its weights onto the names used here.
+computes the same function; tooling/convert.py (a later step) maps its weights onto the names used here.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ cross-entropy of Eq. (3.1b) for the baselines), backward, and an AdamW step.
 Reading order (top to bottom): `TrainingRecipe` and `resolve_recipe` (the settings) -> `train`
 (set-up, then the loop) -> `train_step` (forward -> match + loss -> backward -> step) -> the
 builders (datasets, model and criterion) -> the command line. Elsewhere: AdamW and its schedule
-(adamw.py), the run's folder and resume (runs.py), checkpoints (checkpoint.py), validation
-(evaluation.py), the data order (data.py), DDP (distributed.py), figures (drawing.py), flag checks (cli.py).
+(machinery/adamw.py), the run's folder and resume (machinery/runs.py), checkpoints (machinery/checkpoint.py), validation
+(evaluation.py), the data order (data.py), DDP (machinery/distributed.py), figures (machinery/drawing.py), flag checks (machinery/cli.py).
 
 The paper's implementation details (§4 and the official configs, docs/recipe.md) are the
 defaults, resolved per dataset and backbone family by `resolve_recipe`:
@@ -86,11 +86,11 @@ DATA_RECIPES: dict[str, dict] = {
     # ADE20K-150 (docs/recipe.md, "ADE20K-150"): batch 16, 160k iterations, crop 512.
     "ade20k": dict(config="r50", crop_size=512, batch_size=16, max_iter=160_000, eval_period=5000,
                    checkpoint_period=5000, task="semantic"),
-    # Cityscapes (official config): batch 16, 90k iterations, crop 512x1024 (handled by augment.py).
+    # Cityscapes (official config): batch 16, 90k iterations, crop 512x1024 (handled by machinery/augment.py).
     "cityscapes": dict(config="r50", crop_size=512, batch_size=16, max_iter=90_000, eval_period=5000,
                        checkpoint_period=5000, task="semantic"),
     # COCO panoptic: batch 64, 554,400 iterations, lr x0.1 at 369,600; 6 transformer encoder layers for
-    # ResNets only (`pixel_decoder_overrides`); DETR-style resize and 50 % crop branch (augment.py's recipe).
+    # ResNets only (`pixel_decoder_overrides`); DETR-style resize and 50 % crop branch (machinery/augment.py's recipe).
     "coco_panoptic": dict(config="r50", crop_size=None, batch_size=64, max_iter=554_400, eval_period=5000,
                           checkpoint_period=5000, task="panoptic", schedule="step", lr_steps=(369_600,),
                           model_overrides={"enc_layers": 6}),
@@ -378,7 +378,7 @@ def build_train_loader(train_set, per_device: int, accum: int, start_step: int, 
 
 
 # -----------------------------------------------------------------------------------------------
-# Builders: datasets, model and criterion (docs/recipe.md); the optimiser and schedule are adamw.py's
+# Builders: datasets, model and criterion (docs/recipe.md); the optimiser and schedule are machinery/adamw.py's
 # -----------------------------------------------------------------------------------------------
 def build_datasets(args: argparse.Namespace, recipe: TrainingRecipe):
     """The training set (with the recipe's augmentation) and the validation set (test resize)."""
@@ -416,7 +416,7 @@ def initial_weights(args: argparse.Namespace, recipe: TrainingRecipe) -> str:
 def load_initial_weights(model: nn.Module, args: argparse.Namespace, recipe: TrainingRecipe, is_main: bool,
                          log) -> None:
     """--weights imagenet | none | NAME | PATH into `model`, with a log line saying what was loaded.
-    The first process downloads and converts (weights.py); the others wait, then read its cache."""
+    The first process downloads and converts (machinery/weights.py); the others wait, then read its cache."""
     choice = initial_weights(args, recipe)
     if choice == "none":
         log("--weights none: training from scratch (every tensor starts at its random initialisation)")
@@ -532,7 +532,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--weights", default=None,
                    help="imagenet: the backbone's ImageNet weights, downloaded once (default for the paper configs "
                         "on real data, as every official config); none: from scratch (default for tiny and shapes); "
-                        "a published model's name (python infer.py --list) or a convert.py/train.py checkpoint "
+                        "a published model's name (python infer.py --list) or a tooling/convert.py/train.py checkpoint "
                         "(whole model or backbone), to fine-tune")
     g.add_argument("--weights-mirror", default=None,
                    help="base URL or file:// folder replacing the publishers' addresses (docs/weights.md)")

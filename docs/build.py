@@ -46,8 +46,8 @@ from pygments.token import STANDARD_TYPES, Comment, String
 REPO = Path(__file__).resolve().parents[1]
 # Used when the README has no machine-readable reading order (a numbered list after a line that
 # says "Reading order"); modules missing from the repository are skipped, new ones appended.
-FALLBACK_ORDER = ["data", "augment", "datasets", "shapes", "maskformer", "backbones", "matcher", "losses", "train",
-                  "checkpoint", "infer", "metrics", "drawing", "convert"]
+FALLBACK_ORDER = ["data", "maskformer", "backbones", "matcher", "losses", "train", "inference", "evaluation",
+                  "metrics", "infer"]
 # "(3.2d)", "Eq. (3.2d)", "Eq. 3.2d": the labels docs/paper.md defines as anchors "eq-3.2d".
 LABEL = re.compile(r"(?:\bEqs?\.\s*)?\((\d\.\d[a-z])\)|\bEqs?\.\s*(\d\.\d[a-z])\b")
 # `losses.py`, `losses.py:dice_loss`, `losses.py:MaskFormerLoss.forward`

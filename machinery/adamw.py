@@ -25,8 +25,8 @@ def build_optimizer(model: nn.Module, recipe):
     train.TrainingRecipe.
 
     The fused implementation where PyTorch has one (CPU, CUDA): one kernel updates every parameter
-    instead of a loop of small ops per tensor; the same AdamW update up to float rounding (the tiny
-    model's step on a 2-core CPU: 23 -> 6 ms, docs/speed.md).
+    instead of a loop of small ops per tensor; the same AdamW update up to float rounding (its speed:
+    docs/speed.md).
     """
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult),

@@ -6,7 +6,7 @@ them back for `--resume`), infer.py and tooling/convert.py (read/write
 
 Reading order: `save_checkpoint` (atomic; a failed write keeps the previous file) ->
 `remove_partial_saves` -> `read_checkpoint` (`weights_only=True`, used by train.py, infer.py and
-convert.py) -> `read_usable_checkpoint` (loads and is finite) -> `load_checkpoint` ->
+tooling/convert.py) -> `read_usable_checkpoint` (loads and is finite) -> `load_checkpoint` ->
 `config_differences` (what a refused checkpoint's config has otherwise) -> `rng_states` /
 `set_rng_states` (exact resume).
 """

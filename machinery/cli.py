@@ -1,4 +1,4 @@
-"""Command-line checks shared by train.py and infer.py (also experiments.py).
+"""Command-line checks shared by train.py and infer.py (also tooling/experiments.py).
 
 Not a part of the paper: infrastructure. Every flag is checked when it is parsed, so a wrong value
 stops the program with one line naming the flag ("argument --lr: expected a number > 0, got '-1'")

@@ -42,7 +42,7 @@ Reading order: HF_RULES → DETECTRON2_RULES → TORCHVISION_RULES / SWIN_IMAGEN
 transforms → `convert_state_dict` (the machinery) → the public functions → `load_hf_folder` →
 `convert_file`. Reading the files themselves (`RestrictedUnpickler`,
 `read_safetensors`) and the configs they describe (`hf_config_to_ours`, `config_from_state_dict`)
-is weight_files.py's part.
+is machinery/weight_files.py's part.
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ def convert_state_dict(state: dict[str, Tensor], source: Source) -> tuple[dict[s
         converted[ours] = tensor
     if unmatched:
         shown = "\n  ".join(unmatched[:20]) + ("\n  ..." if len(unmatched) > 20 else "")
-        raise ConversionError(f"{source.description}: {len(unmatched)} tensor(s) match no rule of convert.py:\n"
+        raise ConversionError(f"{source.description}: {len(unmatched)} tensor(s) match no rule of tooling/convert.py:\n"
                               f"  {shown}")
     return converted, left_out
 
@@ -374,7 +374,7 @@ def as_tensors(state: dict[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole files (read by weight_files.py) → our state dict and config
+# Whole files (read by machinery/weight_files.py) → our state dict and config
 # ---------------------------------------------------------------------------------------------
 
 
@@ -426,7 +426,7 @@ def is_stage_norm(name: str) -> bool:
 
 def key_differences(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
     """How `state` fits `model`: (missing keys, unexpected keys, "name (file shape) vs (model shape)" of the
-    keys whose shapes differ). The one report every loader (weights.py, train.py --weights) gives."""
+    keys whose shapes differ). The one report every loader (machinery/weights.py, train.py --weights) gives."""
     ours = model.state_dict()
     missing = [k for k in ours if k not in state]
     unexpected = [k for k in state if k not in ours]

@@ -8,7 +8,7 @@ the class by name; a new dataset is one more class here and one more name there.
 
 Reading order: `SemanticFolderDataset` (image/label folders) -> `ADE20KDataset` ->
 `CityscapesDataset` -> `FolderDataset` -> `CocoPanopticDataset` (panoptic PNGs + JSON) -> the
-four sets that prepare.py converts first: `CocoStuff10KDataset`, `ADE20KFullDataset` (847
+four sets that tooling/prepare.py converts first: `CocoStuff10KDataset`, `ADE20KFullDataset` (847
 classes, so its ignore value is 65535), `MapillaryVistasDataset`, `ADE20KPanopticDataset`.
 Differences from the official dataset mappers are listed in data.py's docstring.
 """
@@ -266,7 +266,7 @@ class CocoPanopticDataset(SegmentationDataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# The paper's other four datasets (§4), read from the folders that prepare.py writes. Differences
+# The paper's other four datasets (§4), read from the folders that tooling/prepare.py writes. Differences
 # from the official code: Mapillary's unlabelled id 65 becomes 255 in items (the official config
 # sets IGNORE_VALUE 65 instead); ADE20K-Panoptic items derive sem_seg from the panoptic PNG (void
 # -> ignore), as for COCO panoptic, instead of reading annotations_detectron2.
@@ -366,7 +366,7 @@ DATASETS = ("ade20k", "coco_panoptic", "cityscapes", "coco_stuff_10k", "ade20k_f
 def build_dataset(name: str, root: str | Path | None = None, split: str = "train", train: bool = False,
                   **kwargs) -> SegmentationDataset:
     """Build a dataset by name: one of DATASETS. coco_stuff_10k, ade20k_full and ade20k_panoptic
-    read the folders that prepare.py writes (`python -m tooling.prepare NAME ROOT`).
+    read the folders that tooling/prepare.py writes (`python -m tooling.prepare NAME ROOT`).
 
     train=True applies the training augmentation of the dataset's recipe (`recipe_for`); train=False
     the test resize (and items carry orig_size / orig_sem_seg / orig_pan_seg).
@@ -476,5 +476,5 @@ def class_metadata(name: str | None, root: str | None, num_classes: int | None,
 
 
 def shapes_options(args: argparse.Namespace) -> dict:
-    """--shapes-colours / --shapes-stuff as the shapes dataset's arguments (shapes.py's options)."""
+    """--shapes-colours / --shapes-stuff as the shapes dataset's arguments (machinery/shapes.py's options)."""
     return {"colours": args.shapes_colours, "stuff": args.shapes_stuff} if args.data == "shapes" else {}

@@ -2,7 +2,7 @@
 
 Not a part of the paper's method; these are the figures a reader looks at: infer.py's overlays
 (Figure 2's output, the semantic map of Eq. (3.4b) or the panoptic segments), train.py's end-of-run
-figures, and `python data.py --preview` (the ground truth z_gt of Eq. (3.2b) as colours); and the
+figures, and `python -m tooling.prepare --preview` (the ground truth z_gt of Eq. (3.2b) as colours); and the
 files `python infer.py --input` writes for each image (label PNG or COCO panoptic PNG + JSON, and
 the overlay).
 

@@ -1,7 +1,7 @@
 """A training run's folder: where it goes, how it continues, and how it stops without losing anything.
 
 Not a part of the paper: infrastructure of train.py. Everything a run leaves on disk besides the
-checkpoint files' format (checkpoint.py): the folder `runs/<date-time>/` (or --output) with
+checkpoint files' format (machinery/checkpoint.py): the folder `runs/<date-time>/` (or --output) with
 `runs/latest` pointing at it, `last.pt` / `best.pt` and what they hold, `metrics.jsonl`,
 `final_metrics.json`; `--resume` from them; and the two ways a run stops on purpose, each saying
 what is kept (a non-finite loss before its step is applied, a failing validation after the

@@ -9,7 +9,7 @@ both semantic and panoptic ground truth (`data.ShapesDataset` turns it into the 
 Reading order: `generate_shapes` (one scene from a seeded rng) -> `ShapesScene` -> `shape_mask`
 (`shape_outline`, `polygon_mask`) -> the background and paint helpers -> the options (last section):
 many classes (outline x colour, up to 97 classes: `--shapes-colours`) and panoptic "stuff" (textured
-background regions: `--shapes-stuff`), for the §4 studies of experiments.py.
+background regions: `--shapes-stuff`), for the §4 studies of tooling/experiments.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Published weight files: reading them without running their code, and the model they describe.
 
-Not a part of the paper: infrastructure of convert.py (which renames the tensors read here onto
-our parameters) and weights.py (which downloads the files). Three formats hold the published
+Not a part of the paper: infrastructure of tooling/convert.py (which renames the tensors read here onto
+our parameters) and machinery/weights.py (which downloads the files). Three formats hold the published
 weights: the official detectron2 `model_final_*.pkl` (a pickle of numpy arrays), torch files
 (`.pth`/`.bin`) and Hugging Face folders (`model.safetensors` + `config.json`). A pickle is a
 program, so each is read in a way that can only yield tensors: a restricted unpickler, torch's

@@ -15,7 +15,7 @@ What happens to a name, once per name and machine:
    file names (`resnet50-0676ba61.pth`), the MD5 prefix the official model zoo puts in its
    (`model_final_d8dbeb.pkl`). Where the publisher gives no digest (the Swin release, the
    `config.json` files, two Hugging Face `pytorch_model.bin`), nothing is checked and the table says so.
-3. conversion with convert.py's rules (`conversion.convert_file`: the same tables and checks as
+3. conversion with tooling/convert.py's rules (`conversion.convert_file`: the same tables and checks as
    `python -m tooling.convert`), saved as `<name>/converted.pt` beside the download; every later call
    loads that file and skips steps 1-3.
 
@@ -35,8 +35,8 @@ Differences from the official code: the official configs read the ImageNet ResNe
 pickles (`R-50.pkl`, `R-101.pkl`: torchvision's files renamed by tools/convert-torchvision-to-d2.py,
 same tensors) and the Swins as pickles made by tools/convert-pretrained-swin-model-to-d2.py (the
 Swin release's `.pth`, wrapped). We download torchvision's and the Swin release's own files, whose
-names the official tools give, and rename them with convert.py's TORCHVISION / SWIN_IMAGENET rules.
-R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (convert.py D2_IMAGENET);
+names the official tools give, and rename them with tooling/convert.py's TORCHVISION / SWIN_IMAGENET rules.
+R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (tooling/convert.py D2_IMAGENET);
 its name layout is that of detectron2's converters, not checked against the published file here.
 The converted checkpoint carries the official test resize of the model's dataset ("recipe",
 datasets.published_recipe), as `python -m tooling.convert` writes it.
@@ -91,7 +91,7 @@ class Published:
 
     name: str
     alias: str
-    source: str  # convert.py's --from: "hf" (a model folder) or "detectron2" (a model_final_*.pkl)
+    source: str  # tooling/convert.py's --from: "hf" (a model folder) or "detectron2" (a model_final_*.pkl)
     config: str  # maskformer.CONFIGS name
     dataset: str  # "ADE20K-150" or "COCO panoptic"
     crop: str  # training crop side ("none": COCO panoptic trains without a crop)
@@ -106,7 +106,7 @@ class ImageNet:
     """An ImageNet classifier whose backbone starts a paper model's training (§4)."""
 
     backbone: str  # backbones.py name
-    source: str  # convert.py's --from: "torchvision", "swin" or "d2-imagenet"
+    source: str  # tooling/convert.py's --from: "torchvision", "swin" or "d2-imagenet"
     pretraining: str  # "IN-1k 224", "IN-22k 384"
     file: Download
 
@@ -279,7 +279,7 @@ def cached_conversion(name: str, files: tuple[Download, ...], mirror: str | None
         return converted
     for file in files:
         fetch(file, folder / file.filename, mirror, log)
-    log(f"converting {name} with convert.py's rules (once; cached at {converted})")
+    log(f"converting {name} with tooling/convert.py's rules (once; cached at {converted})")
     save_checkpoint(converted, convert_fn(folder))  # atomic: a crash never leaves a torn converted.pt
     return converted
 
@@ -348,7 +348,7 @@ def check_file(path: Path, file: Download) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Conversion (convert.py's rules) into the checkpoints infer.py / train.py read
+# Conversion (tooling/convert.py's rules) into the checkpoints infer.py / train.py read
 # ---------------------------------------------------------------------------------------------
 
 
@@ -358,7 +358,7 @@ def convert_model(entry: Published, folder: Path) -> dict:
     config = None if entry.source == "hf" else entry.config
     model, state, class_names = conversion.convert_file(entry.source, str(path), config)
     config = asdict(model.config)
-    # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as convert.py writes
+    # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as tooling/convert.py writes
     return {"model": state, "config": config, "class_names": class_names,
             "recipe": datasets.published_recipe(config), "source": entry.files[0].url}
 
@@ -434,7 +434,7 @@ if __name__ == "__main__":
 
 
 def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
-    """`train.py --weights`: a whole model or a backbone-only state dict (from convert.py or train.py).
+    """`train.py --weights`: a whole model or a backbone-only state dict (from tooling/convert.py or train.py).
 
     Tensors whose shapes differ from ours (a class head trained for another K) are re-initialised
     and reported; keys absent from the file keep their fresh initialisation and are reported.
@@ -447,7 +447,7 @@ def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> 
     unknown = sorted(k for k in state if k not in ours)
     if len(unknown) == len(state):
         raise SystemExit(f"error: {path} matches none of this model's parameters "
-                         f"(first keys: {list(state)[:3]}); convert it with convert.py first")
+                         f"(first keys: {list(state)[:3]}); convert it with tooling/convert.py first")
     reshaped = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
     usable = {k: v for k, v in state.items() if k in ours and k not in reshaped}
     if len(usable) < len(state) / 2:  # mostly another architecture: fine-tuning from it would be from scratch
@@ -469,7 +469,7 @@ def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> 
 
 
 def published_weights(spec: str, mirror: str | None) -> str:
-    """--weights NAME: the converted checkpoint of a published model (weights.py: downloaded, checked and
+    """--weights NAME: the converted checkpoint of a published model (machinery/weights.py: downloaded, checked and
     converted on first use, then read from the cache); a path stays as it is."""
     try:
         return resolve(spec, mirror)
@@ -501,10 +501,10 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], path: str, desc
         raise SystemExit(f"error: --weights {path} does not fit {description}: {'; '.join(problems)}")
 
 
-def build_model_for(args: argparse.Namespace, parser: argparse.ArgumentParser,
+def model_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser,
                     num_classes: int | None) -> tuple[nn.Module, list[str] | None, dict]:
     """The model of --config / the checkpoint's config with --weights loaded (or random with --random-init),
-    the class names the checkpoint carries (convert.py writes them), if any, and the checkpoint's
+    the class names the checkpoint carries (tooling/convert.py writes them), if any, and the checkpoint's
     other entries (its "recipe", "args", ...; empty without one)."""
     if args.random_init:
         if args.weights is not None or args.config is None:

@@ -1,1 +1,1 @@
-"""The test suite (a package, so that benchmark.py can import tests.hf_reference unambiguously)."""
+"""The test suite (a package, so that tooling/benchmark.py can import tests.hf_reference unambiguously)."""

@@ -1,4 +1,4 @@
-"""Tests for benchmark.py: it runs end to end on the `tiny` config and reports sane figures.
+"""Tests for tooling/benchmark.py: it runs end to end on the `tiny` config and reports sane figures.
 
 No timing assertions (the machine is shared and timings are noise): the checks are that every
 figure is a finite positive number, that derived figures agree with the timings they come from,

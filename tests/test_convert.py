@@ -1,4 +1,4 @@
-"""convert.py: published weights load into our model and compute the same function.
+"""tooling/convert.py: published weights load into our model and compute the same function.
 
 The reference is the Hugging Face port (transformers.MaskFormerForInstanceSegmentation), built
 offline from a config with random weights; tests that need it skip when `transformers` is absent.
@@ -10,7 +10,7 @@ one relative-position bias table or dropping the shift mask then moves the mask 
 (measured when writing these tests), while a correct conversion agrees to ~3e-5.
 
 The official detectron2 layout and the ImageNet layouts are built by hand here (names and shapes
-written out from the official / torchvision / Microsoft code), independently of convert.py's tables.
+written out from the official / torchvision / Microsoft code), independently of tooling/convert.py's tables.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scale-out (distributed.py, train.py's DDP set-up): several processes train exactly as one.
+"""Scale-out (machinery/distributed.py, train.py's DDP set-up): several processes train exactly as one.
 
 Every run here is `torchrun` on CPU with the gloo backend (what a laptop or CI has): a tiny
 MaskFormer on 64-pixel `shapes` crops for 3 steps. BatchNorm is frozen (the paper's backbones

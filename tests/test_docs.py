@@ -143,7 +143,7 @@ def findings_rows() -> dict[str, str]:
     for line in text[start:].splitlines()[1:]:
         if line.startswith("**"):
             break
-        match = re.search(r"`python experiments\.py (\w+)`", line)
+        match = re.search(r"`python -m tooling\.experiments (\w+)`", line)
         if line.startswith("|") and match:
             rows[match.group(1)] = line
     return rows

@@ -100,7 +100,7 @@ def test_resolution_order_by_hand():
 
 
 def test_a_swin_b_ade20k_checkpoint_evaluates_at_640_without_flags(tmp_path, capsys):
-    """A random Swin-B model saved as convert.py saves a converted ADE20K model (recipe included)."""
+    """A random Swin-B model saved as tooling/convert.py saves a converted ADE20K model (recipe included)."""
     root = training_speed.write_ade_like_fixture(tmp_path / "ade", num_images=1, size=(40, 40))
     torch.manual_seed(0)
     model = maskformer.build_model("swin_b", num_classes=150)

@@ -35,7 +35,6 @@ import check  # noqa: E402
 import solutions  # noqa: E402
 
 import backbones  # noqa: E402
-import infer  # noqa: E402
 import inference  # noqa: E402
 import losses  # noqa: E402
 import maskformer  # noqa: E402

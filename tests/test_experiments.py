@@ -1,4 +1,4 @@
-"""experiments.py and what it added: DETR's box matching (matcher.BoxMatcher), attention weights
+"""tooling/experiments.py and what it added: DETR's box matching (matcher.BoxMatcher), attention weights
 (maskformer.MultiHeadAttention(need_weights=True)), the shapes options, and a --quick study end to end."""
 
 import itertools

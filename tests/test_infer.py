@@ -374,7 +374,7 @@ def test_cli_panoptic_and_saved_checkpoint(shared_data, tmp_path):
                                          orig_sizes=[image.shape[:2]], object_mask_threshold=0.0,
                                          overlap_threshold=0.0)[0]
     assert np.array_equal(ids, expected.numpy())
-    # without --data the class names come from the checkpoint (convert.py writes them)
+    # without --data the class names come from the checkpoint (tooling/convert.py writes them)
     infer.main(["--weights", str(checkpoint), "--input", str(photo), "--output", str(out / "plain"), "--task",
                 "panoptic", "--size", "128", "--object-mask-threshold", "0.0"])
     info = json.loads((out / "plain" / f"{photo.stem}_panoptic.json").read_text())["segments_info"]

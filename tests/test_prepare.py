@@ -1,4 +1,4 @@
-"""Tests of prepare.py and the datasets it prepares: COCO-Stuff-10K, ADE20K-Full, Mapillary Vistas
+"""Tests of tooling/prepare.py and the datasets it prepares: COCO-Stuff-10K, ADE20K-Full, Mapillary Vistas
 v1.2 and ADE20K-Panoptic.
 
 We have no real files of these four datasets, so each test writes tiny files in the formats the
@@ -6,7 +6,7 @@ publishers document (sources in each builder's docstring), runs `prepare` twice 
 must change nothing), loads the result through `build_dataset` and compares pixels and segments
 with expectations worked out by hand from the fixture. Expected class ids come from the official
 class lists as literals (e.g. "wall" is ADE20K-Full class 0 with `_seg.png` value 2978), never
-from prepare.py.
+from tooling/prepare.py.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def ade_seg_png(classes: np.ndarray, instances: np.ndarray | None = None, r_offs
 
 def write_ade_full(root: Path, images: dict[str, np.ndarray]) -> Path:
     """ADE20K_2021_17_01/images/ADE/{training,validation}/<scene category>/<scene>/ADE_*.jpg + _seg.png,
-    plus the index and objects files the release ships (not read by prepare.py)."""
+    plus the index and objects files the release ships (not read by tooling/prepare.py)."""
     base = root / "ADE20K_2021_17_01"
     for k, (name, classes) in enumerate(images.items()):
         split = "validation" if name.startswith("ADE_val") else "training"
@@ -574,3 +574,18 @@ def test_a_label_of_another_size_than_its_image_is_one_line(tmp_path):
     with pytest.raises(DatasetError, match=r"annotations_instance.*: label size 3x4 \(WxH\) differs from its image "
                                            r".*\(4x3\)"):
         prepare.prepare("ade20k_panoptic", root)
+
+
+def test_preview_draws_a_grid_of_items_and_refuses_mixed_arguments(tmp_path, capsys):
+    """`python -m tooling.prepare --preview shapes OUT.png`: a PNG of validation items (image | sem_seg
+    per row), as wide as two items side by side at least; NAME ROOT together with --preview is refused."""
+    out = tmp_path / "shapes.png"
+    prepare.main(["--preview", "shapes", str(out)])
+    assert capsys.readouterr().out.strip() == f"saved {out}"
+    width, height = Image.open(out).size
+    assert width >= 2 * 128 and height >= 128  # shapes items are 128 x 128
+    for argv in ([], ["--preview", "shapes", str(out), "ade20k_full", str(tmp_path)]):
+        with pytest.raises(SystemExit) as error:
+            prepare.main(argv)
+        assert error.value.code == 2
+        assert "give NAME ROOT to prepare a dataset, or --preview DATASET OUT_PNG" in capsys.readouterr().err

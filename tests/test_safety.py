@@ -1,4 +1,4 @@
-"""Nothing lost, one clear line: train.py, infer.py, checkpoint.py and metrics.py under faults and bad input.
+"""Nothing lost, one clear line: train.py, infer.py, machinery/checkpoint.py and metrics.py under faults and bad input.
 
 Every case is a row of a table. Each row runs a command (in-process `main(argv)` where that shows
 the same exit status and stderr as the shell would; a subprocess where the real process matters),

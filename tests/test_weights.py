@@ -1,4 +1,4 @@
-"""weights.py: published checkpoints by name, downloaded once, checked, converted and cached.
+"""machinery/weights.py: published checkpoints by name, downloaded once, checked, converted and cached.
 
 No test touches the network: small random checkpoints in the published formats (a Hugging Face
 folder written by transformers' own `save_pretrained`, a torchvision / Microsoft Swin ImageNet
@@ -22,8 +22,9 @@ import torch
 import backbones
 import infer
 import maskformer
-from machinery import conversion, datasets, hf_reference, weight_files, weights
+from machinery import conversion, datasets, weight_files, weights
 from tests.test_convert import MINI_SWIN, microsoft_swin_layout, randomise, torchvision_resnet_layout
+from tooling import hf_reference
 
 K = 5
 
@@ -75,7 +76,7 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
     model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**extras["config"])).eval()
     model.load_state_dict(state, strict=True)
     assert extras["class_names"] == [hf_tiny.config.id2label[i] for i in range(K)]
-    assert extras["recipe"] == datasets.published_recipe(extras["config"])  # as convert.py writes it
+    assert extras["recipe"] == datasets.published_recipe(extras["config"])  # as tooling/convert.py writes it
     images = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, theirs = model(images), hf_tiny(pixel_values=images)
@@ -85,7 +86,7 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
 
 
 def test_load_model_and_the_cli_by_name(hf_tiny, tmp_path, monkeypatch, capsys):
-    """weights.load_model (notebooks) gives the HF port's function; `python weights.py NAME` prints the path."""
+    """weights.load_model (notebooks) gives the HF port's function; `python machinery/weights.py NAME` prints the path."""
     monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
     weights.main(["tt-ade", "--mirror", (tmp_path / "mirror").as_uri()])
     path = capsys.readouterr().out.strip().splitlines()[-1]

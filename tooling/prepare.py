@@ -72,6 +72,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data import DatasetError, read_image, read_label
+from machinery import datasets, drawing
 from machinery.dataset_files import (
     ADE20K_FULL_IGNORE,
     ADE_FULL_LAYOUT,
@@ -415,11 +416,23 @@ def prepare(name: str, root: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prepare a dataset from the files its publishers ship "
-                                     "(idempotent and resumable; writes next to the data).")
-    parser.add_argument("name", choices=sorted(PREPARERS), help="dataset")
-    parser.add_argument("root", help="the dataset's folder as downloaded (or its parent)")
+                                     "(idempotent and resumable; writes next to the data), or draw a few of "
+                                     "a dataset's validation items (image | sem_seg | pan_seg) with --preview.")
+    parser.add_argument("name", nargs="?", choices=sorted(PREPARERS), help="dataset to prepare")
+    parser.add_argument("root", nargs="?", help="the dataset's folder as downloaded (or its parent)")
+    parser.add_argument("--preview", nargs=2, metavar=("DATASET", "OUT_PNG"),
+                        help="save a grid of validation items instead, e.g. --preview shapes shapes.png")
+    parser.add_argument("--preview-root", default=None, help="dataset root for --preview (not for shapes)")
+    parser.add_argument("--zoom", type=int, default=1, help="enlarge --preview images by this factor")
     args = parser.parse_args(argv)
+    if (args.preview is None) == (args.name is None) or (args.name is None) != (args.root is None):
+        parser.error("give NAME ROOT to prepare a dataset, or --preview DATASET OUT_PNG (not both)")
     try:
+        if args.preview:
+            dataset, out = args.preview
+            drawing.preview(datasets.build_dataset(dataset, args.preview_root, split="val"), out, zoom=args.zoom)
+            print(f"saved {out}")
+            return
         base = prepare(args.name, args.root)
     except DatasetError as error:
         sys.exit(f"error: {error}")

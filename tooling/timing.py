@@ -1,7 +1,7 @@
 """Measuring a step: interleaved timing, peak memory, model-FLOPs utilisation, dense-kernel share.
 
-Not a part of the paper: infrastructure of benchmark.py (speed against the Hugging Face port and
-Table 1's FLOPs) and training_speed.py (the classroom run's time to accuracy). Each figure is taken
+Not a part of the paper: infrastructure of tooling/benchmark.py (speed against the Hugging Face port and
+Table 1's FLOPs) and tooling/training_speed.py (the classroom run's time to accuracy). Each figure is taken
 so that a shared, noisy machine moves all compared variants alike: the variants run interleaved,
 one call of each per round, and the median of the rounds is reported.
 
