@@ -53,7 +53,7 @@ def list_inputs(path: str, parser: argparse.ArgumentParser) -> list[Path]:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     p = argparse.ArgumentParser(description="MaskFormer inference (§3.4) and evaluation (mIoU / PQ).")
-    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / tooling/convert.py), "
+    p.add_argument("--weights", help="checkpoint {'model': state_dict, 'config': dict} (train.py / tooling.convert), "
                    "or a published model's name or alias (see --list): downloaded, checked and converted once")
     p.add_argument("--list", action="store_true", help="print the published models (names, aliases, paper numbers)")
     p.add_argument("--weights-mirror", help=f"base URL or file:// folder replacing the publishers' for --weights "
@@ -131,7 +131,8 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
         parser.error("--input is required (or --eval)")
     inputs = list_inputs(args.input, parser)
     try:
-        names, palette, is_thing = datasets.class_metadata(args.data, args.data_root, None, datasets.shapes_options(args))
+        names, palette, is_thing = datasets.class_metadata(args.data, args.data_root, None,
+                                                           datasets.shapes_options(args))
     except data.DatasetError as e:
         parser.error(f"--data {args.data}: {e}")
     model, saved_names, checkpoint = weights.model_from_flags(args, parser, len(names) if args.data else None)
@@ -170,7 +171,8 @@ def run_inference(args: argparse.Namespace, parser: argparse.ArgumentParser, dev
             labels = inference.predict_semantic(model, x, orig_sizes=orig, amp_dtype=amp_dtype)[0]
             drawing.write_semantic(out, stems[path], image, labels, names, palette)
         else:
-            pan_seg, segments_info = inference.predict_panoptic(model, x, is_thing, orig_sizes=orig, amp_dtype=amp_dtype,
+            pan_seg, segments_info = inference.predict_panoptic(model, x, is_thing, orig_sizes=orig,
+                                                                amp_dtype=amp_dtype,
                                                                 object_mask_threshold=args.object_mask_threshold,
                                                                 overlap_threshold=args.overlap_threshold)[0]
             drawing.write_panoptic(out, stems[path], image, pan_seg, segments_info, names, palette)

@@ -437,11 +437,13 @@ def key_differences(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[st
 
 def load_into(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
     """load_state_dict(strict=False) that also fails on shape mismatches → (missing, unexpected)."""
-    missing, unexpected, reshaped = key_differences(model, state)
+    reshaped = key_differences(model, state)[2]
     if reshaped:
         raise ConversionError("tensor shapes differ from the model's (file vs model):\n  " + "\n  ".join(reshaped[:20]))
-    model.load_state_dict(state, strict=False)
-    return missing, unexpected
+    # missing / unexpected as load_state_dict counts them: a module may accept extra buffers
+    # (FrozenBatchNorm2d drops BatchNorm's num_batches_tracked)
+    result = model.load_state_dict(state, strict=False)
+    return list(result.missing_keys), list(result.unexpected_keys)
 
 
 def convert_file(source_name: str, path: str, config: str | None) -> tuple[nn.Module, dict[str, Tensor], list[str]]:

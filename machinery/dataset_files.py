@@ -35,7 +35,8 @@ def load_meta(file_name: str) -> dict:
     return json.loads((META_DIR / file_name).read_text())
 
 
-CLASS_LISTS = {"ade20k": "ade20k_150.json", "cityscapes": "cityscapes_19.json", "coco_stuff_10k": "coco_stuff_10k_171.json",
+CLASS_LISTS = {"ade20k": "ade20k_150.json", "cityscapes": "cityscapes_19.json",
+               "coco_stuff_10k": "coco_stuff_10k_171.json",
                "ade20k_full": "ade20k_full_847.json", "mapillary": "mapillary_vistas_v1.2.json",
                "ade20k_panoptic": "ade20k_panoptic_150.json"}  # dataset -> its official class list in meta/
 
@@ -44,7 +45,8 @@ def official_classes(name: str) -> tuple[list[str], list[bool], np.ndarray | Non
     """(class names, is_thing, colours (K, 3) uint8 or None) of a dataset's official list in meta/:
     one of CLASS_LISTS (Mapillary: the 65 evaluated labels). COCO panoptic's list comes with its JSON."""
     if name not in CLASS_LISTS:
-        raise DatasetError(f"dataset {name!r}: no official class list in meta/ (expected one of {', '.join(CLASS_LISTS)})")
+        raise DatasetError(f"dataset {name!r}: no official class list in meta/ "
+                           f"(expected one of {', '.join(CLASS_LISTS)})")
     meta = load_meta(CLASS_LISTS[name])
     if name == "mapillary":
         classes = [{"name": label["readable"], "isthing": label["instances"], "color": label["color"]}
@@ -52,7 +54,7 @@ def official_classes(name: str) -> tuple[list[str], list[bool], np.ndarray | Non
     else:
         classes = meta["classes"] if "classes" in meta else meta["categories"]
     colours = np.array([c["color"] for c in classes], np.uint8) if "color" in classes[0] else None
-    return [c["name"] for c in classes], [bool(c["isthing"]) for c in classes], colours
+    return [c["name"] for c in classes], [bool(c.get("isthing", False)) for c in classes], colours
 
 
 STUFF10K_URL = "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/cocostuff-10k-v1.0.zip"

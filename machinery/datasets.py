@@ -345,11 +345,23 @@ class MapillaryVistasDataset(SemanticFolderDataset):
 class ADE20KPanopticDataset(CocoPanopticDataset):
     """ADE20K-Panoptic prepared by `python -m tooling.prepare ade20k_panoptic ROOT`: images/{training,validation}/
     with the COCO-format ade20k_panoptic_{train,val}.json and ade20k_panoptic_{train,val}/*.png.
-    150 categories (100 things), category id = ADE20K-150 class id."""
+    150 categories (100 things), category id = ADE20K-150 class id.
+
+    sem_seg comes from the ADE20K semantic labels, annotations/{training,validation}/<image>.png
+    (0 = other -> ignore, 1..150 -> class 0..149), as the official ADE20K-Panoptic registration's
+    sem_seg_file_name: the mIoU the official run reports beside PQ (`scores_miou`) is against them, not
+    against the panoptic PNG (which leaves void the thing pixels without an instance, e.g. a person
+    the instance annotation misses). Without that PNG (a folder holding only the panoptic files),
+    sem_seg falls back to the panoptic PNG's categories (CocoPanopticDataset.load)."""
+
+    scores_miou = True  # evaluation.evaluate also scores Eq. (3.4b)'s mIoU on the semantic labels
 
     def __init__(self, root: Path, split: str = "train", task: str = "panoptic", **kwargs):
         split = split_folder(split)
         base = dataset_files.ade_panoptic_base(root)
+        self.semantic_dir = base / "annotations" / dataset_files.ADE_PAN_SPLITS[split]  # the semantic PNGs
+        self.lookup = np.full(256, IGNORE_INDEX, np.int32)  # semantic PNG value -> class id, as ADE20KDataset
+        self.lookup[1:151] = np.arange(150)
         png_dir, json_path = dataset_files.ade_panoptic_paths(base, split)
         if not json_path.is_file():
             state = "half-prepared (preparation did not finish)" if png_dir.is_dir() else "not prepared"
@@ -357,6 +369,17 @@ class ADE20KPanopticDataset(CocoPanopticDataset):
                                f"run `python -m tooling.prepare ade20k_panoptic {base}`")
         self.read_annotations(json_path, base / "images" / dataset_files.ADE_PAN_SPLITS[split], png_dir, task=task,
                               **kwargs)
+
+    def load(self, index: int) -> Sample:
+        """The panoptic sample with sem_seg (H, W) int32 read from the image's semantic PNG where it exists."""
+        sample = super().load(index)
+        path = self.semantic_dir / (Path(self.records[index][0]).stem + ".png")
+        if not path.is_file():
+            return sample
+        label = read_label(path)  # (H, W) 0..150
+        check_same_size(sample.sem_seg, label, Path(self.records[index][0]), path)
+        check_values(label, np.ones(151, bool), path, "0 = other, 1..150 = classes")
+        return replace(sample, sem_seg=self.lookup[label])
 
 
 DATASETS = ("ade20k", "coco_panoptic", "cityscapes", "coco_stuff_10k", "ade20k_full", "mapillary",

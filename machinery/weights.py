@@ -358,7 +358,7 @@ def convert_model(entry: Published, folder: Path) -> dict:
     config = None if entry.source == "hf" else entry.config
     model, state, class_names = conversion.convert_file(entry.source, str(path), config)
     config = asdict(model.config)
-    # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as tooling/convert.py writes
+    # "recipe": the official test resize (infer.py reads it; e.g. 640 for Swin-B/L on ADE20K), as tooling.convert writes
     return {"model": state, "config": config, "class_names": class_names,
             "recipe": datasets.published_recipe(config), "source": entry.files[0].url}
 
@@ -409,28 +409,6 @@ def print_table(file=None) -> None:
     for e in IMAGENET:
         print(f"  {e.backbone:<11} {e.pretraining:<11} {e.file.url}", file=file)
 
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Download, check and convert published MaskFormer weights by name.")
-    p.add_argument("name", nargs="?", help="a model name or alias (see --list), or imagenet-BACKBONE")
-    p.add_argument("--list", action="store_true", help="print the table of published models")
-    p.add_argument("--mirror", help=f"base URL or file:// folder replacing the publishers' (or ${MIRROR_ENV})")
-    args = p.parse_args(argv)
-    if args.list or args.name is None:
-        print_table()
-        return
-    try:
-        if args.name.startswith("imagenet-"):
-            path = imagenet_checkpoint(args.name.removeprefix("imagenet-"), args.mirror)
-        else:
-            path = resolve(args.name, args.mirror)
-    except (WeightsError, conversion.ConversionError) as e:
-        raise SystemExit(f"error: {e}") from None
-    print(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
 
 
 def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> None:

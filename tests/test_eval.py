@@ -4,9 +4,11 @@ test resize), and takes the test resize from the checkpoint, e.g. 640 for Swin-B
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ import maskformer
 import train
 from machinery import datasets
 from machinery.checkpoint import read_checkpoint, save_checkpoint
+from metrics import SemanticMetrics
 from tooling import training_speed
 
 
@@ -52,17 +55,11 @@ def test_eval_reproduces_the_validation_the_run_logged(tiny_run, capsys, tmp_pat
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_mIoU"] for r in records if "val_mIoU" in r] == [logged["mIoU"]]
     assert re.search(rf"mIoU {100 * logged['mIoU']:.2f}\b", printed)
-
-
-def test_an_older_checkpoint_without_test_size_uses_its_crop(tiny_run, capsys, tmp_path):
-    root, run, logged = tiny_run
-    checkpoint = read_checkpoint(run / "last.pt")
-    for key in ("test_size", "test_max_size"):  # as train.py wrote them before they were stored
-        del checkpoint["recipe"][key]
-    save_checkpoint(tmp_path / "old.pt", checkpoint)
-    results, printed, report = run_eval(capsys, root, tmp_path / "old.pt", tmp_path / "b")
-    assert printed.splitlines()[0].startswith("test resize: short edge 96, long edge <= 384 (from the checkpoint's")
-    assert results["mIoU"] == logged["mIoU"]
+    # PQ^St beside mIoU (Tables 1, 2, 4): printed, in the JSON, in final_metrics.json and metrics.jsonl
+    assert results["PQ_St"] == logged["PQ_St"] == report["PQ_St"]
+    assert json.loads((run / "final_metrics.json").read_text())["PQ_St"] == logged["PQ_St"]
+    assert [r["val_PQ_St"] for r in records if "val_PQ_St" in r] == [logged["PQ_St"]]
+    assert re.search(rf"PQ_St {100 * logged['PQ_St']:.2f}\b", printed)
 
 
 def test_size_flag_changes_the_evaluation_and_is_recorded(tiny_run, capsys, tmp_path):
@@ -153,8 +150,8 @@ def test_eval_reproduces_a_panoptic_run_pq(shared_data, tmp_path, capsys):
     model, _ = train.build_model_and_criterion(args, recipe, 133)
     model.load_state_dict(checkpoint["model"])
     val_set = train.build_datasets(args, recipe)[1]
-    expected = evaluation.validate(model, evaluation.build_val_loader(val_set, args), "panoptic", torch.device("cpu"), None,
-                              "coco_panoptic")
+    expected = evaluation.validate(model, evaluation.build_val_loader(val_set, args), "panoptic",
+                                   torch.device("cpu"), None, "coco_panoptic")
     assert sum(c["FP"] + c["TP"] for c in expected["per_class"]) > 0  # segments were predicted
     assert [(c["TP"], c["FP"], c["FN"]) for c in results["per_class"]] == \
         [(c["TP"], c["FP"], c["FN"]) for c in expected["per_class"]]
@@ -197,3 +194,74 @@ def test_tta_semantic_map_in_bands_equals_the_whole_argmax(head):
     for max_values in (1, 5 * 93 * 5, 2**26):  # rows per band: 1, 5, all 70
         labels = inference.tta_semantic_map(model, image, 64, 448, scales=scales, max_values=max_values)
         assert torch.equal(labels, expected), max_values
+
+
+def naive_pq_st(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int, ignore_index: int) -> float:
+    """PQ^St re-implemented from the official tools/evaluate_pq_for_semantic_segmentation.py, one image and
+    one class at a time: each class present is one stuff segment; match if IoU > 0.5 with the predicted
+    segment's void pixels out of the union; an unmatched prediction more than half on void is no FP."""
+    tp, fp, fn, iou_sum = (np.zeros(num_classes) for _ in range(4))
+    for pred, gt in pairs:
+        void = gt == ignore_index
+        for c in range(num_classes):
+            g, p = gt == c, pred == c
+            if not g.any() and not p.any():
+                continue
+            inter, union = (g & p).sum(), (g | p).sum() - (p & void).sum()
+            if g.any() and p.any() and inter / union > 0.5:
+                tp[c], iou_sum[c] = tp[c] + 1, iou_sum[c] + inter / union
+                continue
+            fn[c] += g.any()
+            fp[c] += p.any() and (p & void).sum() / p.sum() <= 0.5
+    counted = tp + fp + fn > 0
+    return float(np.mean(iou_sum[counted] / (tp + fp / 2 + fn / 2)[counted]))
+
+
+def test_eval_pq_st_equals_an_independent_computation(tiny_run, capsys, tmp_path, monkeypatch):
+    """`infer.py --eval`'s printed and JSON PQ^St against `naive_pq_st` and a fresh SemanticMetrics on the
+    very predictions it scored: the ground truth with its right half replaced by the model's prediction
+    (so that some classes match and some do not), and ignore pixels predicted as class 0."""
+    root, run, _ = tiny_run
+    real = inference.predict_semantic
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    dataset = evaluation.evaluation_dataset("ade20k", root, "semantic", (96, 384))
+    truths = [dataset[i]["orig_sem_seg"] for i in range(len(dataset))]
+
+    def half_truth(model, images, image_sizes, orig_sizes, amp_dtype):
+        preds = []
+        for pred in real(model, images, image_sizes, orig_sizes, amp_dtype):
+            truth = truths[len(pairs)]
+            mixed = torch.where(truth == 255, 0, truth)  # (H0, W0)
+            mixed[:, truth.shape[1] // 2:] = pred[:, truth.shape[1] // 2:]
+            pairs.append((mixed.numpy(), truth.numpy()))
+            preds.append(mixed)
+        return preds
+
+    monkeypatch.setattr(inference, "predict_semantic", half_truth)
+    results, printed, report = run_eval(capsys, root, run / "last.pt", tmp_path / "d", "--batch-size", "1")
+    assert len(pairs) == len(dataset) == results["num_images"]
+    assert any((gt == 255).any() for _, gt in pairs)  # the ignore rule is exercised
+    expected = naive_pq_st(pairs, 150, 255)
+    assert 0.0 < expected < 1.0
+    assert results["PQ_St"] == pytest.approx(expected, abs=1e-12) and report["PQ_St"] == results["PQ_St"]
+    assert re.search(rf"PQ_St {100 * expected:.2f}\b", printed)
+    fresh = SemanticMetrics(150, 255)
+    for pred, gt in pairs:
+        fresh.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    assert fresh.compute()["PQ_St"] == results["PQ_St"] and fresh.compute()["mIoU"] == results["mIoU"]
+    per_class = [math.nan if row["PQ_St"] is None else row["PQ_St"] for row in report["per_class"]]  # JSON: nan -> null
+    assert per_class == pytest.approx(fresh.compute()["per_class_pq"], nan_ok=True)
+
+
+def test_validation_logs_every_headline_figure(monkeypatch, tmp_path):
+    """validate_at's log line: mIoU and PQ^St for a semantic validation; PQ, then mIoU where the panoptic
+    evaluation scored the semantic labels (ADE20K-Panoptic); PQ alone otherwise (COCO)."""
+    cases = [("semantic", {"mIoU": 0.5, "PQ_St": 0.25}, "mIoU = 50.00, PQ_St = 25.00"),
+             ("panoptic", {"PQ": 0.125, "mIoU": 0.75}, "PQ = 12.50, mIoU = 75.00"),
+             ("panoptic", {"PQ": 0.125}, "PQ = 12.50")]
+    for task, figures, expected in cases:
+        monkeypatch.setattr(evaluation, "validate", lambda *args, figures=figures: dict(figures))
+        lines: list[str] = []
+        assert evaluation.validate_at(7, tmp_path, None, None, task, "cpu", None, None, lines.append) == figures
+        assert lines == [f"step 7: validation {expected}"]
+        assert evaluation.headline(task, figures) == list(figures)

@@ -442,4 +442,5 @@ def test_cli_eval_on_real_ade20k_samples(shared_data, tmp_path, capsys):
     assert saved["mIoU"] == pytest.approx(results["mIoU"])
     assert [row["class"] for row in saved["per_class"]] == dataset_files.official_classes("ade20k")[0]
     csv_lines = (tmp_path / "eval_semantic_per_class.csv").read_text().splitlines()
-    assert csv_lines[0] == "class,IoU,Acc" and len(csv_lines) == 151
+    assert csv_lines[0] == "class,IoU,Acc,PQ_St" and len(csv_lines) == 151
+    assert f"PQ_St {100 * results['PQ_St']:.2f}" in printed and saved["PQ_St"] == pytest.approx(results["PQ_St"])

@@ -31,9 +31,9 @@ LAYERS = [
     ["evaluation"],
     ["infer", "train"],
     # tools that are not the method
-    ["tooling.timing", "tooling.hf_reference", "tooling.flops", "tooling.prepare", "tooling.convert"],
+    ["tooling.timing", "tooling.hf_reference", "tooling.flops", "tooling.prepare", "tooling.convert", "tooling.fetch"],
     ["tooling.training_speed", "tooling.experiments"],
-    ["tooling.benchmark"],
+    ["tooling.benchmark", "tooling.gpu_check"],
 ]
 RANK = {module: rank for rank, group in enumerate(LAYERS) for module in group}
 PACKAGES = ("machinery", "tooling")

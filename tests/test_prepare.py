@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 
+import inference
 from data import DatasetError
-from machinery import datasets
+from machinery import dataset_files, datasets
 from tooling import prepare
 
-META = Path(prepare.__file__).resolve().parent / "meta"
+REPO = Path(__file__).resolve().parents[1]
+META = dataset_files.META_DIR
 
 
 def save(array: np.ndarray, path: Path, **kwargs) -> Path:
@@ -187,7 +192,8 @@ def test_ade20k_full_errors(tmp_path):
         prepare.prepare("ade20k_full", tmp_path)
     root = write_ade_full(tmp_path / "a", {"ADE_train_00000001": np.array([[WALL]]),
                                            "ADE_val_00000001": np.array([[WALL]])})
-    with pytest.raises(DatasetError, match=r"is not prepared: no prepared_ade20k_full\.json; run `python prepare"):
+    with pytest.raises(DatasetError,
+                       match=r"is not prepared: no prepared_ade20k_full\.json; run `python -m tooling.prepare"):
         datasets.build_dataset("ade20k_full", root)
     base = prepare.prepare("ade20k_full", root)
     (base / "prepared_ade20k_full.json").unlink()  # as if interrupted before the end
@@ -353,7 +359,17 @@ def test_ade20k_panoptic_loads_and_errors(tmp_path):
     assert (len(val), val.num_classes, sum(val.is_thing), val.task) == (1, 150, 100, "panoptic")
     item = val[0]
     assert sorted(item["labels"].tolist()) == [0, 2, 20, 20]
+    # sem_seg from the semantic PNG (PAN_SEMANTIC - 1, 0 -> 255), as the official registration: the person
+    # without an instance is class 12 (void in the panoptic PNG), the pixel under car 5 is sky (2)
+    assert item["orig_sem_seg"].tolist() == [[0, 0, 2, 2], [0, 12, 12, 2], [255, 20, 20, 2]]
+    # a folder without the semantic PNGs: sem_seg from the panoptic PNG's categories (void -> 255)
+    base = root / "ADEChallengeData2016"
+    os.remove(base / "annotations" / "validation" / "ADE_val_00000001.png")
+    item = datasets.build_dataset("ade20k_panoptic", root, split="val")[0]
     assert item["orig_sem_seg"].tolist() == [[0, 0, 2, 2], [0, 255, 255, 20], [255, 20, 20, 2]]
+    save(np.full((3, 4), 151, np.uint8), base / "annotations" / "validation" / "ADE_val_00000001.png")
+    with pytest.raises(DatasetError, match=r"ADE_val_00000001\.png: label value 151 is out of range"):
+        datasets.build_dataset("ade20k_panoptic", root, split="val")[0]
 
     bad_root = write_ade_panoptic(tmp_path / "bad", {
         "ADE_train_00000001": (PAN_SEMANTIC, np.where(PAN_CATEGORY == 9, 101, 0), PAN_INSTANCE)})
@@ -413,6 +429,10 @@ def test_train_two_iterations_on_a_prepared_fixture(tmp_path, name):
     assert len(losses) == 2 and all(np.isfinite(losses)) and all(loss > 0 for loss in losses)
     metric = "PQ" if name == "ade20k_panoptic" else "mIoU"
     assert 0.0 <= metrics[metric] <= 1.0 and metrics["num_images"] == 1
+    # validation's headline figures in metrics.jsonl: mIoU and PQ^St; ADE20K-Panoptic PQ and the semantic mIoU
+    (validation,) = [r for r in log if any(k.startswith("val_") for k in r)]
+    headline = ["PQ", "mIoU"] if name == "ade20k_panoptic" else ["mIoU", "PQ_St"]
+    assert validation == {"step": 2, **{f"val_{k}": metrics[k] for k in headline}}
     # the official recipe, apart from the flags given above (docs/recipe.md)
     full = train.resolve_recipe(train.parse_args(["--data", name]))
     assert (full.batch_size, full.max_iter, full.crop_size, full.task) == {
@@ -432,23 +452,32 @@ def test_infer_eval_pq_on_ade20k_panoptic(tmp_path, monkeypatch, capsys):
 
     def oracle(model, images, is_thing, image_sizes, orig_sizes, amp_dtype, object_mask_threshold, overlap_threshold):
         seen.append((object_mask_threshold, overlap_threshold))
-        return [(truth["orig_pan_seg"], [dict(s) for s in truth["segments_info"]])]
+        return [(truth["orig_pan_seg"], [dict(s) for s in truth["segments_info"]], truth["orig_sem_seg"])]
 
-    monkeypatch.setattr(infer, "predict_panoptic", oracle)
+    # ADE20K-Panoptic scores the semantic map too (one forward pass: predict_panoptic_and_semantic)
+    monkeypatch.setattr(inference, "predict_panoptic_and_semantic", oracle)
     argv = ["--eval", "--data", "ade20k_panoptic", "--data-root", str(root), "--task", "panoptic", "--config",
             "tiny", "--random-init", "--workers", "0", "--device", "cpu", "--output", str(tmp_path / "out")]
     results = infer.main(argv)
     assert seen == [(0.7, 0.8)]
-    assert (results["PQ"], results["PQ_th"], results["PQ_st"]) == (1.0, 1.0, 1.0)
+    assert (results["PQ"], results["PQ_th"], results["PQ_st"], results["mIoU"]) == (1.0, 1.0, 1.0, 1.0)
+    printed = capsys.readouterr().out
+    assert "PQ 100.00" in printed and "mIoU 100.00" in printed
 
     def stuff_only(*args):
         pan = truth["orig_pan_seg"].clone()
         stuff = [dict(s) for s in truth["segments_info"] if not s["isthing"]]
         pan[~np.isin(pan.numpy(), [s["id"] for s in stuff])] = 0
-        return [(pan, stuff)]
+        sem = torch.where(truth["orig_sem_seg"] == 20, 2, truth["orig_sem_seg"])  # the cars called sky
+        return [(pan, stuff, sem)]
 
-    monkeypatch.setattr(infer, "predict_panoptic", stuff_only)
+    monkeypatch.setattr(inference, "predict_panoptic_and_semantic", stuff_only)
     results = infer.main(argv)
+    report = json.loads((tmp_path / "out" / "eval_panoptic.json").read_text())
+    # hand-worked mIoU (cells of 8 x 8 px): wall 1, person 1, car 0, sky 4 cells of 6 predicted = 2/3;
+    # the void cell (2, 0) is not counted: (1 + 1 + 0 + 2/3) / 4 = 2/3
+    assert results["mIoU"] == pytest.approx(2 / 3) and report["mIoU"] == results["mIoU"]
+    assert [row["IoU"] for row in report["per_class"] if row["IoU"] is not None] == pytest.approx([1, 2 / 3, 1, 0])
     # hand-worked: the 2 stuff segments are matched exactly (PQ_st 1); the car class is missed (PQ_th 0);
     # PQ averages the 3 categories present: (1 + 1 + 0) / 3
     assert (results["PQ_st"], results["PQ_th"]) == (1.0, 0.0)
@@ -475,15 +504,15 @@ def test_ade20k_full_ignore_value_survives_padding_and_the_per_pixel_loss(tmp_pa
     assert 0.0 <= metrics["mIoU"] <= 1.0
 
 
-def test_command_lines_prepare_and_give_one_line_errors(tmp_path, monkeypatch, capsys):
-    import data
-
+def test_command_lines_prepare_and_give_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"^error: mapillary: dataset not found under root=.*\(download: "):
         prepare.main(["mapillary", str(tmp_path)])
     root = write_mapillary(tmp_path, {"train_a": np.array([[0, 1]]), "val_a": np.array([[2, 65]])})
-    monkeypatch.setattr("sys.argv", ["data.py", "prepare", "mapillary", str(root)])
-    data.main()  # python -m tooling.prepare mapillary ROOT
-    assert f"mapillary: prepared {root / 'mapillary_vistas'}" in capsys.readouterr().out
+    # the command as the README gives it, run from the repository root
+    done = subprocess.run([sys.executable, "-m", "tooling.prepare", "mapillary", str(root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"mapillary: prepared {root / 'mapillary_vistas'}" in done.stdout
     with pytest.raises(SystemExit):
         prepare.main(["cityscapes", str(root)])
     assert "invalid choice: 'cityscapes'" in capsys.readouterr().err

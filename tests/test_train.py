@@ -49,6 +49,40 @@ def test_recipe_defaults_follow_reference():
     assert (r.lr, r.max_iter) == (3e-4, 10)
 
 
+def test_cityscapes_trains_the_papers_r101_and_help_numbers_name_their_config(capsys):
+    """The official repository has only R101 / R101c Cityscapes models: `--data cityscapes` trains R101
+    (from ImageNet, ResNet optimiser settings), and every expected number in --help names the backbone
+    the recipe trains by default (a number without one is R50's)."""
+    args = train.parse_args(["--data", "cityscapes"])
+    r = train.resolve_recipe(args)
+    assert (r.config, r.crop_size, r.batch_size, r.max_iter, r.task) == ("r101", 512, 16, 90_000, "semantic")
+    assert (r.lr, r.weight_decay, r.backbone_lr_mult) == (1e-4, 1e-4, 0.1)
+    assert train.initial_weights(args, r) == "imagenet"
+    assert train.resolve_recipe(train.parse_args(["--data", "cityscapes", "--config", "r101c"])).config == "r101c"
+    assert set(train.EXPECTED_RESULT) == set(train.DATA_RECIPES)
+    for name, result in train.EXPECTED_RESULT.items():
+        config = train.resolve_recipe(train.parse_args(["--data", name])).config
+        if result.startswith("-"):  # no official model: the folder and the synthetic shapes
+            continue
+        named = result.split("(")[1].rstrip(")").lower() if "(" in result else "r50"
+        assert named == config, (name, result, config)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse's line breaks undone
+    assert "cityscapes 78.5 mIoU (R101)" in help_text and "R50 model" not in help_text
+    assert "recipe default: r50; r101 for cityscapes" in help_text
+
+
+def test_panoptic_recipes_evaluate_once_at_the_end_as_the_official_configs():
+    """TEST.EVAL_PERIOD 0 in the official panoptic configs: validation at the last iteration only;
+    the semantic recipes validate every 5,000 iterations (their configs' EVAL_PERIOD)."""
+    for name in ("coco_panoptic", "ade20k_panoptic"):
+        r = train.resolve_recipe(train.parse_args(["--data", name]))
+        assert (r.eval_period, r.checkpoint_period) == (r.max_iter, 5000)
+    for name in ("ade20k", "cityscapes", "coco_stuff_10k", "ade20k_full", "mapillary"):
+        assert train.resolve_recipe(train.parse_args(["--data", name])).eval_period == 5000
+
+
 def test_data_workers_default_by_device():
     # loader processes only beside a GPU; on a CPU the data is made between steps; --workers wins
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)

@@ -24,7 +24,7 @@ import infer
 import maskformer
 from machinery import conversion, datasets, weight_files, weights
 from tests.test_convert import MINI_SWIN, microsoft_swin_layout, randomise, torchvision_resnet_layout
-from tooling import hf_reference
+from tooling import fetch, hf_reference
 
 K = 5
 
@@ -86,9 +86,10 @@ def test_published_name_converts_to_the_hugging_face_function(hf_tiny, tmp_path,
 
 
 def test_load_model_and_the_cli_by_name(hf_tiny, tmp_path, monkeypatch, capsys):
-    """weights.load_model (notebooks) gives the HF port's function; `python machinery/weights.py NAME` prints the path."""
+    """weights.load_model (notebooks) gives the HF port's function; `python -m tooling.fetch NAME`
+    prints the path."""
     monkeypatch.setattr(weights, "MODELS", (hf_entry(tmp_path / "mirror", hf_tiny),))
-    weights.main(["tt-ade", "--mirror", (tmp_path / "mirror").as_uri()])
+    fetch.main(["tt-ade", "--mirror", (tmp_path / "mirror").as_uri()])
     path = capsys.readouterr().out.strip().splitlines()[-1]
     assert path == weights.resolve("tt-ade") and Path(path).is_file()
     model, names = weights.load_model("tt-ade")

@@ -4,7 +4,7 @@
     python -m tooling.benchmark --device cuda                     # CUDA: bf16 autocast, eager and torch.compile
     python -m tooling.benchmark --configs tiny --repeats 1 --size 128 --json out.json
     python -m tooling.benchmark --ddp 2 --configs tiny --size 128      # 2 processes (DDP) against 1, per step
-    python -m tooling.benchmark --time-to-accuracy --runs 3         # `python train.py` x 3: time to 0.70/0.80 mIoU, phases
+    python -m tooling.benchmark --time-to-accuracy --runs 3   # `python train.py` x 3: time to 0.70/0.80 mIoU, phases
 
 What it prints (and writes as JSON with --json), with the machine, torch version, threads and dtype:
 
@@ -220,11 +220,12 @@ def random_ade_targets(batch: int, size: int, num_classes: int, generator: torch
 def peak_memory_cpu(args: argparse.Namespace, name: str, variant: Variant, mode: str) -> float | None:
     """Peak memory (MB) of running `variant` in `mode`: the RSS high-water mark of a fresh process
     that builds and runs only that (see `probe`), less its RSS before building the model."""
-    command = [sys.executable, __file__, "--probe", name, variant.label, mode, "--device", args.device,
+    command = [sys.executable, "-m", "tooling.benchmark", "--probe", name, variant.label, mode, "--device", args.device,
                "--dtype", args.dtype, "--threads", str(args.threads), "--batch", str(args.batch)]
     if args.size:
         command += ["--size", str(args.size)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+                            cwd=Path(__file__).resolve().parents[1])
     for line in result.stdout.splitlines():
         if line.startswith("PEAK_RSS_MB "):
             peak, before = map(float, line.split()[1:])

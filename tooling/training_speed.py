@@ -41,6 +41,8 @@ from machinery import adamw, augment, checkpoint, datasets, distributed, drawing
 from machinery.runs import checkpoint_state, read_records, run_description  # by name: `runs` below is a list of runs
 from tooling.timing import fmt
 
+REPO = Path(__file__).resolve().parents[1]  # the repository root: train.py and the modules it imports
+
 
 def time_to_accuracy(args: argparse.Namespace) -> dict:
     """--time-to-accuracy: --runs fresh `python train.py` runs (their wall times, the time each reached
@@ -86,11 +88,11 @@ def time_to_accuracy_run(out: Path, train_argv: list[str], thresholds: tuple[flo
     """One `python train.py --output OUT --no-progress [train_argv]` in a fresh process: its wall time
     (process start to exit, imports included), the wall time at which each validation line was printed,
     the first time each threshold was reached, the final metric and the logged images/s."""
-    command = [sys.executable, str(Path(__file__).with_name("train.py")), "--output", str(out), "--no-progress",
+    command = [sys.executable, str(REPO / "train.py"), "--output", str(out), "--no-progress",
                *train_argv]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=Path(__file__).parent)
+                               cwd=REPO)
     validations, lines = [], []
     for line in process.stdout:
         lines.append(line)
