@@ -7,10 +7,13 @@ are those of `docs/paper.md`. A checker
 1. looks at the submitted function before running it (`project_code_used`): a function that is,
    calls or imports the project's implementation (`semantic_inference = inference.semantic_inference`,
    `losses.dice_loss(...)` inside it, `import losses` inside it) is rejected: the exercise is to
-   write it;
+   write it; so is one that calls anything of this file (its mistakes, its reference calls). This
+   file holds no right answer of its own: the right numbers come from the project's modules at
+   check time, and every mistake function takes a required `mistake=` naming the one wrong version
+   it computes;
 2. calls the student's function on random inputs (fixed seeds, several shapes) and on edge cases
    (empty masks, logits of ±50, a batch without segments), and compares every result with the
-   project's implementation (losses.py, matcher.py, maskformer.py, infer.py, metrics.py,
+   project's implementation (losses.py, matcher.py, maskformer.py, inference.py, metrics.py,
    backbones.py): the same numbers the model trains with;
 3. on a mismatch, runs the common mistakes written out with each checker (its `mistakes` list) on
    the same input and names the one that reproduces the student's numbers, e.g.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dis
 import functools
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -48,7 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-REPO = Path(__file__).resolve().parents[1]
+CHECKER = Path(__file__).resolve()  # this file: no code of it may be called by a solution
+REPO = CHECKER.parents[1]
 INSTRUCTOR = REPO / "instructor"  # reference solutions and guide; not part of a student bundle
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the project's modules: losses.py, matcher.py, ...
@@ -108,6 +113,21 @@ def _project_name(value) -> str | None:
     return f"{module_name}.{getattr(value, '__qualname__', type(value).__name__)}"
 
 
+def _checker_name(value) -> str | None:
+    """'check.<name>' when value is a function, lambda, class or object defined in this file (also
+    when check.py runs as __main__, or a function was rebuilt from one of its code objects), else None."""
+    code = getattr(getattr(value, "__func__", value), "__code__", None)
+    defined_here = isinstance(code, types.CodeType) and Path(code.co_filename).resolve() == CHECKER
+    if not defined_here and not isinstance(value, types.ModuleType):
+        module_name = getattr(value, "__module__", None)
+        module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+        file = getattr(module, "__file__", None)
+        defined_here = file is not None and Path(file).resolve() == CHECKER
+    if not defined_here:
+        return None
+    return f"{CHECKER.stem}.{getattr(value, '__qualname__', type(value).__name__)}"
+
+
 def _code_objects(code: types.CodeType):
     """code and every code object nested in it (inner functions, lambdas, comprehensions)."""
     yield code
@@ -118,20 +138,22 @@ def _code_objects(code: types.CodeType):
 
 def project_code_used(fn, _seen: set[int] | None = None) -> str | None:
     """The project's module or function that `fn` is, calls or imports (e.g. 'losses.dice_loss'),
-    else None.
+    or the function of this checker it is or calls (e.g. 'check._dice_mistake'), else None.
 
     Reads the function's compiled code rather than its source text: the source of a function
     typed in a console is not always available, and a lambda's source line does not parse on
     its own. Followed: names the code loads from its module's globals, its closure and its
     default values, `import` statements inside it, `importlib.import_module("losses")`, and the
     student's own helper functions (those defined in the same module or in this repository),
-    recursively. Library code (torch, numpy, ...) is not followed.
+    recursively. Library code (torch, numpy, ...) is not followed. This checker's own functions,
+    lambdas and classes count as used code too: its mistakes and its calls of the references are
+    not a solution either (`checker_name` tells the two kinds apart).
     """
     seen = set() if _seen is None else _seen
     if id(fn) in seen:
         return None
     seen.add(id(fn))
-    name = _project_name(fn)
+    name = _checker_name(fn) or _project_name(fn)
     if name is not None:
         return name
     if isinstance(fn, functools.partial):
@@ -152,8 +174,12 @@ def project_code_used(fn, _seen: set[int] | None = None) -> str | None:
         dynamic_import = {"import_module", "__import__", "modules"} & set(co.co_names)
         instructions = list(dis.get_instructions(co))
         for k, ins in enumerate(instructions):
+            if ins.opname == "IMPORT_NAME" and str(ins.argval).split(".")[0] == CHECKER.stem:
+                return f"{CHECKER.stem} (import {ins.argval})"
             if ins.opname == "IMPORT_NAME" and str(ins.argval).split(".")[0] in PROJECT_MODULES:
                 return f"import {ins.argval}"
+            if dynamic_import and ins.opname == "LOAD_CONST" and ins.argval == CHECKER.stem:
+                return f"{CHECKER.stem} (the module {ins.argval!r})"
             if dynamic_import and ins.opname == "LOAD_CONST" and isinstance(ins.argval, str) \
                     and ins.argval in PROJECT_MODULES:
                 return f"the module {ins.argval!r}"
@@ -177,8 +203,8 @@ def _filled(cell) -> bool:
 
 
 def _follow(value, fn, seen: set[int], attributes: tuple[str, ...] = ()) -> str | None:
-    """Is `value`, which fn's code loads, the project's code or a helper that uses it?"""
-    name = _project_name(value)
+    """Is `value`, which fn's code loads, the project's or this checker's code, or a helper that uses it?"""
+    name = _checker_name(value) or _project_name(value)
     if name is not None:
         return name
     if isinstance(value, types.ModuleType):
@@ -197,11 +223,22 @@ def _follow(value, fn, seen: set[int], attributes: tuple[str, ...] = ()) -> str 
     return None
 
 
+def checker_name(used: str) -> bool:
+    """True when a name returned by `project_code_used` is this checker's code ('check._dice_mistake',
+    'check (import check)'), not the project's."""
+    return re.match(rf"{re.escape(CHECKER.stem)}\b", used) is not None
+
+
 def _guard(title: str, fn: Callable) -> str | None:
-    """The verdict for a function that uses the project's implementation, else None."""
+    """The verdict for a function that uses the project's implementation or this checker's code, else None."""
     used = project_code_used(fn)
     if used is None:
         return None
+    if checker_name(used):
+        return (f"{title}: your function uses the checker's own code ({used})."
+                + hint_line("uses_checker_code", "write it yourself from the formula, with torch only: the "
+                            "checker's mistakes are wrong on purpose and its references call the project's "
+                            "implementation, so calling them is not a solution."))
     return (f"{title}: your function uses the project's own code ({used})."
             + hint_line("uses_project_code", "write it yourself from the formula, with torch only: calling, "
                         "importing or assigning the project's implementation is not a solution (read it once "
@@ -380,43 +417,53 @@ def _mask_cases(seed: int) -> list[Case]:
     return cases
 
 
-def _dice(p: Tensor, t: Tensor, smooth: float = 1.0, two: float = 2.0, square: bool = False,
-          means: bool = False) -> Tensor:
-    """Eq. (3.2g) per mask on probabilities p, with switches for the usual mistakes."""
-    inter, sizes = (p * t).sum(1), (p * p + t * t).sum(1) if square else p.sum(1) + t.sum(1)
-    if means:
+DICE_MISTAKES = ("no_smoothing", "smoothing_numerator", "smoothing_denominator", "logits_not_probabilities",
+                 "factor_two", "squared_denominator", "means_not_sums")
+
+
+def _dice_mistake(x: Tensor, t: Tensor, *, mistake: str) -> Tensor:
+    """Eq. (3.2g) per mask on logits x with the one named mistake (one of DICE_MISTAKES): always a
+    wrong version, never the loss itself (the right numbers come from losses.dice_loss)."""
+    if mistake not in DICE_MISTAKES:
+        raise ValueError(f"unknown dice mistake {mistake!r}")
+    p = x if mistake == "logits_not_probabilities" else x.sigmoid()
+    inter, sizes = (p * t).sum(1), (p * p + t * t).sum(1) if mistake == "squared_denominator" else p.sum(1) + t.sum(1)
+    if mistake == "means_not_sums":
         inter, sizes = inter / p.shape[1], sizes / p.shape[1]
-    return 1 - (two * inter + smooth) / (sizes + smooth)
+    two = 1.0 if mistake == "factor_two" else 2.0
+    top = 0.0 if mistake in ("no_smoothing", "smoothing_numerator") else 1.0
+    bottom = 0.0 if mistake in ("no_smoothing", "smoothing_denominator") else 1.0
+    return 1 - (two * inter + top) / (sizes + bottom)
 
 
 def check_dice(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
     """fn(mask_logits (M, P), target_masks (M, P) float 0/1) → (M,): Eq. (3.2g) for every mask."""
-    def soft(x): return x.sigmoid()
+    reference = _per_mask(losses.dice_loss)
+
+    def wrong(mistake): return lambda x, t: _dice_mistake(x, t, mistake=mistake)
 
     mistakes = [
-        Mistake("no_smoothing", lambda x, t: _dice(soft(x), t, smooth=0.0),
+        Mistake("no_smoothing", wrong("no_smoothing"),
                 "the +1 smoothing of Eq. (3.2g) is missing (in the numerator, the denominator, or both?)."),
-        Mistake("smoothing_numerator", lambda x, t: 1 - 2 * (soft(x) * t).sum(1) / (soft(x).sum(1) + t.sum(1) + 1),
+        Mistake("smoothing_numerator", wrong("smoothing_numerator"),
                 "the +1 smoothing is missing in the numerator: (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)."),
-        Mistake("smoothing_denominator",
-                lambda x, t: 1 - (2 * (soft(x) * t).sum(1) + 1) / (soft(x).sum(1) + t.sum(1)),
+        Mistake("smoothing_denominator", wrong("smoothing_denominator"),
                 "the +1 smoothing is missing in the denominator: (2 Σ m·m_gt + 1) / (Σ m + Σ m_gt + 1)."),
-        Mistake("logits_not_probabilities", lambda x, t: _dice(x, t),
+        Mistake("logits_not_probabilities", wrong("logits_not_probabilities"),
                 "you used the logits; Eq. (3.2g) takes the probabilities m = sigmoid(logits)."),
-        Mistake("factor_two", lambda x, t: _dice(soft(x), t, two=1.0),
-                "the factor 2 in front of Σ m·m_gt is missing."),
-        Mistake("squared_denominator", lambda x, t: _dice(soft(x), t, square=True),
+        Mistake("factor_two", wrong("factor_two"), "the factor 2 in front of Σ m·m_gt is missing."),
+        Mistake("squared_denominator", wrong("squared_denominator"),
                 "you squared m and m_gt in the denominator (the V-Net variant); Eq. (3.2g) sums them as they are."),
-        Mistake("means_not_sums", lambda x, t: _dice(soft(x), t, means=True),
+        Mistake("means_not_sums", wrong("means_not_sums"),
                 "use sums over the pixels, not means (the +1 then weighs differently)."),
-        Mistake("coefficient_not_loss", lambda x, t: 1 - _dice(soft(x), t),
+        Mistake("coefficient_not_loss", lambda x, t: 1 - reference(x, t),
                 "you returned the dice coefficient; the loss is 1 − coefficient."),
-        Mistake("summed_over_masks", lambda x, t: _dice(soft(x), t).sum(),
+        Mistake("summed_over_masks", lambda x, t: reference(x, t).sum(),
                 "return one loss per mask, shape (M,), not their sum."),
-        Mistake("averaged_over_masks", lambda x, t: _dice(soft(x), t).mean(),
+        Mistake("averaged_over_masks", lambda x, t: reference(x, t).mean(),
                 "return one loss per mask, shape (M,), not their mean."),
     ]
-    return run_checks("dice loss, Eq. (3.2g)", fn, _mask_cases(0), _per_mask(losses.dice_loss), mistakes,
+    return run_checks("dice loss, Eq. (3.2g)", fn, _mask_cases(0), reference, mistakes,
                       grad_args=(0,), verbose=verbose)
 
 
@@ -430,15 +477,21 @@ UNSTABLE_LOG = ("at a logit of 50, sigmoid(x) is exactly 1.0 in float32, so log(
                 "x_t = x where m_gt = 1 and −x where m_gt = 0 (numerical stability).")
 
 
-def _focal(x: Tensor, t: Tensor, alpha: float = 0.25, gamma: float = 2.0, alpha_t=None, p_t=None, mod=None,
-           reduce: str = "mean", ce=None) -> Tensor:
-    """Eq. (3.2f) per mask, with switches for the usual mistakes."""
+FOCAL_MISTAKES = ("alpha_everywhere", "alpha_missing", "alpha_swapped", "modulating_p_t", "p_t_is_p", "unstable_log")
+
+
+def _focal_mistake(x: Tensor, t: Tensor, alpha: float = 0.25, gamma: float = 2.0, *, mistake: str) -> Tensor:
+    """Eq. (3.2f) per mask with the one named mistake (one of FOCAL_MISTAKES): always a wrong version,
+    never the loss itself (the right numbers come from losses.sigmoid_focal_loss)."""
+    if mistake not in FOCAL_MISTAKES:
+        raise ValueError(f"unknown focal mistake {mistake!r}")
     p = x.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none") if ce is None else ce(x, t)
-    p_t = p * t + (1 - p) * (1 - t) if p_t is None else p_t(p, t)
-    alpha_t = alpha * t + (1 - alpha) * (1 - t) if alpha_t is None else alpha_t(alpha, t)
-    out = alpha_t * ((1 - p_t) if mod is None else mod(p_t)) ** gamma * ce
-    return out.mean(1) if reduce == "mean" else out.sum(1)
+    ce = _naive_log(x, t) if mistake == "unstable_log" else F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p if mistake == "p_t_is_p" else p * t + (1 - p) * (1 - t)
+    alpha_t = {"alpha_everywhere": alpha + 0 * t, "alpha_missing": 1 + 0 * t,
+               "alpha_swapped": (1 - alpha) * t + alpha * (1 - t)}.get(mistake, alpha * t + (1 - alpha) * (1 - t))
+    modulating = p_t if mistake == "modulating_p_t" else 1 - p_t
+    return (alpha_t * modulating ** gamma * ce).mean(1)
 
 
 def _naive_log(x: Tensor, t: Tensor) -> Tensor:
@@ -460,34 +513,37 @@ def check_focal(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
                  (extreme, extreme_targets), {}, ("unstable_log", UNSTABLE_LOG)),
         ]
 
+    reference = _per_mask(losses.sigmoid_focal_loss)
+
+    def wrong(mistake): return lambda x, t, **kw: _focal_mistake(x, t, **kw, mistake=mistake)
+
     mistakes = [
-        Mistake("alpha_everywhere", lambda x, t, **kw: _focal(x, t, **kw, alpha_t=lambda a, t: a + 0 * t),
+        Mistake("alpha_everywhere", wrong("alpha_everywhere"),
                 "α_t is α where m_gt = 1 but 1 − α where m_gt = 0; you used α everywhere."),
-        Mistake("alpha_missing", lambda x, t, **kw: _focal(x, t, **kw, alpha_t=lambda a, t: 1 + 0 * t),
+        Mistake("alpha_missing", wrong("alpha_missing"),
                 "the α_t weight is missing (α = 0.25 on foreground pixels, 1 − α on background ones)."),
-        Mistake("alpha_swapped",
-                lambda x, t, **kw: _focal(x, t, **kw, alpha_t=lambda a, t: (1 - a) * t + a * (1 - t)),
+        Mistake("alpha_swapped", wrong("alpha_swapped"),
                 "α and 1 − α are swapped: α_t = α on foreground pixels (m_gt = 1)."),
-        Mistake("modulating_p_t", lambda x, t, **kw: _focal(x, t, **kw, mod=lambda p_t: p_t),
+        Mistake("modulating_p_t", wrong("modulating_p_t"),
                 "the modulating factor is (1 − p_t)^γ, which shrinks the loss of well-classified pixels; "
                 "you used p_t^γ."),
-        Mistake("p_t_is_p", lambda x, t, **kw: _focal(x, t, **kw, p_t=lambda p, t: p),
+        Mistake("p_t_is_p", wrong("p_t_is_p"),
                 "p_t is p where m_gt = 1 but 1 − p where m_gt = 0; you used p everywhere."),
-        Mistake("gamma_missing", lambda x, t, alpha=0.25, gamma=2.0: _focal(x, t, alpha, 0.0),
+        Mistake("gamma_missing", lambda x, t, alpha=0.25, gamma=2.0: reference(x, t, alpha=alpha, gamma=0.0),
                 "the (1 − p_t)^γ factor is missing (this is α-weighted cross-entropy)."),
         Mistake("plain_bce", lambda x, t, **kw: F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(1),
                 "this is plain binary cross-entropy: the α_t and (1 − p_t)^γ factors are missing."),
-        Mistake("sum_over_pixels", lambda x, t, **kw: _focal(x, t, **kw, reduce="sum"),
+        Mistake("sum_over_pixels", lambda x, t, **kw: reference(x, t, **kw) * x.shape[1],
                 "Eq. (3.2f) takes the mean over the pixels of each mask, not the sum."),
-        Mistake("summed_over_masks", lambda x, t, **kw: _focal(x, t, **kw).sum(),
+        Mistake("summed_over_masks", lambda x, t, **kw: reference(x, t, **kw).sum(),
                 "return one loss per mask, shape (M,), not their sum."),
-        Mistake("averaged_over_masks", lambda x, t, **kw: _focal(x, t, **kw).mean(),
+        Mistake("averaged_over_masks", lambda x, t, **kw: reference(x, t, **kw).mean(),
                 "return one loss per mask, shape (M,), not their mean."),
-        Mistake("arguments_ignored", lambda x, t, **kw: _focal(x, t),
+        Mistake("arguments_ignored", lambda x, t, **kw: reference(x, t),
                 "you ignored the alpha / gamma arguments (hard-coded 0.25 and 2?)."),
-        Mistake("unstable_log", lambda x, t, **kw: _focal(x, t, **kw, ce=_naive_log), UNSTABLE_LOG),
+        Mistake("unstable_log", wrong("unstable_log"), UNSTABLE_LOG),
     ]
-    return run_checks("focal loss, Eq. (3.2f)", fn, cases(), _per_mask(losses.sigmoid_focal_loss), mistakes,
+    return run_checks("focal loss, Eq. (3.2f)", fn, cases(), reference, mistakes,
                       grad_args=(0,), verbose=verbose)
 
 
@@ -521,56 +577,57 @@ def check_matching_cost(fn: Callable, verbose: bool = True) -> tuple[bool, str]:
                         {"cost_class": 2.0, "cost_focal": 5.0, "cost_dice": 0.5}))
         return out
 
-    def pairwise(loss: Callable, m: Tensor, t: Tensor) -> Tensor:
-        """loss(mask i, segment j) for every pair: (N, P), (n, P) → (N, n)."""
-        (N, P), n = m.shape, len(t)
-        return loss(m[:, None].expand(N, n, P).reshape(-1, P), t[None].expand(N, n, P).reshape(-1, P)).view(N, n)
+    def wrong_class_term(term: Callable) -> Callable:
+        """The right C (the project's matcher) with its class term −λ_cls·p_i(c_j) replaced by λ_cls·term(x, y)."""
+        def cost(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0):
+            right = _cost_reference(x, m, y, t, cost_class, cost_focal, cost_dice)
+            return right + cost_class * (x.softmax(-1)[:, y] + term(x, y))
+        return cost
 
-    def focal_cost(m, t): return pairwise(_focal, m, t)
+    def focal_term(x, m, y, t, cost_focal=20.0, **kw): return _cost_reference(x, m, y, t, 0.0, cost_focal, 0.0)
 
-    def dice_cost(m, t, smooth=1.0): return pairwise(lambda x, y: _dice(x.sigmoid(), y, smooth=smooth), m, t)
+    def dice_term(x, m, y, t, cost_dice=1.0, **kw): return _cost_reference(x, m, y, t, 0.0, 0.0, cost_dice)
 
-    def cost(x, m, y, t, cost_class=1.0, cost_focal=20.0, cost_dice=1.0, cls=None, focal=None, dice=None):
-        c = -x.softmax(-1)[:, y] if cls is None else cls(x, y)
-        f = focal_cost(m, t) if focal is None else focal(m, t)
-        d = dice_cost(m, t) if dice is None else dice(m, t)
-        return cost_class * c + cost_focal * f + cost_dice * d
+    def dice_without_smoothing(m, t):
+        """The dice loss of Eq. (3.2g) for every (prediction, segment) pair with its +1 left out (a mistake)."""
+        p = m.sigmoid()
+        return 1 - 2 * p @ t.T / (p.sum(1)[:, None] + t.sum(1)[None, :])
 
     mistakes = [
-        Mistake("class_term_sign", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: x.softmax(-1)[:, y]),
+        Mistake("class_term_sign", wrong_class_term(lambda x, y: x.softmax(-1)[:, y]),
                 "wrong sign of the class term: Eq. (3.2c) has −λ_cls·p_i(c_j). With +p, a prediction that is "
                 "*sure* of class c_j costs more, and the matching prefers the wrong predictions."),
-        Mistake("cost_negated", lambda *a, **kw: -cost(*a, **kw),
+        Mistake("cost_negated", lambda *a, **kw: -_cost_reference(*a, **kw),
                 "the whole cost has the wrong sign: C is minimised, so the class term is −p_i(c_j) and the "
                 "focal and dice losses enter with +."),
-        Mistake("minus_log_p", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x.log_softmax(-1)[:, y]),
+        Mistake("minus_log_p", wrong_class_term(lambda x, y: -x.log_softmax(-1)[:, y]),
                 "the class term of Eq. (3.2c) is −p_i(c_j), a probability, not −log p_i(c_j) (see DETR §3.1: "
                 "−log p is unbounded and would swamp the mask terms)."),
-        Mistake("one_minus_p", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: 1 - x.softmax(-1)[:, y]),
+        Mistake("one_minus_p", wrong_class_term(lambda x, y: 1 - x.softmax(-1)[:, y]),
                 "you wrote 1 − p_i(c_j): a constant shift gives the same assignment, but Eq. (3.2c) writes "
                 "−p_i(c_j)."),
-        Mistake("softmax_without_no_object",
-                lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x[:, :-1].softmax(-1)[:, y]),
+        Mistake("softmax_without_no_object", wrong_class_term(lambda x, y: -x[:, :-1].softmax(-1)[:, y]),
                 "the softmax runs over all K + 1 classes, ∅ included (Eq. (3.3a)); you dropped ∅ before the "
                 "softmax."),
-        Mistake("sigmoid_not_softmax", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x.sigmoid()[:, y]),
+        Mistake("sigmoid_not_softmax", wrong_class_term(lambda x, y: -x.sigmoid()[:, y]),
                 "class probabilities come from a softmax over the K + 1 classes, not a sigmoid."),
-        Mistake("logits_not_probabilities", lambda *a, **kw: cost(*a, **kw, cls=lambda x, y: -x[:, y]),
+        Mistake("logits_not_probabilities", wrong_class_term(lambda x, y: -x[:, y]),
                 "the class term needs probabilities: softmax the class logits first."),
-        Mistake("arguments_ignored", lambda x, m, y, t, **kw: cost(x, m, y, t),
+        Mistake("arguments_ignored", lambda x, m, y, t, **kw: _cost_reference(x, m, y, t),
                 "you ignored the cost_class / cost_focal / cost_dice arguments (hard-coded 1, 20, 1?)."),
-        Mistake("weights_missing", lambda x, m, y, t, **kw: cost(x, m, y, t, 1.0, 1.0, 1.0),
+        Mistake("weights_missing", lambda x, m, y, t, **kw: _cost_reference(x, m, y, t, 1.0, 1.0, 1.0),
                 "the weights λ are missing: C = 1·(−p) + 20·focal + 1·dice."),
         Mistake("focal_sum_over_pixels",
-                lambda *a, **kw: cost(*a, **kw, focal=lambda m, t: focal_cost(m, t) * m.shape[1]),
+                lambda *a, **kw: _cost_reference(*a, **kw) + focal_term(*a, **kw) * (a[1].shape[1] - 1),
                 "the focal term is the mean over pixels (÷ P), not the sum."),
-        Mistake("no_smoothing", lambda *a, **kw: cost(*a, **kw, dice=lambda m, t: dice_cost(m, t, smooth=0.0)),
+        Mistake("no_smoothing", lambda x, m, y, t, **kw: _cost_reference(x, m, y, t, **kw) - dice_term(x, m, y, t, **kw)
+                + kw.get("cost_dice", 1.0) * dice_without_smoothing(m, t),
                 "the dice term needs the +1 smoothing of Eq. (3.2g)."),
-        Mistake("focal_missing", lambda *a, **kw: cost(*a, **kw, focal=lambda m, t: focal_cost(m, t) * 0),
+        Mistake("focal_missing", lambda *a, **kw: _cost_reference(*a, **kw) - focal_term(*a, **kw),
                 "the focal term is missing: L_mask = 20·focal + 1·dice, Eq. (3.2e)."),
-        Mistake("dice_missing", lambda *a, **kw: cost(*a, **kw, dice=lambda m, t: dice_cost(m, t) * 0),
+        Mistake("dice_missing", lambda *a, **kw: _cost_reference(*a, **kw) - dice_term(*a, **kw),
                 "the dice term is missing: L_mask = 20·focal + 1·dice, Eq. (3.2e)."),
-        Mistake("transposed", lambda *a, **kw: cost(*a, **kw).T,
+        Mistake("transposed", lambda *a, **kw: _cost_reference(*a, **kw).T,
                 "rows are predictions, columns are ground-truth segments: C is (N, n)."),
     ]
     return run_checks("matching cost, Eq. (3.2c)", fn, cases(), _cost_reference, mistakes, verbose=verbose)
@@ -636,27 +693,31 @@ def check_semantic_inference(fn: Callable, verbose: bool = True) -> tuple[bool, 
     cases = [Case(f"B={B}, N={N}, K={K}, H={H}, W={W}", _inference_logits(40 + k, (B, N, K, H, W)))
              for k, (B, N, K, H, W) in enumerate([(2, 6, 4, 5, 7), (1, 10, 3, 8, 8), (3, 2, 5, 3, 4)])]
 
-    def scores(x, m, probs=None, masks=None):
-        p = x.softmax(-1)[..., :-1] if probs is None else probs(x)
-        return torch.einsum("bnk,bnhw->bkhw", p, m.sigmoid() if masks is None else masks(m))
+    def scores(x, m, *, probs, masks):
+        """Σ_i probs(x)_i(c) · masks(m)_i[h, w]: a mistake names both (no default to fall back on)."""
+        return torch.einsum("bnk,bnhw->bkhw", probs(x), masks(m))
 
+    def p(x): return x.softmax(-1)[..., :-1]
+
+    reference = inference.semantic_inference
     mistakes = [
-        Mistake("no_object_kept", lambda x, m: scores(x, m, probs=lambda x: x.softmax(-1)),
+        Mistake("no_object_kept", lambda x, m: scores(x, m, probs=lambda x: x.softmax(-1), masks=torch.sigmoid),
                 "∅ (the last class) takes no part in Eq. (3.4b): drop its column after the softmax, c ∈ {1…K}."),
-        Mistake("no_object_dropped_before_softmax", lambda x, m: scores(x, m, probs=lambda x: x[..., :-1].softmax(-1)),
+        Mistake("no_object_dropped_before_softmax",
+                lambda x, m: scores(x, m, probs=lambda x: x[..., :-1].softmax(-1), masks=torch.sigmoid),
                 "the softmax runs over all K + 1 classes first (Eq. (3.3a)); drop ∅'s column after it, not before."),
-        Mistake("sigmoid_missing", lambda x, m: scores(x, m, masks=lambda m: m),
+        Mistake("sigmoid_missing", lambda x, m: scores(x, m, probs=p, masks=lambda m: m),
                 "the masks are m_i = sigmoid(mask logits), Eq. (3.3b)."),
-        Mistake("softmax_over_queries", lambda x, m: scores(x, m, masks=lambda m: m.softmax(1)),
+        Mistake("softmax_over_queries", lambda x, m: scores(x, m, probs=p, masks=lambda m: m.softmax(1)),
                 "each mask gets its own sigmoid, not a softmax over the queries."),
-        Mistake("logits_not_probabilities", lambda x, m: scores(x, m, probs=lambda x: x[..., :-1]),
+        Mistake("logits_not_probabilities", lambda x, m: scores(x, m, probs=lambda x: x[..., :-1], masks=torch.sigmoid),
                 "the class probabilities are the softmax of the class logits."),
-        Mistake("argmax_returned", lambda x, m: scores(x, m).argmax(1),
+        Mistake("argmax_returned", lambda x, m: reference(x, m).argmax(1),
                 "return the scores (B, K, H, W); the semantic map is their argmax."),
-        Mistake("divided_by_queries", lambda x, m: scores(x, m) / x.shape[1],
+        Mistake("divided_by_queries", lambda x, m: reference(x, m) / x.shape[1],
                 "Eq. (3.4b) sums over the queries; no division by N."),
     ]
-    return run_checks("semantic inference, Eq. (3.4b)", fn, cases, inference.semantic_inference, mistakes,
+    return run_checks("semantic inference, Eq. (3.4b)", fn, cases, reference, mistakes,
                       verbose=verbose)
 
 
@@ -674,9 +735,16 @@ def _pq_reference(pred: Tensor, pred_segments: dict, gt: Tensor, gt_segments: di
     return {key: results[key] for key in ("PQ", "SQ", "RQ")}
 
 
-def _pq_variant(pred, pred_segments, gt, gt_segments, strict=True, same_category=True, half=True,
-                per_category=True) -> dict[str, float]:
-    """PQ written out with switches for the usual mistakes (all True: the correct definition)."""
+PQ_MISTAKES = ("iou_not_strict", "any_category", "halves_missing", "pooled_over_classes")
+
+
+def _pq_mistake(pred, pred_segments, gt, gt_segments, *, mistake: str) -> dict[str, float]:
+    """PQ written out with the one named mistake (one of PQ_MISTAKES): always a wrong version, never the
+    metric itself (the right numbers come from metrics.PanopticMetrics)."""
+    if mistake not in PQ_MISTAKES:
+        raise ValueError(f"unknown PQ mistake {mistake!r}")
+    strict, same_category = mistake != "iou_not_strict", mistake != "any_category"
+    half, per_category = mistake != "halves_missing", mistake != "pooled_over_classes"
     stats: dict[int, list[float]] = {}  # category -> [IoU sum, TP, FP, FN]
     matched_pred, matched_gt = set(), set()
     for g_id, g_cat in gt_segments.items():
@@ -781,13 +849,13 @@ def check_panoptic_quality(fn: Callable, verbose: bool = True) -> tuple[bool, st
     cases.append(Case("a segment whose IoU with the ground truth is exactly 0.5", _half_iou_case()))
     cases.append(Case("a segment found with the right outline but the wrong class", _wrong_class_case()))
     mistakes = [
-        Mistake("iou_not_strict", functools.partial(_pq_variant, strict=False),
+        Mistake("iou_not_strict", functools.partial(_pq_mistake, mistake="iou_not_strict"),
                 "a match needs IoU > 0.5 strictly (that is what makes matches unique); you accepted IoU = 0.5."),
-        Mistake("any_category", functools.partial(_pq_variant, same_category=False),
+        Mistake("any_category", functools.partial(_pq_mistake, mistake="any_category"),
                 "a predicted and a ground-truth segment can only match if they have the same class."),
-        Mistake("halves_missing", functools.partial(_pq_variant, half=False),
+        Mistake("halves_missing", functools.partial(_pq_mistake, mistake="halves_missing"),
                 "RQ = TP / (TP + ½ FP + ½ FN): the ½ factors are missing."),
-        Mistake("pooled_over_classes", functools.partial(_pq_variant, per_category=False),
+        Mistake("pooled_over_classes", functools.partial(_pq_mistake, mistake="pooled_over_classes"),
                 "PQ, SQ and RQ are computed per class, then averaged over classes; you pooled all segments "
                 "together."),
     ]
@@ -838,51 +906,60 @@ def check_shifted_window_mask(fn: Callable, verbose: bool = True) -> tuple[bool,
     cases = [Case(f"Hp={Hp}, Wp={Wp}, window_size={ws}, shift_size={s}", (Hp, Wp, ws, s))
              for Hp, Wp, ws, s in [(8, 8, 4, 2), (14, 21, 7, 3), (12, 8, 4, 1), (6, 6, 3, 1)]]
 
-    def labels_of(Hp, Wp, ws, s, at_start=False, partition=True, shift_edge=0, window_edge=0):
-        """Region labels; shift_edge / window_edge move a band's first row and column by that much."""
+    def labels_of(Hp, Wp, ws, s, *, mistake):
+        """The region labels of each window's tokens, (nW, ws²), built with the one named mistake:
+        wrapped_at_start, band_late / band_early (the last band's first row and column one too late /
+        early), window_band_off_by_one or reshape_not_partition. Never the right labels."""
+        if mistake not in ("wrapped_at_start", "band_late", "band_early", "window_band_off_by_one",
+                           "reshape_not_partition"):
+            raise ValueError(f"unknown window-mask mistake {mistake!r}")
+        shift_edge, window_edge = {"band_late": (1, 0), "band_early": (-1, 0), "window_band_off_by_one": (0, 1)}.get(
+            mistake, (0, 0))
         rows, cols = torch.arange(Hp), torch.arange(Wp)
-        if at_start:  # the wrapped tokens put at the start of each axis instead of the end
+        if mistake == "wrapped_at_start":  # the wrapped tokens put at the start of each axis instead of the end
             rb, cb = (rows >= s).long(), (cols >= s).long()
         else:
             rb = (rows >= Hp - ws + window_edge).long() + (rows >= Hp - s + shift_edge).long()
             cb = (cols >= Wp - ws + window_edge).long() + (cols >= Wp - s + shift_edge).long()
         labels = (rb[:, None] * 3 + cb[None, :]).float()
-        if partition:  # the windows row by row, each window's tokens row by row
-            return labels.reshape(Hp // ws, ws, Wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
-        return labels.reshape(-1, ws * ws)
+        if mistake == "reshape_not_partition":
+            return labels.reshape(-1, ws * ws)
+        return labels.reshape(Hp // ws, ws, Wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
 
-    def mask(*a, value=-100.0, invert=False, **kw):
-        labels = labels_of(*a, **kw)
+    def mask(*a, mistake):
+        """−100 between tokens of different regions, 0 elsewhere, from labels with the named mistake."""
+        labels = labels_of(*a, mistake=mistake)
         differ = labels[:, None, :] != labels[:, :, None]
-        return torch.zeros(differ.shape).masked_fill(~differ if invert else differ, value)
+        return torch.zeros(differ.shape).masked_fill(differ, -100.0)
 
+    reference = backbones.shifted_window_mask
     band_text = ("the last band is off by one: the tokens that wrapped around are the last `shift` rows and columns, "
                  "indices Hp − shift … Hp − 1 (`rows >= Hp - shift_size`, `slice(Hp - shift_size, Hp)`); check "
                  "`>` against `>=` and where your slices end.")
     mistakes = [
-        Mistake("booleans", lambda *a: mask(*a) != 0,
+        Mistake("booleans", lambda *a: reference(*a) != 0,
                 "return floats: 0.0 where two tokens may attend, −100.0 where they may not (added to the "
                 "attention scores), not booleans."),
-        Mistake("booleans_allowed", lambda *a: mask(*a) == 0,
+        Mistake("booleans_allowed", lambda *a: reference(*a) == 0,
                 "return floats: 0.0 where two tokens may attend, −100.0 where they may not, not booleans (and "
                 "True meant 'allowed' here)."),
-        Mistake("minus_inf", lambda *a: mask(*a, value=float("-inf")),
+        Mistake("minus_inf", lambda *a: reference(*a).masked_fill(reference(*a) != 0, float("-inf")),
                 "the right pairs are masked, but with −inf; use −100.0 as the official code does."),
-        Mistake("inverted", lambda *a: mask(*a, invert=True),
+        Mistake("inverted", lambda *a: -100.0 - reference(*a),
                 "inverted: pairs from the same region get 0 (may attend), pairs from different regions −100."),
-        Mistake("wrapped_at_start", lambda *a: mask(*a, at_start=True),
+        Mistake("wrapped_at_start", lambda *a: mask(*a, mistake="wrapped_at_start"),
                 "after the roll by −shift the wrapped-around tokens are the last `shift` rows and columns, "
                 "[Hp − shift, Hp), not the first."),
-        Mistake("band_off_by_one", lambda *a: mask(*a, shift_edge=1), band_text),
-        Mistake("band_off_by_one", lambda *a: mask(*a, shift_edge=-1), band_text),
-        Mistake("window_band_off_by_one", lambda *a: mask(*a, window_edge=1),
+        Mistake("band_off_by_one", lambda *a: mask(*a, mistake="band_late"), band_text),
+        Mistake("band_off_by_one", lambda *a: mask(*a, mistake="band_early"), band_text),
+        Mistake("window_band_off_by_one", lambda *a: mask(*a, mistake="window_band_off_by_one"),
                 "the middle band is off by one: it starts at Hp − window_size, the first row (column) of the last "
                 "window, and ends at Hp − shift_size."),
-        Mistake("reshape_not_partition", lambda *a: mask(*a, partition=False),
+        Mistake("reshape_not_partition", lambda *a: mask(*a, mistake="reshape_not_partition"),
                 "group the region labels by window (window_partition) before comparing them; a plain reshape "
                 "mixes rows of different windows."),
     ]
-    return run_checks("shifted-window attention mask (Swin)", fn, cases, backbones.shifted_window_mask, mistakes,
+    return run_checks("shifted-window attention mask (Swin)", fn, cases, reference, mistakes,
                       verbose=verbose)
 
 
@@ -905,48 +982,94 @@ def _loss_reference(class_logits: Tensor, mask_logits: Tensor, targets: list[dic
             "loss_focal": mask_terms["loss_focal"], "loss_dice": mask_terms["loss_dice"]}
 
 
-def _loss_variant(class_logits: Tensor, mask_logits: Tensor, targets: list[dict], indices: list,
-                  no_object_weight: float = 0.1, weights: str = "no_object", ce_divisor: str = "weights",
-                  unmatched: bool = True, pairing: str = "matching", num_masks: str = "batch",
-                  focal_pixels: str = "mean") -> dict[str, Tensor]:
-    """The loss written out with switches for the usual mistakes (the defaults: the correct loss)."""
+CLASS_TERM_MISTAKES = ("no_object_weight_swapped", "mean_not_weighted_mean", "unmatched_not_trained")
+
+
+def _class_term_mistake(class_logits: Tensor, targets: list[dict], indices: list, no_object_weight: float = 0.1,
+                        *, mistake: str) -> Tensor:
+    """The cross-entropy term of Eq. (3.2d) with the one named mistake (one of CLASS_TERM_MISTAKES):
+    always a wrong version, never the term itself (the right numbers come from losses.MaskFormerLoss)."""
+    if mistake not in CLASS_TERM_MISTAKES:
+        raise ValueError(f"unknown class-term mistake {mistake!r}")
     B, N, K1 = class_logits.shape
     target_classes = torch.full((B, N), K1 - 1)  # ∅ unless matched
     matched = torch.zeros(B, N, dtype=torch.bool)
-    focal, dice, per_image = [], [], []
     for b, (query, segment) in enumerate(indices):
-        if pairing == "in_order":  # prediction k with segment k
-            query, segment = torch.arange(len(query)), torch.arange(len(segment))
-        elif pairing == "segments_in_order":  # the matched predictions, but segments 0, 1, ...
-            segment = torch.arange(len(segment))
         target_classes[b, query] = targets[b]["labels"][segment]
         matched[b, query] = True
-        x, t = mask_logits[b, query], targets[b]["masks"][segment]
-        focal.append(_focal(x, t) * (x.shape[1] if focal_pixels == "sum" else 1))
-        dice.append(_dice(x.sigmoid(), t))
-        per_image.append(len(segment))
     w = torch.ones(K1)
-    if weights == "no_object":
-        w[-1] = no_object_weight
-    elif weights == "swapped":
+    w[-1] = no_object_weight
+    if mistake == "no_object_weight_swapped":
         w = torch.full((K1,), no_object_weight)
         w[-1] = 1.0
-    elif weights == "hard_coded":
-        w[-1] = 0.1
     ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, reduction="none")  # (B, N)
     w_q = w[target_classes]
-    keep = torch.ones(B, N, dtype=torch.bool) if unmatched else matched
-    loss_ce = (w_q * ce)[keep].sum() / (w_q[keep].sum() if ce_divisor == "weights" else keep.sum())
+    keep = matched if mistake == "unmatched_not_trained" else torch.ones(B, N, dtype=torch.bool)
+    return (w_q * ce)[keep].sum() / (keep.sum() if mistake == "mean_not_weighted_mean" else w_q[keep].sum())
 
-    def normalise(terms: list[Tensor]) -> Tensor:
-        total = torch.cat(terms).sum()
-        if num_masks == "per_image":
-            return torch.stack([t.sum() / max(len(t), 1) for t in terms]).mean()
-        divisor = {"batch": max(sum(per_image), 1), "queries": B * N, "none": 1,
-                   "matched_mean": sum(per_image)}[num_masks]
-        return total / divisor if divisor else total * float("nan")
 
-    return {"loss_ce": loss_ce, "loss_focal": normalise(focal), "loss_dice": normalise(dice)}
+def _rescaled_mask_terms(terms: dict[str, Tensor], factor) -> dict[str, Tensor]:
+    """The loss dict with its two mask terms multiplied by factor (a mistaken normaliser)."""
+    return {**terms, "loss_focal": terms["loss_focal"] * factor, "loss_dice": terms["loss_dice"] * factor}
+
+
+def _loss_mistakes() -> list[Mistake]:
+    """The common mistakes of exercise 9, each built from the project's loss (`_loss_reference`) and,
+    for the class term, `_class_term_mistake`."""
+    def class_term(mistake):
+        def loss(c, m, t, i, no_object_weight=0.1):
+            right = _loss_reference(c, m, t, i, no_object_weight)
+            return {**right, "loss_ce": _class_term_mistake(c, t, i, no_object_weight, mistake=mistake)}
+        return loss
+
+    def masks(n): return sum(len(s) for _, s in n)
+
+    def per_image(c, m, t, i, no_object_weight=0.1):
+        images = [_loss_reference(c[b:b + 1], m[b:b + 1], [t[b]], [i[b]], no_object_weight) for b in range(len(t))]
+        return {"loss_ce": _loss_reference(c, m, t, i, no_object_weight)["loss_ce"],
+                **{key: torch.stack([x[key] for x in images]).mean() for key in ("loss_focal", "loss_dice")}}
+
+    def focal_summed_over_pixels(c, m, t, i, no_object_weight=0.1):
+        right = _loss_reference(c, m, t, i, no_object_weight)
+        return {**right, "loss_focal": right["loss_focal"] * m.shape[-1]}  # × P: the sum over the pixels
+
+    return [
+        Mistake("no_object_weight_missing", lambda c, m, t, i, no_object_weight=0.1: _loss_reference(c, m, t, i, 1.0),
+                "in the cross-entropy, queries whose target is ∅ weigh no_object_weight = 0.1 (most queries "
+                "are ∅); you weighted every query 1."),
+        Mistake("no_object_weight_swapped", class_term("no_object_weight_swapped"),
+                "the weight no_object_weight belongs to ∅ (the last class); the K real classes weigh 1."),
+        Mistake("argument_ignored", lambda c, m, t, i, no_object_weight=0.1: _loss_reference(c, m, t, i),
+                "you ignored the no_object_weight argument (hard-coded 0.1?)."),
+        Mistake("mean_not_weighted_mean", class_term("mean_not_weighted_mean"),
+                "the class term is a weighted mean, Σ w·(−log p) / Σ w (what F.cross_entropy(..., weight=w) "
+                "computes), not Σ w·(−log p) / (number of queries)."),
+        Mistake("unmatched_not_trained", class_term("unmatched_not_trained"),
+                "every query is in the class term: an unmatched query has the target ∅ (class index K); you "
+                "left the unmatched queries out."),
+        Mistake("matching_ignored", lambda c, m, t, i, **kw: _loss_reference(
+                    c, m, t, [(torch.arange(len(q)), torch.arange(len(s))) for q, s in i], **kw),
+                "use the matching: prediction query_idx[k] goes with segment segment_idx[k]; you paired "
+                "prediction k with segment k."),
+        Mistake("segment_order_ignored", lambda c, m, t, i, **kw: _loss_reference(
+                    c, m, t, [(q, torch.arange(len(s))) for q, s in i], **kw),
+                "prediction query_idx[k] goes with segment segment_idx[k], not with segment k."),
+        Mistake("num_masks_per_image", per_image,
+                "divide the mask terms, summed over the whole batch, by the number of ground-truth masks of the "
+                "whole batch, not image by image."),
+        Mistake("divided_by_queries", lambda c, m, t, i, **kw: _rescaled_mask_terms(
+                    _loss_reference(c, m, t, i, **kw), max(masks(i), 1) / (c.shape[0] * c.shape[1])),
+                "divide the mask terms by the number of ground-truth masks, not by the number of queries B·N."),
+        Mistake("not_divided", lambda c, m, t, i, **kw: _rescaled_mask_terms(
+                    _loss_reference(c, m, t, i, **kw), max(masks(i), 1)),
+                "the summed mask terms are divided by the number of ground-truth masks in the batch."),
+        Mistake("no_masks_in_batch", lambda c, m, t, i, **kw: _rescaled_mask_terms(
+                    _loss_reference(c, m, t, i, **kw), max(masks(i), 1) / masks(i) if masks(i) else float("nan")),
+                "a batch without any segment: divide by max(number of masks, 1), so the mask terms are 0, "
+                "not NaN."),
+        Mistake("focal_sum_over_pixels", focal_summed_over_pixels,
+                "the focal loss of one mask is the mean over its pixels, Eq. (3.2f), not the sum."),
+    ]
 
 
 def _loss_inputs(seed: int, sizes: tuple[int, ...], N: int, K: int, P: int) -> tuple:
@@ -987,38 +1110,7 @@ def check_mask_classification_loss(fn: Callable, verbose: bool = True) -> tuple[
         Case("1 image whose 5 segments take all N=5 queries", _loss_inputs(72, (5,), N=5, K=6, P=25)),
         Case("a batch of 2 images without any segment", _loss_inputs(73, (0, 0), N=4, K=3, P=10)),
     ]
-    mistakes = [
-        Mistake("no_object_weight_missing", functools.partial(_loss_variant, weights="none"),
-                "in the cross-entropy, queries whose target is ∅ weigh no_object_weight = 0.1 (most queries "
-                "are ∅); you weighted every query 1."),
-        Mistake("no_object_weight_swapped", functools.partial(_loss_variant, weights="swapped"),
-                "the weight no_object_weight belongs to ∅ (the last class); the K real classes weigh 1."),
-        Mistake("argument_ignored", functools.partial(_loss_variant, weights="hard_coded"),
-                "you ignored the no_object_weight argument (hard-coded 0.1?)."),
-        Mistake("mean_not_weighted_mean", functools.partial(_loss_variant, ce_divisor="count"),
-                "the class term is a weighted mean, Σ w·(−log p) / Σ w (what F.cross_entropy(..., weight=w) "
-                "computes), not Σ w·(−log p) / (number of queries)."),
-        Mistake("unmatched_not_trained", functools.partial(_loss_variant, unmatched=False),
-                "every query is in the class term: an unmatched query has the target ∅ (class index K); you "
-                "left the unmatched queries out."),
-        Mistake("matching_ignored", functools.partial(_loss_variant, pairing="in_order"),
-                "use the matching: prediction query_idx[k] goes with segment segment_idx[k]; you paired "
-                "prediction k with segment k."),
-        Mistake("segment_order_ignored", functools.partial(_loss_variant, pairing="segments_in_order"),
-                "prediction query_idx[k] goes with segment segment_idx[k], not with segment k."),
-        Mistake("num_masks_per_image", functools.partial(_loss_variant, num_masks="per_image"),
-                "divide the mask terms, summed over the whole batch, by the number of ground-truth masks of the "
-                "whole batch, not image by image."),
-        Mistake("divided_by_queries", functools.partial(_loss_variant, num_masks="queries"),
-                "divide the mask terms by the number of ground-truth masks, not by the number of queries B·N."),
-        Mistake("not_divided", functools.partial(_loss_variant, num_masks="none"),
-                "the summed mask terms are divided by the number of ground-truth masks in the batch."),
-        Mistake("no_masks_in_batch", functools.partial(_loss_variant, num_masks="matched_mean"),
-                "a batch without any segment: divide by max(number of masks, 1), so the mask terms are 0, "
-                "not NaN."),
-        Mistake("focal_sum_over_pixels", functools.partial(_loss_variant, focal_pixels="sum"),
-                "the focal loss of one mask is the mean over its pixels, Eq. (3.2f), not the sum."),
-    ]
+    mistakes = _loss_mistakes()
     return run_checks("mask-classification loss, Eq. (3.2d)", fn, cases, _loss_reference, mistakes,
                       grad_args=(0, 1), problem=dict_problem, verbose=verbose)
 
@@ -1047,12 +1139,21 @@ def _panoptic_scene(seed: int, N: int = 10, K: int = 5, size: int = 16) -> tuple
     return class_logits, mask_logits, [c % 2 == 0 for c in range(K)]
 
 
-def _panoptic_variant(class_logits: Tensor, mask_logits: Tensor, is_thing: list[bool],
-                      object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
-                      rank_by_score: bool = True, drop_no_object: bool = True, confidence: bool = True,
-                      argmax_over_all: bool = True, overlap: bool = True, merge_stuff: bool = True,
-                      merge_things: bool = False, reassign: bool = False) -> tuple[Tensor, list[dict]]:
-    """Panoptic inference written as a loop, with switches for the usual mistakes (defaults: right)."""
+PANOPTIC_MISTAKES = ("rank_by_mask_only", "no_object_kept", "confidence_filter_missing", "argmax_without_no_object",
+                     "overlap_filter_missing", "void_reassigned", "stuff_not_merged", "things_merged")
+
+
+def _panoptic_mistake(class_logits: Tensor, mask_logits: Tensor, is_thing: list[bool],
+                      object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8, *,
+                      mistake: str) -> tuple[Tensor, list[dict]]:
+    """Panoptic inference written as a loop with the one named mistake (one of PANOPTIC_MISTAKES): always
+    a wrong version, never the inference itself (the right result comes from inference.panoptic_inference)."""
+    if mistake not in PANOPTIC_MISTAKES:
+        raise ValueError(f"unknown panoptic mistake {mistake!r}")
+    rank_by_score, drop_no_object = mistake != "rank_by_mask_only", mistake != "no_object_kept"
+    confidence, argmax_over_all = mistake != "confidence_filter_missing", mistake != "argmax_without_no_object"
+    overlap, reassign = mistake != "overlap_filter_missing", mistake == "void_reassigned"
+    merge_stuff, merge_things = mistake != "stuff_not_merged", mistake == "things_merged"
     K = class_logits.shape[-1] - 1
     probs = class_logits.softmax(-1)
     scores, classes = probs.max(-1) if argmax_over_all else probs[:, :-1].max(-1)
@@ -1124,28 +1225,28 @@ def check_panoptic_inference(fn: Callable, verbose: bool = True) -> tuple[bool, 
     cases.append(Case("random scene #86 with object_mask_threshold=0.3, overlap_threshold=0.5",
                       _panoptic_scene(86), {"object_mask_threshold": 0.3, "overlap_threshold": 0.5}))
     mistakes = [
-        Mistake("rank_by_mask_only", functools.partial(_panoptic_variant, rank_by_score=False),
+        Mistake("rank_by_mask_only", functools.partial(_panoptic_mistake, mistake="rank_by_mask_only"),
                 "Eq. (3.4a) gives a pixel to the query with the largest p_i(c_i)·m_i[h, w]; you compared the "
                 "masks m_i alone."),
-        Mistake("no_object_kept", functools.partial(_panoptic_variant, drop_no_object=False),
+        Mistake("no_object_kept", functools.partial(_panoptic_mistake, mistake="no_object_kept"),
                 "a query whose most likely class c_i is ∅ gives no segment: drop it before the pixels are "
                 "assigned."),
-        Mistake("confidence_filter_missing", functools.partial(_panoptic_variant, confidence=False),
+        Mistake("confidence_filter_missing", functools.partial(_panoptic_mistake, mistake="confidence_filter_missing"),
                 "keep only the queries with p_i(c_i) > object_mask_threshold before the pixels are assigned."),
-        Mistake("argmax_without_no_object", functools.partial(_panoptic_variant, argmax_over_all=False),
+        Mistake("argmax_without_no_object", functools.partial(_panoptic_mistake, mistake="argmax_without_no_object"),
                 "c_i is the argmax over all K + 1 classes, ∅ included (a query whose argmax is ∅ gives no "
                 "segment); you took the argmax over the K real classes."),
-        Mistake("overlap_filter_missing", functools.partial(_panoptic_variant, overlap=False),
+        Mistake("overlap_filter_missing", functools.partial(_panoptic_mistake, mistake="overlap_filter_missing"),
                 "a query that wins fewer than overlap_threshold × its own mask's pixels (m_i ≥ 0.5), a mask "
                 "mostly hidden by others, gives no segment."),
-        Mistake("void_reassigned", functools.partial(_panoptic_variant, reassign=True),
+        Mistake("void_reassigned", functools.partial(_panoptic_mistake, mistake="void_reassigned"),
                 "the pixels of a query dropped by the overlap filter stay void (0); they do not go to the next "
                 "query."),
-        Mistake("stuff_not_merged", functools.partial(_panoptic_variant, merge_stuff=False),
+        Mistake("stuff_not_merged", functools.partial(_panoptic_mistake, mistake="stuff_not_merged"),
                 "the queries of one stuff class make one segment together (stuff has no instances)."),
-        Mistake("things_merged", functools.partial(_panoptic_variant, merge_things=True),
+        Mistake("things_merged", functools.partial(_panoptic_mistake, mistake="things_merged"),
                 "every query of a thing class is its own instance: do not merge things of one class."),
-        Mistake("thresholds_ignored", lambda c, m, t, **kw: _panoptic_variant(c, m, t),
+        Mistake("thresholds_ignored", lambda c, m, t, **kw: inference.panoptic_inference(c, m, t),
                 "you ignored the object_mask_threshold / overlap_threshold arguments (hard-coded 0.8?)."),
     ]
     return run_checks("panoptic inference, Eq. (3.4a)", fn, cases, inference.panoptic_inference, mistakes,
@@ -1176,7 +1277,7 @@ EXERCISES = {
     "mask_embedding": Exercise("04_mask_embedding.ipynb", "mask_probabilities", check_mask_embedding,
                                "maskformer.py:MaskFormer.segment", "easy", 15),
     "semantic_inference": Exercise("05_semantic_inference.ipynb", "semantic_inference", check_semantic_inference,
-                                   "infer.py:semantic_inference", "easy", 15),
+                                   "inference.py:semantic_inference", "easy", 15),
     "panoptic_quality": Exercise("06_panoptic_quality.ipynb", "panoptic_quality", check_panoptic_quality,
                                  "metrics.py:PanopticMetrics", "medium", 40),
     "window_partition": Exercise("07_window_partition.ipynb", "window_partition", check_window_partition,
@@ -1186,7 +1287,7 @@ EXERCISES = {
     "mask_classification_loss": Exercise("09_mask_classification_loss.ipynb", "mask_classification_loss",
                                          check_mask_classification_loss, "losses.py:MaskFormerLoss", "hard", 45),
     "panoptic_inference": Exercise("10_panoptic_inference.ipynb", "panoptic_inference", check_panoptic_inference,
-                                   "infer.py:panoptic_inference", "hard", 45),
+                                   "inference.py:panoptic_inference", "hard", 45),
 }
 
 NO_SOLUTIONS = ("the reference solutions are not in this bundle ({path} is absent): `--all` checks them, so it "

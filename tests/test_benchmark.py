@@ -137,9 +137,13 @@ def test_time_to_accuracy_runs_train_py_and_reads_its_validations(tmp_path, caps
     default --workers: resolved by device, as train.py does)."""
     train_args = ("--crop-size 64 --batch-size 4 --iters 4 --eval-period 2 --val-images 4 "
                   "--threads 1 --log-period 1")
-    results = benchmark.main(["--time-to-accuracy", "--runs", "2", "--train-args", train_args,
+    results = benchmark.main(["--time-to-accuracy", "--runs", "1", "--seeds", "3", "5", "--train-args", train_args,
                               "--profile-steps", "2", "--json", str(tmp_path / "tta.json")])
     report = results["time_to_accuracy"]
+    # every run traces to its seed and torch version; the two seeds really ran as two different runs
+    assert [(r["seed"], r["torch"]) for r in report["runs"]] == [(3, torch.__version__), (5, torch.__version__)]
+    finals = [r["final"] for r in report["runs"]]
+    assert (report["spread"]["final_min"], report["spread"]["final_max"]) == (min(finals), max(finals))
     assert json.loads((tmp_path / "tta.json").read_text()) == json.loads(json.dumps(results))
     for run in report["runs"]:
         assert [v["step"] for v in run["validations"]] == [2, 4]
@@ -156,7 +160,8 @@ def test_time_to_accuracy_runs_train_py_and_reads_its_validations(tmp_path, caps
     assert sum(top_level.values()) == pytest.approx(1, abs=1e-3)
     assert 0 < phases["per_step_ms"]["  of which matching"] < phases["per_step_ms"]["loss (with matching)"]
     assert (phases["validations"], phases["saves"]) == (2, 2 + 2)  # steps 2 and 4: last.pt and best.pt each
-    assert "where the time goes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "where the time goes" in printed and f"run 2 (seed 5, torch {torch.__version__})" in printed
 
 
 def test_whole_run_shares_count_validations_and_saves_by_hand():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.util
 import inspect
 import re
 import subprocess
@@ -43,8 +44,8 @@ import metrics  # noqa: E402
 from backbones import window_partition as project_window_partition  # noqa: E402
 
 # Hints that do not belong to one exercise's list of mistakes
-GENERAL_HINTS = ["uses_project_code", "in_place", "not_differentiable", "not_finite", "constant_offset",
-                 "constant_factor", "transposed"]
+GENERAL_HINTS = ["uses_project_code", "uses_checker_code", "in_place", "not_differentiable", "not_finite",
+                 "constant_offset", "constant_factor", "transposed"]
 
 # ---------------------------------------------------------------------------------------------
 # Realistic wrong answers, one list per exercise: (wrong function, name of the hint it must get)
@@ -211,20 +212,56 @@ def semantic_through_the_checker(x, m):
     return check.inference.semantic_inference(x, m)
 
 
+def student_pq(pred, pred_segments, gt, gt_segments, strict=True, same_category=True, half=True,
+               per_category=True):
+    """A student's PQ written as loops, with switches for four mistakes (defaults: right)."""
+    stats = {}  # category -> [IoU sum, TP, FP, FN]
+    matched_pred, matched_gt = set(), set()
+    for g_id, g_cat in gt_segments.items():
+        for p_id, p_cat in pred_segments.items():
+            if same_category and g_cat != p_cat:
+                continue
+            iou = int(((gt == g_id) & (pred == p_id)).sum()) / int(((gt == g_id) | (pred == p_id)).sum())
+            if (iou > 0.5) if strict else (iou >= 0.5):
+                stats.setdefault(g_cat, [0.0, 0, 0, 0])
+                stats[g_cat][0] += iou
+                stats[g_cat][1] += 1
+                matched_pred.add(p_id)
+                matched_gt.add(g_id)
+    for g_id, g_cat in gt_segments.items():
+        if g_id not in matched_gt:
+            stats.setdefault(g_cat, [0.0, 0, 0, 0])[3] += 1
+    for p_id, p_cat in pred_segments.items():
+        if p_id not in matched_pred:
+            stats.setdefault(p_cat, [0.0, 0, 0, 0])[2] += 1
+    w = 0.5 if half else 1.0
+
+    def scores(iou, tp, fp, fn):
+        sq = iou / tp if tp else 0.0
+        rq = tp / (tp + w * fp + w * fn)
+        return sq * rq, sq, rq
+
+    if per_category:
+        per = [scores(*values) for values in stats.values()]
+        return {k: sum(p[i] for p in per) / len(per) for i, k in enumerate(("PQ", "SQ", "RQ"))}
+    total = [sum(values[i] for values in stats.values()) for i in range(4)]
+    return dict(zip(("PQ", "SQ", "RQ"), scores(*total)))
+
+
 def pq_non_strict(*args):
-    return check._pq_variant(*args, strict=False)
+    return student_pq(*args, strict=False)
 
 
 def pq_without_halves(*args):
-    return check._pq_variant(*args, half=False)
+    return student_pq(*args, half=False)
 
 
 def pq_pooled(*args):
-    return check._pq_variant(*args, per_category=False)
+    return student_pq(*args, per_category=False)
 
 
 def pq_any_category(*args):
-    return check._pq_variant(*args, same_category=False)
+    return student_pq(*args, same_category=False)
 
 
 def pq_by_the_project(pred, pred_segments, gt, gt_segments):
@@ -450,6 +487,8 @@ def test_every_listed_mistake_is_caught_with_its_own_hint(name, monkeypatch):
     exercise = check.EXERCISES[name]
     mistakes = listed_mistakes(name, monkeypatch)
     assert len(mistakes) >= 4
+    # the mistakes are check.py's own functions, which the guard rejects in a solution: run them past it
+    monkeypatch.setattr(check, "_guard", lambda title, fn: None)
     for mistake in mistakes:
         assert re.fullmatch(r"[a-z_]+", mistake.name)
         ok, message = exercise.check(mistake.wrong, verbose=False)
@@ -524,7 +563,7 @@ def test_the_guard_finds_every_way_of_using_the_project():
             calls_a_helper: "inference.semantic_inference", imports_inside: "import inference",
             imports_by_name: "the module 'inference'", default_argument: "inference.semantic_inference",
             closure(): "inference", semantic_through_the_checker: "inference",
-            lambda e, p: check._masks_reference(e, p): "maskformer.MaskFormer"}
+            lambda e, p: check._masks_reference(e, p): "check._masks_reference"}
     for fn, used in ways.items():
         assert check.project_code_used(fn) == used
     # torch, the student's own helpers, the checker's own mistakes and the reference solutions are fine
@@ -532,6 +571,7 @@ def test_the_guard_finds_every_way_of_using_the_project():
         assert check.project_code_used(getattr(solutions, exercise.function)) is None
     assert check.project_code_used(student_panoptic) is None
     assert check.project_code_used(pq_non_strict) is None
+    assert check.project_code_used(student_pq) is None
     assert check.project_code_used(lambda x, t: F.binary_cross_entropy_with_logits(x, t)) is None
 
 
@@ -558,12 +598,12 @@ def test_focal_hint_at_extreme_logits():
 
 
 def test_pq_mistake_generator_and_scenes():
-    # the switchable PQ of check.py, with every switch on, is the project's PQ; the random scenes
-    # exercise true positives, false positives and false negatives
+    # a student's PQ written out (student_pq, switches at their defaults) is the project's PQ; the random
+    # scenes exercise true positives, false positives and false negatives
     totals = torch.zeros(3)
     for seed in range(50, 56):
         scene = check._random_panoptic(seed)
-        assert check.pq_problem(check._pq_variant(*scene), check._pq_reference(*scene)) is None
+        assert check.pq_problem(student_pq(*scene), check._pq_reference(*scene)) is None
         pred, pred_segments, gt, gt_segments = scene
         pq = check.metrics.PanopticMetrics([True] * 4)
         pq.update(pred, [{"id": i, "category_id": c} for i, c in pred_segments.items()],
@@ -575,20 +615,89 @@ def test_pq_mistake_generator_and_scenes():
     assert result["RQ"] == pytest.approx((1.0 + 0.0) / 2)
 
 
-def test_loss_and_panoptic_generators_agree_with_the_project():
-    # the switchable loss and panoptic inference of check.py, every switch at its default, are the
-    # project's; and the scenes make every filter of panoptic inference act somewhere
-    for seed, sizes in [(70, (2, 3)), (71, (0, 1, 4)), (73, (0, 0))]:
-        args = check._loss_inputs(seed, sizes, N=6, K=4, P=30)
-        assert check.dict_problem(check._loss_variant(*args), check._loss_reference(*args)) is None
+def test_panoptic_scenes_make_every_filter_act():
+    # a student's panoptic inference agrees with the project's, and the scenes make the overlap filter
+    # and the merging of stuff act somewhere
     dropped_by_overlap = merged_stuff = 0
     for seed in range(80, 87):
         scene = check._panoptic_scene(seed)
-        assert check.panoptic_problem(check._panoptic_variant(*scene), inference.panoptic_inference(*scene)) is None
+        assert check.panoptic_problem(student_panoptic(*scene), inference.panoptic_inference(*scene)) is None
         segments = len(inference.panoptic_inference(*scene)[1])
-        dropped_by_overlap += len(check._panoptic_variant(*scene, overlap=False)[1]) > segments
-        merged_stuff += len(check._panoptic_variant(*scene, merge_stuff=False)[1]) > segments
+        dropped_by_overlap += len(check._panoptic_mistake(*scene, mistake="overlap_filter_missing")[1]) > segments
+        merged_stuff += len(check._panoptic_mistake(*scene, mistake="stuff_not_merged")[1]) > segments
     assert dropped_by_overlap > 0 and merged_stuff > 0
+
+
+def checker_functions() -> dict[str, object]:
+    """Every function and class defined in check.py (its module dict, __module__ == check)."""
+    return {name: value for name, value in vars(check).items()
+            if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == check.__name__}
+
+
+def takes_arguments(value) -> bool:
+    try:
+        return bool(inspect.signature(value).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
+def test_mistake_functions_have_no_right_default():
+    # check.py ships to students: no function of it computes a right answer from its defaults. A mistake
+    # function needs the mistake named (keyword-only, no default) and refuses a name it does not know
+    helpers = checker_functions()
+    mistake_functions = [value for name, value in helpers.items() if name.endswith("_mistake")]
+    assert len(mistake_functions) >= 5
+    for function in mistake_functions:
+        parameter = inspect.signature(function).parameters["mistake"]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is inspect.Parameter.empty
+    scene = check._panoptic_scene(80)
+    class_logits, _, targets, indices = check._loss_inputs(70, (2, 3), N=6, K=4, P=30)
+    for call in [lambda: check._dice_mistake(torch.zeros(1, 4), torch.zeros(1, 4), mistake="none"),
+                 lambda: check._focal_mistake(torch.zeros(1, 4), torch.zeros(1, 4), mistake="none"),
+                 lambda: check._pq_mistake(*check._half_iou_case(), mistake="none"),
+                 lambda: check._class_term_mistake(class_logits, targets, indices, mistake="none"),
+                 lambda: check._panoptic_mistake(*scene, mistake="none")]:
+        with pytest.raises(ValueError, match="unknown"):
+            call()
+    # no variant with switches (the old `_dice`, `_focal`, `_pq_variant`, ...) is left
+    assert not [name for name in helpers if name.endswith("_variant") or name in ("_dice", "_focal")]
+
+
+WRAPPER_STYLES = {  # a notebook cell's one-line ways of calling check.HELPER inside a solution ({p}: a prefix)
+    "global": "def {p}wrap(*args, **kwargs):\n    return check.{name}(*args, **kwargs)\n",
+    "import": "def {p}wrap(*args, **kwargs):\n    from check import {name}\n    return {name}(*args, **kwargs)\n",
+    "dynamic_import": "def {p}wrap(*args, **kwargs):\n"
+                      "    return importlib.import_module('check').{name}(*args, **kwargs)\n",
+    "default": "def {p}wrap(*args, _helper=check.{name}, **kwargs):\n    return _helper(*args, **kwargs)\n",
+    "closure": "def {p}make():\n    helper = check.{name}\n    return lambda *args, **kwargs: helper(*args, **kwargs)\n"
+               "{p}wrap = {p}make()\n",
+    "helper": "def {p}inner(*args, **kwargs):\n    return check.{name}(*args, **kwargs)\n"
+              "def {p}wrap(*args, **kwargs):\n    return {p}inner(*args, **kwargs)\n",
+    "partial": "{p}wrap = functools.partial(check.{name})\n",
+}
+
+
+def test_wrappers_around_every_checker_function_are_rejected(tmp_path):
+    # a student's one-line wrapper around any function or class of check.py, written outside the
+    # repository as a notebook cell is, is refused by every exercise with the hint uses_checker_code
+    helpers = sorted(name for name, value in checker_functions().items() if takes_arguments(value))
+    assert {"_dice_mistake", "_focal_mistake", "_pq_mistake", "_class_term_mistake", "_panoptic_mistake",
+            "_loss_reference", "_cost_reference", "_pq_reference", "_masks_reference", "_per_mask", "run_checks",
+            "check_dice", "Mistake", "Case"} <= set(helpers)
+    assert REPO not in tmp_path.resolve().parents
+    source = "import functools\nimport importlib\n\nimport check\n\n" + "".join(
+        WRAPPER_STYLES[style].format(name=name, p=f"{style}_{name}_") for style in WRAPPER_STYLES for name in helpers)
+    path = tmp_path / "notebook_cell.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("notebook_cell", path)
+    cell = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cell)
+    for exercise_name, exercise in check.EXERCISES.items():
+        for style in WRAPPER_STYLES:
+            for name in helpers:
+                ok, message = exercise.check(getattr(cell, f"{style}_{name}_wrap"), verbose=False)
+                assert not ok and "Hint [uses_checker_code]:" in message and "the checker's own code" in message, \
+                    f"{exercise_name}: a {style} wrapper around check.{name} got {message!r}"
 
 
 def test_teacher_command_line():

@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tooling import gpu_check
 
 PY = sys.executable

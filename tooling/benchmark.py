@@ -483,7 +483,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="instead of the tables: --runs fresh `python train.py` runs, the wall time each takes "
                              "to reach 0.70 and 0.80 validation mIoU, images/s, the medians, the time per phase")
-    parser.add_argument("--runs", type=int, default=3, help="--time-to-accuracy: training runs (the median is shown)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="--time-to-accuracy: training runs per seed (the median is shown)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="--time-to-accuracy: train.py --seed of the runs (each seed --runs times); every run "
+                             "records its seed and torch version")
     parser.add_argument("--train-args", default="",
                         help="--time-to-accuracy: extra train.py flags, one string (default: none, the default run)")
     parser.add_argument("--profile-steps", type=int, default=20,
@@ -496,6 +500,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.runs < 1 or args.profile_steps < 1:
         parser.error("--runs and --profile-steps must be >= 1")
+    if min(args.seeds) < 0 or "--seed" in args.train_args.split():
+        parser.error("--seeds must be >= 0 (and give the seeds there, not as --train-args '--seed S')")
     if args.size is not None and (args.size < 32 or args.size % 32):
         parser.error(f"--size must be a multiple of 32 (the model's stride), got {args.size}")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")

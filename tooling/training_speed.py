@@ -45,31 +45,41 @@ REPO = Path(__file__).resolve().parents[1]  # the repository root: train.py and 
 
 
 def time_to_accuracy(args: argparse.Namespace) -> dict:
-    """--time-to-accuracy: --runs fresh `python train.py` runs (their wall times, the time each reached
-    the thresholds, the medians), then the phase profile of the same run."""
+    """--time-to-accuracy: --runs fresh `python train.py --seed S` runs per seed of --seeds (their wall
+    times, the time each reached the thresholds, the medians; each run records its seed and the torch
+    version that ran it), then the phase profile of the same run."""
     extra = args.train_args.split() if args.train_args else []
     thresholds = (0.70, 0.80)
-    print(f"time to accuracy: {args.runs} x `python train.py {' '.join(extra)}` (fresh processes, one at a time); "
+    seeds = [seed for seed in args.seeds for _ in range(args.runs)]
+    print(f"time to accuracy: {len(seeds)} x `python train.py {' '.join(extra)}` (seeds {args.seeds}, "
+          f"{args.runs} each; fresh processes, one at a time; torch {torch.__version__}); "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.runs):
-            run = time_to_accuracy_run(Path(tmp) / f"run{i}", extra, thresholds)
+        for i, seed in enumerate(seeds):
+            run = time_to_accuracy_run(Path(tmp) / f"run{i}", [*extra, "--seed", str(seed)], thresholds)
+            run.update(seed=seed, torch=torch.__version__)  # the same interpreter runs train.py
             runs.append(run)
             reached = "  ".join(f"to {t}: {fmt(s, '5.1f')} s" for t, s in run["reached_s"].items())
-            print(f"  run {i + 1}: wall {run['wall_s']:.1f} s, final {run['final']:.3f}, {reached}, "
+            print(f"  run {i + 1} (seed {seed}, torch {run['torch']}): wall {run['wall_s']:.1f} s, "
+                  f"final {run['final']:.3f}, {reached}, "
                   f"{run['img_per_s']} img/s; validations: "
                   + ", ".join(f"{v['step']}: {v['value']:.3f} at {v['wall_s']:.0f} s" for v in run["validations"]),
                   flush=True)
+    finals = [r["final"] for r in runs]
     median = {"wall_s": statistics.median(r["wall_s"] for r in runs),
-              "final": statistics.median(r["final"] for r in runs),
+              "final": statistics.median(finals),
               "img_per_s": statistics.median(r["img_per_s"] for r in runs)}
+    spread = {"final_min": min(finals), "final_mean": statistics.mean(finals), "final_max": max(finals),
+              "wall_min_s": min(r["wall_s"] for r in runs), "wall_max_s": max(r["wall_s"] for r in runs)}
     for t in runs[0]["reached_s"]:
         times = [r["reached_s"][t] for r in runs]
         median[f"to_{t}_s"] = statistics.median(times) if None not in times else None
-    print(f"median of {args.runs}: wall {median['wall_s']:.1f} s, final {median['final']:.3f}, "
+    print(f"median of {len(runs)}: wall {median['wall_s']:.1f} s, final {median['final']:.3f}, "
           + ", ".join(f"to {t}: {fmt(median[f'to_{t}_s'], '5.1f')} s" for t in runs[0]["reached_s"])
           + f", {median['img_per_s']} img/s; load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"final over the runs: {spread['final_mean']:.3f} (min {spread['final_min']:.3f}, max "
+          f"{spread['final_max']:.3f}); wall {spread['wall_min_s']:.0f}-{spread['wall_max_s']:.0f} s")
     profile = phase_profile(extra, steps=args.profile_steps)
     print(f"\nwhere the time goes ({args.profile_steps} timed steps in this process, {profile['step_s'] * 1000:.0f} ms "
           f"per step, {profile['img_per_s']} img/s; scaled to the run's {profile['validations']} validations and "
@@ -78,7 +88,7 @@ def time_to_accuracy(args: argparse.Namespace) -> dict:
         cost = profile["per_step_ms"].get(name)
         cost = f"{cost:8.1f} ms per step" if cost is not None else f"{profile['once_s'][name]:8.2f} s each"
         print(f"  {name:32} {100 * share:5.1f} %   {cost}")
-    return {"runs": runs, "median": median, "phases": profile}
+    return {"runs": runs, "median": median, "spread": spread, "phases": profile}
 
 
 VALIDATION_LINE = re.compile(r"step (\d+): validation (mIoU|PQ) = ([\d.]+)")
