@@ -425,19 +425,24 @@ def is_stage_norm(name: str) -> bool:
 
 
 def key_differences(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """How `state` fits `model`: (missing keys, unexpected keys, "name (file shape) vs (model shape)" of the
-    keys whose shapes differ). The one report every loader (machinery/weights.py, train.py --weights) gives."""
+    """How `state` fits `model`: (missing keys, unexpected keys, keys whose shapes differ). The one report
+    every loader gives (`load_into` here; machinery/weights.py's `read_model` and `load_pretrained`);
+    `shape_note` says what a reshaped key holds on each side."""
     ours = model.state_dict()
     missing = [k for k in ours if k not in state]
     unexpected = [k for k in state if k not in ours]
-    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(ours[k].shape)}" for k in ours
-                if k in state and state[k].shape != ours[k].shape]
+    reshaped = [k for k in ours if k in state and state[k].shape != ours[k].shape]
     return missing, unexpected, reshaped
+
+
+def shape_note(model: nn.Module, state: dict[str, Tensor], key: str) -> str:
+    """'key (file shape) vs (model shape)' of a key `key_differences` found reshaped."""
+    return f"{key} {tuple(state[key].shape)} vs {tuple(model.state_dict()[key].shape)}"
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
     """load_state_dict(strict=False) that also fails on shape mismatches → (missing, unexpected)."""
-    reshaped = key_differences(model, state)[2]
+    reshaped = [shape_note(model, state, k) for k in key_differences(model, state)[2]]
     if reshaped:
         raise ConversionError("tensor shapes differ from the model's (file vs model):\n  " + "\n  ".join(reshaped[:20]))
     # missing / unexpected as load_state_dict counts them: a module may accept extra buffers

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import maskformer
-from machinery import conversion, datasets
+from machinery import conversion, datasets, weight_files
 from machinery.checkpoint import CheckpointError, config_differences, load_checkpoint, read_checkpoint, save_checkpoint
 
 MIRROR_ENV = "MASKFORMER_WEIGHTS_MIRROR"
@@ -221,21 +221,14 @@ def resolve(spec: str, mirror: str | None = None, log=print) -> str:
 
 
 def load_model(spec: str, mirror: str | None = None, log=print) -> tuple[maskformer.MaskFormer, list[str]]:
-    """(model in eval mode, class names) of a published name / alias, a converted checkpoint file or a
-    Hugging Face model folder downloaded by hand (renamed in memory by `conversion.load_hf_folder`):
-    the one-call form for notebooks, e.g. `model, names = weights.load_model("swin-t-ade")`."""
+    """(model in eval mode, class names) of a published name / alias, a checkpoint file of ours or a
+    Hugging Face model folder downloaded by hand: the one-call form for notebooks, e.g.
+    `model, names = weights.load_model("swin-t-ade")`. `read_model` does the loading."""
     path = Path(resolve(spec, mirror, log)).expanduser()
     if not path.exists():
         raise WeightsError(f"{spec}: no such file or folder, and not a published model name (python infer.py --list)")
-    if path.is_dir():
-        state, name, overrides, class_names = conversion.load_hf_folder(path)
-        model = maskformer.build_model(name, num_classes=len(class_names), **overrides)
-    else:
-        checkpoint = read_checkpoint(path)  # weights only: tensors and plain containers, never code
-        model = maskformer.MaskFormer(maskformer.MaskFormerConfig(**checkpoint["config"]))
-        state, class_names = checkpoint["model"], checkpoint["class_names"]
-    model.load_state_dict(state)
-    return model.eval(), list(class_names)
+    model, class_names, _ = read_model(path)
+    return model.eval(), class_names or weight_files.class_names_for(model.config.num_classes)
 
 
 def imagenet_entry(backbone: str) -> ImageNet:
@@ -421,13 +414,11 @@ def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> 
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
         raise SystemExit(f"error: {path} holds no state dict")
-    ours = model.state_dict()
-    unknown = sorted(k for k in state if k not in ours)
+    missing, unknown, reshaped = conversion.key_differences(model, state)
     if len(unknown) == len(state):
         raise SystemExit(f"error: {path} matches none of this model's parameters "
                          f"(first keys: {list(state)[:3]}); convert it with tooling/convert.py first")
-    reshaped = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
-    usable = {k: v for k, v in state.items() if k in ours and k not in reshaped}
+    usable = {k: v for k, v in state.items() if k not in unknown and k not in reshaped}
     if len(usable) < len(state) / 2:  # mostly another architecture: fine-tuning from it would be from scratch
         found = ckpt.get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) else {}
         expected = getattr(getattr(model, "config", None), "__dict__", {})
@@ -436,66 +427,66 @@ def load_pretrained(model: nn.Module, path: str, log: Callable[[str], None]) -> 
                          f"model ({differences or f'e.g. {(reshaped or unknown)[0]}'}): a checkpoint of another "
                          f"config; pass the matching --config/--set or another file")
     model.load_state_dict(usable, strict=False)
-    missing = sorted(k for k in ours if k not in usable)
+    missing += reshaped  # re-initialised: they keep the fresh model's values
     log(f"loaded {len(usable)} tensors from {path}")
     if reshaped:
-        log(f"re-initialised (shape differs, e.g. another class count): {', '.join(reshaped)}")
+        log(f"re-initialised (shape differs, e.g. another class count): "
+            f"{', '.join(conversion.shape_note(model, state, k) for k in reshaped)}")
     if missing:
         log(f"{len(missing)} tensors not in {path} keep their initialisation (e.g. {missing[0]})")
     if unknown:
         log(f"ignored {len(unknown)} tensors of {path} this model lacks (e.g. {unknown[0]})")
 
 
-def published_weights(spec: str, mirror: str | None) -> str:
-    """--weights NAME: the converted checkpoint of a published model (machinery/weights.py: downloaded, checked and
-    converted on first use, then read from the cache); a path stays as it is."""
-    try:
-        return resolve(spec, mirror)
-    except (WeightsError, conversion.ConversionError) as e:
-        raise SystemExit(f"error: {e}") from None
+class MissingConfig(WeightsError):
+    """A checkpoint without its "config" entry, read without a config name to build the model from."""
 
 
-def load_weights(path: str) -> tuple[dict, dict]:
-    """(state_dict, the rest) of a checkpoint {"model": state_dict, "config": dict, ...} or a bare state dict."""
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """(state_dict, the rest) of a checkpoint {"model": state_dict, "config": dict, ...} or a bare state dict;
+    WeightsError naming the file otherwise."""
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path)  # weights only: tensors and plain containers, never code
     except CheckpointError as e:
-        raise SystemExit(f"error: --weights {e}") from None
+        raise WeightsError(str(e)) from None
     if not isinstance(checkpoint, dict):
-        raise SystemExit(f"error: --weights {path}: expected a dict, got {type(checkpoint).__name__}")
+        raise WeightsError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise SystemExit(f"error: --weights {path}: no state dict of tensors (under 'model' or at the top)")
+        raise WeightsError(f"{path}: no state dict of tensors (under 'model' or at the top)")
     return state, checkpoint if "model" in checkpoint else {}
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], path: str, description: str) -> None:
-    """SystemExit with one line summarising missing / unexpected / reshaped keys if `state` does not fit `model`."""
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], path: str | Path, description: str) -> None:
+    """WeightsError with one line summarising missing / unexpected / reshaped keys if `state` does not fit `model`."""
     missing, unexpected, reshaped = conversion.key_differences(model, state)
+    reshaped = [conversion.shape_note(model, state, k) for k in reshaped]
     problems = [f"{len(keys)} {kind} (e.g. {', '.join(keys[:2])})"
                 for kind, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", reshaped))
                 if keys]
     if problems:
-        raise SystemExit(f"error: --weights {path} does not fit {description}: {'; '.join(problems)}")
+        raise WeightsError(f"{path} does not fit {description}: {'; '.join(problems)}")
 
 
-def model_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser,
-                    num_classes: int | None) -> tuple[nn.Module, list[str] | None, dict]:
-    """The model of --config / the checkpoint's config with --weights loaded (or random with --random-init),
-    the class names the checkpoint carries (tooling/convert.py writes them), if any, and the checkpoint's
-    other entries (its "recipe", "args", ...; empty without one)."""
-    if args.random_init:
-        if args.weights is not None or args.config is None:
-            parser.error("--random-init goes with --config and without --weights (random weights, for demos/tests)")
-        return maskformer.build_model(args.config, num_classes=num_classes or 150), None, {}
-    if args.weights is None:
-        parser.error("--weights is required (or --config NAME --random-init for a model with random weights)")
-    args.weights = published_weights(args.weights, args.weights_mirror)
-    state, extras = load_weights(args.weights)
+def read_model(path: str | Path, config_name: str | None = None,
+               num_classes: int | None = None) -> tuple[nn.Module, list[str] | None, dict]:
+    """The one model loader: (model with the file's weights, the class names the file carries or None,
+    the checkpoint's other entries: "recipe", "args", ...). `path` is a checkpoint of ours (train.py,
+    tooling.convert; the model built from its "config", or from `config_name` with its class count) or a
+    Hugging Face model folder (renamed in memory by `conversion.load_hf_folder`). Every tensor must fit:
+    WeightsError with `check_state_dict`'s one-line report otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        state, name, overrides, class_names = conversion.load_hf_folder(path)
+        model = maskformer.build_model(name, num_classes=len(class_names), **overrides)
+        check_state_dict(model, state, path, f"{name} (K={len(class_names)})")
+        model.load_state_dict(state)
+        return model, list(class_names), {}
+    state, extras = load_weights(path)
     saved_config = extras.get("config") if isinstance(extras.get("config"), dict) else None
-    if args.config is not None:
+    if config_name is not None:
         K = (saved_config or {}).get("num_classes") or num_classes or 150
-        model, description = maskformer.build_model(args.config, num_classes=K), f"--config {args.config} (K={K})"
+        model, description = maskformer.build_model(config_name, num_classes=K), f"--config {config_name} (K={K})"
         differences = config_differences(asdict(model.config), saved_config or {})
         description += f", whose {differences} in the file's config" if differences else ""
     elif saved_config is not None:
@@ -504,12 +495,34 @@ def model_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser,
             config = maskformer.MaskFormerConfig(**{k: v for k, v in saved_config.items() if k in known})
             model = maskformer.MaskFormer(config)
         except (TypeError, ValueError) as e:
-            raise SystemExit(f"error: --weights {args.weights}: its config cannot be built ({e})") from None
+            raise WeightsError(f"{path}: its config cannot be built ({e})") from None
         description = f"its own config (backbone {config.backbone}, head {config.head})"
     else:
-        parser.error(f"--config is required: {args.weights} holds no 'config' entry")
-    check_state_dict(model, state, args.weights, description)
+        raise MissingConfig(f"{path} holds no 'config' entry")
+    check_state_dict(model, state, path, description)
     model.load_state_dict(state)
     class_names = extras.get("class_names")
     valid_names = isinstance(class_names, list) and len(class_names) == model.config.num_classes
     return model, list(map(str, class_names)) if valid_names else None, extras
+
+
+def model_from_flags(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                     num_classes: int | None) -> tuple[nn.Module, list[str] | None, dict]:
+    """infer.py's model: --config with random weights (--random-init), or `read_model` of --weights (a
+    path or a published name, resolved first) with --config if given; errors as one line naming the flag."""
+    if args.random_init:
+        if args.weights is not None or args.config is None:
+            parser.error("--random-init goes with --config and without --weights (random weights, for demos/tests)")
+        return maskformer.build_model(args.config, num_classes=num_classes or 150), None, {}
+    if args.weights is None:
+        parser.error("--weights is required (or --config NAME --random-init for a model with random weights)")
+    try:  # a published name: downloaded, checked and converted on first use, then read from the cache
+        args.weights = resolve(args.weights, args.weights_mirror)
+    except (WeightsError, conversion.ConversionError) as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        return read_model(args.weights, args.config, num_classes)
+    except MissingConfig as e:
+        parser.error(f"--config is required: {e}")
+    except (WeightsError, conversion.ConversionError) as e:
+        raise SystemExit(f"error: --weights {e}") from None
