@@ -9,7 +9,9 @@ the class by name; a new dataset is one more class here and one more name there.
 Reading order: `SemanticFolderDataset` (image/label folders) -> `ADE20KDataset` ->
 `CityscapesDataset` -> `FolderDataset` -> `CocoPanopticDataset` (panoptic PNGs + JSON) -> the
 four sets that tooling/prepare.py converts first: `CocoStuff10KDataset`, `ADE20KFullDataset` (847
-classes, so its ignore value is 65535), `MapillaryVistasDataset`, `ADE20KPanopticDataset`.
+classes, so its ignore value is 65535), `MapillaryVistasDataset`, `ADE20KPanopticDataset` ->
+`build_dataset` (name -> dataset with its recipe) -> `class_metadata` (names and colours without the
+files) -> `test_resize` (the one place that says at which size a model is evaluated).
 Differences from the official dataset mappers are listed in data.py's docstring.
 """
 

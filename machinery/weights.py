@@ -1,10 +1,11 @@
-"""Published weights by name: the MaskFormer checkpoints of the paper and the ImageNet backbones that
-start its training (Figure 2 "backbone", §4 "Training settings": every paper model starts from an
-ImageNet-pretrained backbone).
+"""Loading a model: the one loader (`read_model`), and published weights by name: the MaskFormer
+checkpoints of the paper and the ImageNet backbones that start its training (Figure 2 "backbone", §4
+"Training settings": every paper model starts from an ImageNet-pretrained backbone).
 
     python infer.py --weights maskformer-swin-tiny-ade --input photo.jpg --output out/
     python infer.py --list                     # the table below: names, aliases, paper numbers
     python train.py --data ade20k --data-root D --config r50   # --weights imagenet is the default
+    python -m tooling.fetch swin-t-ade         # only download + convert; prints the cached file's path
 
 What happens to a name, once per name and machine:
 1. `download`: each file of the entry goes into the torch hub cache,
@@ -15,7 +16,7 @@ What happens to a name, once per name and machine:
    file names (`resnet50-0676ba61.pth`), the MD5 prefix the official model zoo puts in its
    (`model_final_d8dbeb.pkl`). Where the publisher gives no digest (the Swin release, the
    `config.json` files, two Hugging Face `pytorch_model.bin`), nothing is checked and the table says so.
-3. conversion with tooling/convert.py's rules (`conversion.convert_file`: the same tables and checks as
+3. conversion with machinery/conversion.py's rules (`conversion.convert_file`: the same tables and checks as
    `python -m tooling.convert`), saved as `<name>/converted.pt` beside the download; every later call
    loads that file and skips steps 1-3.
 
@@ -29,14 +30,17 @@ the published formats from a local folder this way, through the same code path.
 Reading order: `Download` / `Published` / `ImageNet` (what a table row holds) → `MODELS` and
 `IMAGENET` (the tables) → `lookup` → `resolve` / `imagenet_checkpoint` (the two entry points; `load_model`
 and `load_imagenet` wrap them) →
-`fetch` → `download` / `check_file` → `convert_entry` → `print_table`.
+`fetch` → `download` / `check_file` → `convert_model` → `print_table`; then the loading itself:
+`load_weights` → `check_state_dict` (the one keys report, `conversion.key_differences`) → `read_model`
+(our checkpoints and Hugging Face folders) → `model_from_flags` (infer.py) and `load_pretrained`
+(train.py --weights: a part of a model, the rest fresh).
 
 Differences from the official code: the official configs read the ImageNet ResNets as detectron2
 pickles (`R-50.pkl`, `R-101.pkl`: torchvision's files renamed by tools/convert-torchvision-to-d2.py,
 same tensors) and the Swins as pickles made by tools/convert-pretrained-swin-model-to-d2.py (the
 Swin release's `.pth`, wrapped). We download torchvision's and the Swin release's own files, whose
-names the official tools give, and rename them with tooling/convert.py's TORCHVISION / SWIN_IMAGENET rules.
-R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (tooling/convert.py D2_IMAGENET);
+names the official tools give, and rename them with machinery/conversion.py's TORCHVISION / SWIN_IMAGENET
+rules. R101c's `R-103.pkl` exists only as a detectron2 pickle and is read as one (conversion.D2_IMAGENET);
 its name layout is that of detectron2's converters, not checked against the published file here.
 The converted checkpoint carries the official test resize of the model's dataset ("recipe",
 datasets.published_recipe), as `python -m tooling.convert` writes it.

@@ -10,11 +10,14 @@ of docs/*.md must reach an existing file (and anchor).
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+
+import train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "docs" / "paper.md"
@@ -190,3 +193,31 @@ def test_the_findings_table_directions_hold_in_the_results():
     inference = {arm: metrics["mIoU"] for arm, metrics in study("inference").items()}
     semantic, general = inference["semantic inference (3.4b)"], inference["general inference (3.4a)"]
     assert not clearly_above(semantic, general) and not clearly_above(general, semantic)
+
+
+def classroom_runs() -> list[dict]:
+    """Every run of the classroom record: results/classroom/torch-*.json, written by
+    `python -m tooling.benchmark --time-to-accuracy --runs 1 --seeds 0 1 2 --json ...` under each torch."""
+    runs = []
+    for path in sorted((REPO / "results" / "classroom").glob("torch-*.json")):
+        runs += json.loads(path.read_text())["time_to_accuracy"]["runs"]
+    return runs
+
+
+def test_the_readme_classroom_row_reads_the_classroom_record():
+    """README's `python train.py` row: the mean, range, seeds, torch versions and wall times of the record,
+    which holds three seeds under each of two torch versions of the current recipe, every run >= 0.81."""
+    runs = classroom_runs()
+    versions = sorted({run["torch"].split("+")[0] for run in runs})
+    assert len(versions) == 2 and sorted((run["seed"], run["torch"].split("+")[0]) for run in runs) == \
+        sorted((seed, version) for seed in (0, 1, 2) for version in versions)
+    shapes = train.DATA_RECIPES["shapes"]
+    assert all(run["validations"][-1]["step"] == shapes["max_iter"] for run in runs)  # the recipe of today
+    finals = [run["final"] for run in runs]
+    assert min(finals) >= 0.81
+    lines = (REPO / "README.md").read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| `python train.py` |"))
+    assert f"**{sum(finals) / len(finals):.3f}**" in row and f"{min(finals):.3f}–{max(finals):.3f}" in row
+    assert all(version in row for version in versions) and "seeds 0, 1, 2" in row
+    walls = [run["wall_s"] / 60 for run in runs]
+    assert f"{math.floor(min(walls))}–{math.ceil(max(walls))} min" in row
