@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import maskformer
-from tooling import benchmark, flops, hf_reference, timing, training_speed
+from tests import hf_reference
+from tooling import benchmark, flops, timing, training_speed
 
 SIZE = 64  # small images: the whole file runs in a few seconds
 

@@ -31,7 +31,7 @@ LAYERS = [
     ["evaluation"],
     ["infer", "train"],
     # tools that are not the method
-    ["tooling.timing", "tooling.hf_reference", "tooling.flops", "tooling.prepare", "tooling.deviations",
+    ["tooling.timing", "tooling.flops", "tooling.prepare", "tooling.deviations",
      "tooling.convert", "tooling.fetch"],
     ["tooling.training_speed", "tooling.experiments"],
     ["tooling.benchmark", "tooling.gpu_check"],

@@ -23,8 +23,9 @@ import backbones
 import infer
 import maskformer
 from machinery import conversion, datasets, weight_files, weights
+from tests import hf_reference
 from tests.test_convert import MINI_SWIN, microsoft_swin_layout, randomise, torchvision_resnet_layout
-from tooling import fetch, hf_reference
+from tooling import fetch
 
 K = 5
 

@@ -16,7 +16,7 @@ What it prints (and writes as JSON with --json), with the machine, torch version
    --warmup untimed ones; the variants (ours, the HF port, ...) run interleaved, one of each per
    round, so a change of machine load hits all of them alike (the machine may be shared).
 3. The same for the Hugging Face port (`transformers.MaskFormerForInstanceSegmentation`, built by
-   tooling/hf_reference.py offline from a MaskFormerConfig equal to the named config, random
+   tests/hf_reference.py offline from a MaskFormerConfig equal to the named config, random
    weights, its own loss via mask_labels / class_labels), and the ratios ours / HF. Skipped, with
    a note, without transformers.
 4. Model-FLOPs utilisation: achieved FLOP/s / the GPU's dense bf16 peak (datasheet table) on CUDA,
@@ -50,7 +50,7 @@ Peak memory: on CPU the RSS high-water mark of a fresh process that builds one v
 (so the variants do not share a high-water mark), less that process's RSS before it built the model
 (Python, torch and, for HF, transformers); on CUDA torch.cuda.max_memory_allocated.
 
-Reading order: main → measure_config → build_variant (our model; the port from tooling/hf_reference.py) →
+Reading order: main → measure_config → build_variant (our model; the port from tests/hf_reference.py) →
 step functions → tooling/timing.py (time_interleaved, peak memory, dense_kernel_share) → peak_memory_cpu →
 print_speed_table; random_ade_targets; ddp_speed. Sections 5 and 7 (data_pipeline_speed,
 time_to_accuracy) are tooling/training_speed.py's.
@@ -79,12 +79,8 @@ from torch import Tensor, nn
 import maskformer
 from losses import MaskFormerLoss
 from machinery import distributed
-from tooling import (
-    flops,
-    hf_reference,  # the HF port, a test-only reference (transformers is optional)
-    timing,
-    training_speed,
-)
+from tests import hf_reference  # the HF port: test-only code (transformers is a dev requirement, optional here)
+from tooling import flops, timing, training_speed
 from tooling.timing import fmt
 
 DEFAULT_CONFIGS = ("r50", "swin_t", "tiny")
